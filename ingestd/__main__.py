@@ -1,0 +1,5 @@
+"""Entry point for `python -m ingestd`."""
+
+from ingestd.cli import main
+
+raise SystemExit(main())

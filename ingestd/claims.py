@@ -1,0 +1,184 @@
+"""Claiming: taking a ready file out of the inbox by one atomic rename into a hidden work folder.
+
+The rename is the lock: on one file system only one process can win it, so several instances on
+one inbox (even with separate journals) never take the same file. The journal row is written
+*before* the rename (state `claiming`) and marked `claimed` after it, so a crash in between is
+settled at start-up by looking whether the work file exists.
+
+Work folder: `<inbox>/.ingestd/work/<instance>/<claim>/<inbox-relative path>` — the original
+path is kept below the claim, so a claimed file can always be traced back by a person.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from ingestd.journal import Journal, Row
+from ingestd.logs import Masker, event
+from ingestd.watcher import Ready
+
+log = logging.getLogger("ingestd.claims")
+
+PRIVATE_DIR = ".ingestd"
+WORK_DIR = PurePosixPath(PRIVATE_DIR) / "work"
+
+
+def iso_utc(timestamp: float) -> str:
+    return (
+        datetime.fromtimestamp(timestamp, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def instance_id(state_dir: Path) -> str:
+    """This installation's stable id (one per journal), kept in the state folder."""
+    path = state_dir / "instance.id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    value = secrets.token_hex(6)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+@dataclass
+class Claimer:
+    inbox: Path
+    journal: Journal
+    instance: str
+    masker: Masker
+
+    def claim(self, ready: Ready) -> Row | None:
+        """Move a ready file into the work folder; None when another process took it first
+        or it changed since it was judged ready (the caller looks at it again)."""
+        rel = ready.rel
+        work = WORK_DIR / self.instance / secrets.token_hex(8) / rel
+        row_id = self.journal.add(rel, work, iso_utc(ready.received))
+        work_path = self.inbox / work
+        try:
+            work_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.rename(self.inbox / rel, work_path)
+        except OSError as exc:
+            self.journal.delete(row_id)
+            self._tidy(work_path.parent)
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                event(
+                    log,
+                    logging.WARNING,
+                    "claim_failed",
+                    file=self.masker.path(rel),
+                    reason=exc.strerror,
+                )
+            return None
+        # Replaced between the last look and the rename: give it back to settle again.
+        if (
+            ready.snapshot is not None
+            and not self._same_file(work_path, ready)
+            and self._give_back(work_path, self.inbox / rel)
+        ):
+            self.journal.delete(row_id)
+            return None
+        self.journal.update(row_id, state="claimed")
+        return self.journal.get(row_id)
+
+    @staticmethod
+    def _same_file(path: Path, ready: Ready) -> bool:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        snap = ready.snapshot
+        assert snap is not None
+        # ctime is left out: the rename itself changes it.
+        return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns) == (
+            snap.ino,
+            snap.dev,
+            snap.size,
+            snap.mtime_ns,
+        )
+
+    def _give_back(self, work_path: Path, source: Path) -> bool:
+        """Put a claimed file back at its inbox path, never over another file."""
+        try:
+            os.link(work_path, source, follow_symlinks=False)
+        except OSError:
+            return False
+        os.unlink(work_path)
+        self._tidy(work_path.parent)
+        return True
+
+    def release(self, row: Row) -> bool:
+        """Give a claimed file back to the inbox (it changed while being read, or a rule says
+        to leave it alone) and forget the row. False when the inbox path is taken again."""
+        if not self._give_back(self.inbox / row.work, self.inbox / row.source):
+            return False
+        self.journal.delete(row.id)
+        return True
+
+    def _tidy(self, folder: Path) -> None:
+        """Remove empty folders of one claim, up to the instance folder."""
+        stop = self.inbox / WORK_DIR / self.instance
+        while folder != stop and stop in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
+
+    def tidy_after(self, row: Row) -> None:
+        self._tidy((self.inbox / row.work).parent)
+
+    def recover(self) -> list[Row]:
+        """Settle claims a crash interrupted; return every row that still has work to do."""
+        rows = []
+        for row in self.journal.active():
+            if row.state == "claiming":
+                if os.path.lexists(self.inbox / row.work):
+                    self.journal.update(row.id, state="claimed")
+                else:
+                    self.journal.delete(row.id)  # never renamed: still in the inbox, or gone
+                    continue
+                found = self.journal.get(row.id)
+                if found is None:
+                    continue
+                row = found
+            rows.append(row)
+        return rows
+
+    def orphans(self, known: set[PurePosixPath]) -> list[PurePosixPath]:
+        """Files in this instance's work folder that no journal row knows (journal lost)."""
+        base = self.inbox / WORK_DIR / self.instance
+        found: list[PurePosixPath] = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                rel = PurePosixPath(os.path.relpath(os.path.join(dirpath, name), self.inbox))
+                if rel not in known:
+                    found.append(rel)
+        return found
+
+    def return_orphan(self, work: PurePosixPath) -> None:
+        """Put an unknown work file back into the inbox at its original path (if free)."""
+        parts = work.parts
+        source = PurePosixPath(*parts[4:]) if len(parts) > 4 else None
+        if source is None:
+            return
+        target = self.inbox / source
+        with contextlib.suppress(OSError):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._give_back(self.inbox / work, target)
+            event(log, logging.WARNING, "orphan_returned", file=self.masker.path(source))

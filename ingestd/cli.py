@@ -1,0 +1,149 @@
+"""The command line: one `run_<action>()` per command, and the one place that turns errors into
+a message and an exit code (nothing below it calls sys.exit)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from ingestd import __version__, logs
+from ingestd.config import Config, ConfigError, load_config
+from ingestd.journal import JournalError
+
+DEFAULT_CONFIG = "/etc/ingestd/ingestd.yaml"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+class UsageError(Exception):
+    """A command was used wrongly; the message says how to use it."""
+
+
+def config_path(args: argparse.Namespace) -> str:
+    return args.config or os.environ.get("INGESTD_CONFIG") or DEFAULT_CONFIG
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args))
+
+
+def _warn(config: Config) -> None:
+    for problem in config.warnings:
+        print(problem, file=sys.stderr)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from ingestd.daemon import Daemon
+
+    config = _load(args)
+    _warn(config)
+    logs.setup(args.log_level)
+    daemon = Daemon(config)
+    daemon.install_signals()
+    daemon.run()
+    return EXIT_OK
+
+
+def run_once(args: argparse.Namespace) -> int:
+    from ingestd.daemon import Daemon
+
+    config = _load(args)
+    _warn(config)
+    logs.setup(args.log_level)
+    daemon = Daemon(config, once=True)
+    daemon.install_signals()
+    summary = daemon.run()
+    print(f"done {summary.done}, failed {summary.failed}, waiting {summary.waiting}")
+    return EXIT_FAILED if summary.failed or summary.waiting else EXIT_OK
+
+
+def run_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _warn(config)
+    print(f"{config.file}: ok")
+    for name, target in config.targets.items():
+        print(f"  target {name}: {target.kind}, {target.concurrency} at once")
+    for rule in config.rules:
+        print(f"  rule {rule.name!r} (line {rule.line})")
+    return EXIT_OK
+
+
+def run_sandbox(args: argparse.Namespace) -> int:
+    from ingestd.sandbox import serve_forever
+
+    serve_forever(args.host, args.port, latency_seconds=args.latency_ms / 1000.0)
+    return EXIT_OK
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from ingestd.demo import run_demo as demo
+
+    return demo(keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ingestd",
+        description="Upload finished files from patient inbox folders to an EHR.",
+    )
+    parser.add_argument("--version", action="version", version=f"ingestd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], text: str, config: bool = True
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(handler=handler)
+        if config:
+            sub.add_argument(
+                "-c",
+                "--config",
+                metavar="FILE",
+                help=f"config file (default: $INGESTD_CONFIG, else {DEFAULT_CONFIG})",
+            )
+        return sub
+
+    for name, handler, text in (
+        ("run", run_run, "run the daemon in the foreground"),
+        ("once", run_once, "process what is in the inbox now, then exit"),
+    ):
+        sub = command(name, handler, text)
+        sub.add_argument(
+            "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        )
+    command("check", run_check, "validate the config offline")
+    sandbox = command(
+        "sandbox", run_sandbox, "serve a local stand-in EHR (both APIs)", config=False
+    )
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8700)
+    sandbox.add_argument(
+        "--latency-ms", type=float, default=0.0, help="added to every upload, like a WAN API"
+    )
+    demo = command("demo", run_demo, "sandbox + daemon + sample files, end to end", config=False)
+    demo.add_argument("--keep", action="store_true", help="keep the demo folder afterwards")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    except (JournalError, UsageError) as exc:
+        print(f"ingestd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        logging.getLogger("ingestd").debug("os error", exc_info=True)
+        print(f"ingestd: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,176 @@
+"""Reading a document safely: open without following links, check the descriptor, hash, detect type.
+
+Everything about a file (its type, hash, and the bytes that are uploaded) comes from ONE
+descriptor opened with O_NOFOLLOW | O_NONBLOCK, so a symlink swapped in, or a FIFO, can never
+make ingestd read something else or block.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import filetype
+
+HEAD_BYTES = 8192
+CHUNK = 1 << 20
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What must not change while a file settles or is read."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    dev: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Snapshot:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+class UnsafeFile(Exception):
+    """The path cannot be read as a document: `kind` is a receipt error kind."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def kind_of(mode: int) -> str:
+    """A human name for what a non-regular path is."""
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """Open a regular file for reading; never follows a link, never blocks on a FIFO.
+
+    Raises FileNotFoundError when it is gone and UnsafeFile when it must not be read.
+    """
+    # lstat first: opening a device can have side effects (a tape rewinds) even non-blocking.
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise UnsafeFile(
+            "not_a_regular_file", f"is {kind_of(mode)}; only regular files are uploaded"
+        )
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            raise UnsafeFile(
+                "not_a_regular_file", "is a symbolic link; links are never followed"
+            ) from exc
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise UnsafeFile(
+                "unreadable",
+                "permission denied: give the ingestd user read access (group or ACL), "
+                "then use `ingestd retry`",
+            ) from exc
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise FileNotFoundError(exc.errno, exc.strerror) from exc
+        raise UnsafeFile("unreadable", f"cannot open: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UnsafeFile(
+            "not_a_regular_file", f"is {kind_of(st.st_mode)}; only regular files are uploaded"
+        )
+    return fd, st
+
+
+def sha256_of(fd: int) -> tuple[str, int]:
+    """SHA-256 and length of the whole file behind `fd`, read with pread (offset untouched)."""
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, CHUNK, offset)
+        if not chunk:
+            return digest.hexdigest(), offset
+        digest.update(chunk)
+        offset += len(chunk)
+
+
+def detect_format(fd: int) -> str:
+    """The MIME type from content, or "" when not recognised.
+
+    filetype first; a zip whose entries make a Word document is DOCX (filetype looks only at
+    the head); UTF-8 without NULs is text/plain.
+    """
+    head = os.pread(fd, HEAD_BYTES, 0)
+    if not head:
+        return ""
+    mime = filetype.guess_mime(head) or ""
+    if mime in ("application/zip", DOCX) or head.startswith(b"PK\x03\x04"):
+        return DOCX if _is_docx(fd) else (mime or "application/zip")
+    if mime:
+        return mime
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # A multi-byte character cut at the end of the head is still text.
+            if exc.start < len(head) - 3:
+                return ""
+        return "text/plain"
+    return ""
+
+
+def _is_docx(fd: int) -> bool:
+    try:
+        with os.fdopen(os.dup(fd), "rb") as handle, zipfile.ZipFile(handle) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return "word/document.xml" in names and "[Content_Types].xml" in names
+
+
+def writer_active(path: Path) -> bool | None:
+    """Whether some process holds the file open for writing (Linux read-lease probe).
+
+    A read lease can only be taken when nobody has the file open for writing. Returns None
+    when the probe is not possible (not the owner and no CAP_LEASE, or a file system without
+    leases): the caller then relies on the settle time alone.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EBUSY):
+            return True
+        return None
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)

@@ -1,0 +1,410 @@
+"""The daemon: the main loop that turns hints and scans into claimed files for the workers.
+
+One thread (the caller's) owns the watcher state, the scans and the claiming; worker threads run
+the pipeline for one journal row at a time. `run` is `ingestd run`; `once=True` is `ingestd once`
+(process what is in the inbox now, then return).
+
+Signals: SIGTERM/SIGINT stop claiming, let in-flight uploads finish within the grace period and
+leave the rest parked in the journal; a second one exits at once (the journal is crash-safe).
+SIGHUP reloads the config: an invalid one is logged and the old one keeps running.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import FrameType
+
+from ingestd import notify
+from ingestd.claims import WORK_DIR, Claimer, instance_id
+from ingestd.config import Config, ConfigError, load_config
+from ingestd.filing import make_folders
+from ingestd.journal import Journal, Row
+from ingestd.logs import event, load_masker
+from ingestd.names import is_ignored_path
+from ingestd.pipeline import Outcome, Pipeline, TargetHealth
+from ingestd.targets import make_target
+from ingestd.targets.base import Target
+from ingestd.watcher import Hints, Observation, Ready, Settler, scan
+
+log = logging.getLogger("ingestd.daemon")
+
+SCAN_SLICE = 500  # paths listed per loop turn, so uploads start while a big inbox is listed
+WATCHDOG_EVERY = 5.0
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    failed: int = 0
+    waiting: int = 0
+
+
+class Daemon:
+    def __init__(self, config: Config, once: bool = False) -> None:
+        self._config = config
+        self.once = once
+        paths = config.paths
+        for folder in (paths.inbox, paths.done, paths.failed):
+            make_folders(folder)
+        state_dir = paths.state.parent
+        self.journal = Journal(paths.state)
+        self.masker = load_masker(state_dir)
+        self.claimer = Claimer(paths.inbox, self.journal, instance_id(state_dir), self.masker)
+        self._targets: dict[str, Target] = {}
+        self._health: dict[str, TargetHealth] = {}
+        self._build_targets(config)
+        self.stopping = threading.Event()
+        self._stop_requests = 0
+        self._reload_requested = False
+        self.hints = Hints()
+        self.settler = Settler(
+            paths.inbox,
+            settle_for=lambda rel: self._config.watch.settle_for(rel),
+            empty_fail_seconds=config.watch.empty_fail_seconds,
+            unknown_type_grace_seconds=config.watch.unknown_type_grace_seconds,
+        )
+        self.observation = Observation(paths.inbox, self.hints, poll=config.watch.poll)
+        self.pipeline = Pipeline(
+            config=lambda: self._config,
+            journal=self.journal,
+            claimer=self.claimer,
+            targets=lambda: self._targets,
+            health=self._health_of,
+            masker=self.masker,
+            stopping=self.stopping,
+        )
+        self._work: queue.Queue[tuple[Row, bool] | None] = queue.Queue()
+        self._finished: queue.Queue[Outcome] = queue.Queue()
+        self._lock = threading.Lock()
+        self._in_flight: set[int] = set()
+        self._ready: collections.deque[Ready] = collections.deque()
+        self._resumed: set[int] = set()
+        self._scans: list[Iterator[PurePosixPath]] = []
+        self._journal_check_at = 0.0
+        self.summary = Summary()
+        self._workers = [
+            threading.Thread(target=self._worker, name=f"ingestd-worker-{n}", daemon=True)
+            for n in range(self.capacity)
+        ]
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def capacity(self) -> int:
+        return sum(t.concurrency for t in self._config.targets.values()) + 2
+
+    def _build_targets(self, config: Config) -> None:
+        targets = {}
+        for name, settings in config.targets.items():
+            targets[name] = make_target(settings)
+            health = self._health.get(name)
+            if health is None or health.concurrency != settings.concurrency:
+                self._health[name] = TargetHealth(name, settings.concurrency)
+        self._targets = targets
+
+    def _health_of(self, name: str) -> TargetHealth:
+        return self._health[name]
+
+    # --- signals ---------------------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_requests += 1
+        if self._stop_requests > 1:
+            # Second signal: leave now. Every claimed file is parked in the journal.
+            os._exit(0)
+        self.stopping.set()
+        self.hints.wake.set()
+
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self._reload_requested = True
+        self.hints.wake.set()
+
+    def request_stop(self) -> None:
+        self._on_stop(signal.SIGTERM, None)
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            row, resumed = item
+            try:
+                outcome = self.pipeline.process(row, resumed=resumed)
+            except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker
+                # Only the type: messages of OS errors can carry a path (patient data).
+                event(
+                    log,
+                    logging.ERROR,
+                    "worker_error",
+                    file=self.masker.path(row.source),
+                    error=type(exc).__name__,
+                )
+                self.journal.update(row.id, next_attempt_at=time.time() + 30)
+                outcome = Outcome("deferred", row.source)
+            self._finished.put(outcome)
+            with self._lock:
+                self._in_flight.discard(row.id)
+            self.hints.wake.set()
+
+    def _submit(self, row: Row) -> None:
+        with self._lock:
+            self._in_flight.add(row.id)
+        resumed = row.id in self._resumed
+        self._resumed.discard(row.id)
+        self._work.put((row, resumed))
+
+    def _free(self) -> int:
+        with self._lock:
+            return self.capacity - len(self._in_flight)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        inbox = self._config.paths.inbox
+        for row in self.claimer.recover():
+            self._resumed.add(row.id)
+        known = {row.work for row in self.journal.active()}
+        for orphan in self.claimer.orphans(known):
+            self.claimer.return_orphan(orphan)
+        for worker in self._workers:
+            worker.start()
+        if not self.once:
+            self.observation.start()
+        self._scans.append(scan(inbox))
+        next_scan = time.monotonic() + self._config.watch.scan_interval_seconds
+        last_watchdog = 0.0
+        notify.notify("READY=1", "STATUS=scanning the inbox")
+        event(
+            log,
+            logging.INFO,
+            "started",
+            mode="once" if self.once else "run",
+            targets=len(self._targets),
+            rules=len(self._config.rules),
+        )
+        while not self.stopping.is_set():
+            if self._reload_requested:
+                self._reload()
+            self._take_hints()
+            self._advance_scans()
+            for rel in list(self.settler.due_paths()):
+                ready = self.settler.look(rel)
+                if ready is not None:
+                    self._ready.append(ready)
+            self._dispatch()
+            self._collect()
+            now = time.monotonic()
+            if not self.once:
+                if now >= next_scan:
+                    if self.observation.ensure_alive() or not self._scans:
+                        self._scans.append(scan(inbox))
+                    next_scan = now + self._config.watch.scan_interval_seconds
+                if now - last_watchdog >= WATCHDOG_EVERY:
+                    notify.notify("WATCHDOG=1", self._status_line())
+                    last_watchdog = now
+            elif self._once_finished():
+                break
+            self._sleep(next_scan)
+        return self._shutdown()
+
+    def _take_hints(self) -> None:
+        inbox = self._config.paths.inbox
+        paths, folders = self.hints.drain()
+        for raw in paths | folders:
+            rel = _relative(inbox, raw)
+            if rel is None or is_ignored_path(rel):
+                continue
+            if raw in folders:
+                self._scans.append(scan(inbox, rel))
+            else:
+                self.settler.notice(rel)
+
+    def _advance_scans(self) -> None:
+        budget = SCAN_SLICE
+        while self._scans and budget > 0:
+            try:
+                rel = next(self._scans[0])
+            except StopIteration:
+                self._scans.pop(0)
+                continue
+            self.settler.notice(rel)
+            budget -= 1
+        if self._scans:
+            self.hints.wake.set()  # more to list: come straight back
+
+    def _dispatch(self) -> None:
+        now = time.time()
+        if now >= self._journal_check_at:
+            with self._lock:
+                busy = set(self._in_flight)
+            for row in self.journal.due(now, busy)[: max(self._free(), 0)]:
+                self._submit(row)
+            with self._lock:
+                busy = set(self._in_flight)
+            self._journal_check_at = self.journal.next_due_time(busy) or now + 3600
+        while self._ready and self._free() > 0 and not self.stopping.is_set():
+            ready = self._ready.popleft()
+            claimed = self.claimer.claim(ready)
+            if claimed is None:
+                self.settler.notice(ready.rel)
+                continue
+            if ready.empty_expired:
+                self.journal.update(
+                    claimed.id,
+                    state="rejected",
+                    error={
+                        "kind": "empty",
+                        "message": "the file stayed empty (0 bytes); the scanner or fax software "
+                        "did not write it: scan the document again",
+                    },
+                )
+                claimed = self.journal.get(claimed.id) or claimed
+            self._submit(claimed)
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                outcome = self._finished.get_nowait()
+            except queue.Empty:
+                return
+            self._journal_check_at = 0.0  # a deferral may have set a new due time
+            if outcome.result == "done":
+                self.summary.done += 1
+            elif outcome.result == "failed":
+                self.summary.failed += 1
+            elif outcome.result == "ignored":
+                self.settler.hold(outcome.rel)
+            elif outcome.result == "released":
+                self.settler.notice(outcome.rel)
+
+    def _sleep(self, next_scan: float) -> None:
+        now = time.monotonic()
+        deadline = next_scan if not self.once else now + 1.0
+        due = self.settler.next_due()
+        if due is not None:
+            deadline = min(deadline, due)
+        journal_due = self._journal_check_at - time.time() + now
+        deadline = min(deadline, journal_due, now + WATCHDOG_EVERY)
+        if self._ready and self._free() > 0:
+            deadline = now
+        self.hints.wake.wait(max(0.0, deadline - now))
+        self.hints.wake.clear()
+
+    def _once_finished(self) -> bool:
+        if self._scans or self._ready or self.settler.busy():
+            return False
+        with self._lock:
+            if self._in_flight:
+                return False
+        return not self.journal.due(time.time(), set())
+
+    def _status_line(self) -> str:
+        counts = self.journal.counts()
+        waiting = len(self.settler) + len(self._ready)
+        return (
+            f"STATUS=waiting {waiting}, in progress {len(self._in_flight)}, "
+            f"done {counts.get('done', 0)}, failed {counts.get('failed', 0)}"
+        )
+
+    def _reload(self) -> None:
+        self._reload_requested = False
+        notify.notify("RELOADING=1", notify.monotonic_usec())
+        try:
+            config = load_config(self._config.file)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("event=reload_refused problem=%s", _one_line(str(problem)))
+            event(
+                log,
+                logging.ERROR,
+                "reload_refused",
+                problems=len(exc.problems),
+                action="the previous config keeps running; fix the file and reload again",
+            )
+        else:
+            if config.paths != self._config.paths:
+                event(
+                    log,
+                    logging.WARNING,
+                    "reload_paths_ignored",
+                    action="changing paths needs a restart",
+                )
+                config = _with_paths(config, self._config)
+            self._build_targets(config)
+            self._config = config
+            event(
+                log, logging.INFO, "reloaded", targets=len(config.targets), rules=len(config.rules)
+            )
+        notify.notify("READY=1", self._status_line())
+
+    def _shutdown(self) -> Summary:
+        notify.notify("STOPPING=1")
+        self.observation.stop()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._in_flight:
+                    break
+            self.hints.wake.wait(0.2)
+            self._collect()
+        self._collect()
+        for _ in self._workers:
+            self._work.put(None)
+        with self._lock:
+            parked = len(self._in_flight)
+        counts = self.journal.counts()
+        self.summary.waiting = parked + sum(
+            counts.get(state, 0) for state in ("claimed", "uploading", "uploaded", "rejected")
+        )
+        event(
+            log,
+            logging.INFO,
+            "stopped",
+            done=self.summary.done,
+            failed=self.summary.failed,
+            waiting=self.summary.waiting,
+        )
+        for target in self._targets.values():
+            target.close()
+        return self.summary
+
+
+def _relative(inbox: Path, raw: str) -> PurePosixPath | None:
+    try:
+        rel = PurePosixPath(os.path.relpath(raw, inbox))
+    except ValueError:
+        return None
+    if rel.parts and (rel.parts[0] == ".." or rel == PurePosixPath(".")):
+        return None
+    if rel.parts[: len(WORK_DIR.parts)] == WORK_DIR.parts:
+        return None
+    return rel
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", " ")
+
+
+def _with_paths(config: Config, old: Config) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(config, paths=old.paths)

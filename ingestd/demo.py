@@ -1,0 +1,186 @@
+"""`ingestd demo`: the main job end to end, on a temporary tree.
+
+The sandbox EHR serves both APIs on loopback; `ingestd run` runs as its own process with the
+example config (config/ingestd.yaml, with paths, endpoints and credentials pointed at the
+sandbox); sample files land in patient folders and the demo shows where each one went, beside
+the sandbox's own list of stored documents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ingestd import samples
+from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox
+
+# Patient folders as the example config maps them; the last patient is unknown to the EHR, so
+# the EHR refuses that file (HTTP 404) and it goes to failed/ with a receipt saying why.
+DEMO_FILES: list[tuple[str, bytes]] = [
+    ("Andersson Anna/lab/2026-11/blood-panel.pdf", samples.pdf("blood panel", 40_000)),
+    ("191212121212/referral letter.docx", samples.docx("referral letter")),
+    ("nymbl-10482/fax/referral.tiff", samples.tiff("fax", 30_000)),
+    ("nymbl-10482/insurance_front.png", samples.png("insurance card", 20_000)),
+    ("198112189876/consent.pdf", samples.pdf("consent form")),
+]
+KNOWN_PATIENTS = {"se_personal_number:191212121212", "10482"}
+DEADLINE_SECONDS = 60.0
+
+
+def example_config() -> dict[str, Any]:
+    """The example config: the source tree's copy when run from a checkout, else the package's."""
+    checkout = Path(__file__).resolve().parent.parent / "config" / "ingestd.yaml"
+    if checkout.is_file():
+        text = checkout.read_text()
+    else:
+        text = resources.files("ingestd").joinpath("demo_files/ingestd.yaml").read_text()
+    loaded = yaml.safe_load(text)
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def demo_config(root: Path, sandbox: Sandbox) -> tuple[Path, Path]:
+    """Write the example config, pointed at the sandbox, and its credentials folder."""
+    config = example_config()
+    config["paths"] = {
+        "inbox": "inbox",
+        "done": "done",
+        "failed": "failed",
+        "state": "state/journal.sqlite",
+    }
+    leyr, nymbl = SANDBOX_CREDENTIALS["leyr"], SANDBOX_CREDENTIALS["nymbl"]
+    for target in config["targets"].values():
+        if target["kind"] == "leyr":
+            target.update(
+                base_url=sandbox.leyr_base_url,
+                emr=leyr["emr"],
+                care_unit_id=leyr["care_unit_id"],
+                client_id=leyr["client_id"],
+            )
+        else:
+            target.update(
+                base_url=sandbox.nymbl_base_url,
+                token_url=sandbox.nymbl_token_url,
+                client_id=nymbl["client_id"],
+            )
+    config.setdefault("watch", {}).update(settle_seconds=0.5)
+    credentials = root / "credentials"
+    credentials.mkdir(mode=0o700)
+    for name, value in (
+        ("leyr-client-secret", leyr["client_secret"]),
+        ("nymbl-client-secret", nymbl["client_secret"]),
+        ("nymbl-api-key", nymbl["api_key"]),
+    ):
+        (credentials / name).write_text(value + "\n")
+    path = root / "ingestd.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    path.chmod(0o600)
+    return path, credentials
+
+
+def _receipts(root: Path) -> dict[str, dict[str, Any]]:
+    found = {}
+    for where in ("done", "failed"):
+        for path in sorted((root / where).rglob("*.receipt.json")):
+            receipt = json.loads(path.read_text())
+            found[receipt["source"]] = receipt
+    return found
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def run_demo(keep: bool = False) -> int:
+    root = Path(tempfile.mkdtemp(prefix="ingestd-demo-"))
+    sandbox = Sandbox(port=0, known_patients=KNOWN_PATIENTS).start()
+    daemon: subprocess.Popen[bytes] | None = None
+    try:
+        config, credentials = demo_config(root, sandbox)
+        _say(f"demo folder:  {root}")
+        _say(f"sandbox EHR:  {sandbox.url} (Leyr at /leyr/api, Nymbl at /nymbl)")
+        env = dict(os.environ, CREDENTIALS_DIRECTORY=str(credentials))
+        log_path = root / "ingestd.log"
+        with log_path.open("wb") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "ingestd", "run", "-c", str(config)],
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
+        _say(f"daemon:       ingestd run -c {config} (pid {daemon.pid}, log {log_path})")
+        _say()
+        inbox = root / "inbox"
+        for rel, data in DEMO_FILES:
+            path = inbox / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.part")
+            tmp.write_bytes(data)
+            tmp.rename(path)
+            _say(f"dropped  inbox/{rel}")
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        receipts: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < deadline and len(receipts) < len(DEMO_FILES):
+            if daemon.poll() is not None:
+                break
+            time.sleep(0.1)  # polling for receipts, bounded by the deadline
+            receipts = _receipts(root)
+        _say()
+        stored = {doc.id: doc for doc in sandbox.documents()}
+        ok = True
+        for rel, _data in DEMO_FILES:
+            receipt = receipts.get(rel)
+            if receipt is None:
+                _say(f"MISSING  {rel}: no receipt within {DEADLINE_SECONDS:.0f} s")
+                ok = False
+            elif receipt["status"] == "done":
+                doc = stored.get(receipt["document_id"])
+                listed = (
+                    "listed by the EHR"
+                    if doc and doc.sha256 == receipt["sha256"]
+                    else "NOT IN THE EHR"
+                )
+                ok = ok and doc is not None
+                _say(
+                    f"done     {rel} -> {receipt['target']} document {receipt['document_id']} "
+                    f"({listed}), rule {receipt['rule']!r}"
+                )
+            else:
+                error = receipt["error"]
+                _say(f"failed   {rel} -> {error['kind']}: {error['message']}")
+        _say()
+        _say("the sandbox EHR now holds:")
+        for doc in stored.values():
+            _say(f"  {doc.api:5}  {doc.id}  patient {doc.patient_id}  {doc.mime}  {doc.size} bytes")
+        expected_failed = [rel for rel, _ in DEMO_FILES if rel.startswith("198112189876/")]
+        ok = ok and all(receipts.get(rel, {}).get("status") == "failed" for rel in expected_failed)
+        ok = ok and len(stored) == len(DEMO_FILES) - len(expected_failed)
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(60)
+        _say()
+        _say(f"daemon stopped with exit code {code}")
+        ok = ok and code == 0
+        if not ok:
+            _say("the daemon's log (patients and files appear only as keyed hashes):")
+            _say(log_path.read_text(errors="replace")[-4000:])
+        _say("demo OK" if ok else "demo FAILED")
+        return 0 if ok else 1
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.kill()
+        sandbox.stop()
+        if keep:
+            _say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)

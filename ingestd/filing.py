@@ -1,0 +1,112 @@
+"""Putting a file into done/ or failed/: a free name, and a move that never overwrites.
+
+Names: `<stem> (1)<ext>`, `(2)`, … until both the file name and its receipt name are free; names
+whose receipt name would pass 255 bytes are shortened. Moves: a hard link then an unlink within
+one file system (link fails rather than overwrite); across file systems a copy to a hidden name,
+fsync, link, then unlink of the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from ingestd.receipts import SUFFIX, fsync_dir
+
+NAME_MAX = 255
+FOLDER_MODE = 0o750
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """`scan.pdf` → (`scan`, `.pdf`); `README` → (`README`, ``); `.x` stays whole."""
+    dot = name.rfind(".")
+    if dot <= 0:
+        return name, ""
+    return name[:dot], name[dot:]
+
+
+def _fits(name: str) -> bool:
+    return len(os.fsencode(name + SUFFIX)) <= NAME_MAX
+
+
+def _cut_chars(text: str, max_bytes: int) -> str:
+    while text and len(os.fsencode(text)) > max_bytes:
+        text = text[:-1]
+    return text
+
+
+def candidate(name: str, n: int) -> str:
+    """The n-th name to try (0 = the name itself), shortened to leave room for the receipt."""
+    stem, ext = split_name(name)
+    if len(os.fsencode(ext)) > 32:  # an absurd "extension" is part of the stem
+        stem, ext = name, ""
+    tag = f" ({n})" if n else ""
+    room = NAME_MAX - len(os.fsencode(SUFFIX + tag + ext))
+    return _cut_chars(stem, room) + tag + ext
+
+
+def free_name(folder: Path, name: str) -> str:
+    """The first candidate name such that neither it nor its receipt exists in `folder`."""
+    n = 0
+    while True:
+        option = candidate(name, n)
+        if not os.path.lexists(folder / option) and not os.path.lexists(folder / (option + SUFFIX)):
+            return option
+        n += 1
+
+
+def make_folders(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
+
+
+def place(src: Path, dest: Path) -> None:
+    """Move `src` to `dest` without ever overwriting `dest` (FileExistsError if it exists)."""
+    make_folders(dest.parent)
+    try:
+        os.link(src, dest, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise FileExistsError(errno.EEXIST, "destination exists") from exc
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+            raise
+        _copy_across(src, dest)
+    os.unlink(src)
+    fsync_dir(dest.parent)
+
+
+def _copy_across(src: Path, dest: Path) -> None:
+    """Copy to a hidden name beside `dest`, fsync, then link into place (no overwrite)."""
+    tmp = dest.with_name(f".{dest.name[:200]}.ingestd-copy")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    mode = os.lstat(src).st_mode
+    if stat.S_ISLNK(mode):
+        os.symlink(os.readlink(src), tmp)
+    elif stat.S_ISFIFO(mode):
+        os.mkfifo(tmp, 0o600)
+    elif stat.S_ISREG(mode):
+        src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            with (
+                os.fdopen(src_fd, "rb", closefd=False) as reader,
+                os.fdopen(dst_fd, "wb") as writer,
+            ):
+                shutil.copyfileobj(reader, writer, 1 << 20)
+                writer.flush()
+                os.fsync(writer.fileno())
+        finally:
+            os.close(src_fd)
+    else:
+        # Sockets and devices cannot be copied; a placeholder keeps the name and the receipt.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        os.link(tmp, dest, follow_symlinks=False)
+    except FileExistsError:
+        os.unlink(tmp)
+        raise
+    os.unlink(tmp)

@@ -1,0 +1,268 @@
+"""The journal: one SQLite row per claimed file and the state it has reached.
+
+It is the truth about every file ingestd has taken out of the inbox. Each state is committed
+before the side effect that follows it, so after a crash every unfinished row says exactly what
+is left to do:
+
+    claiming → claimed → uploading → uploaded(document_id) → done
+                      ↘ rejected(error) ─────────────────→ failed
+
+`claiming`: the rename into the work folder may or may not have happened; `uploading`: a request
+may have reached the EHR, so the outcome is unknown until the EHR is asked; `uploaded` and
+`rejected`: only the move to done/ or failed/ and the receipt are left.
+
+Files still in the inbox are not rows: the inbox itself is their truth, and a scan after a
+restart finds them again. Paths are stored as bytes so odd names survive byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    source BLOB NOT NULL,           -- inbox-relative path, bytes
+    work BLOB NOT NULL UNIQUE,      -- inbox-relative path inside the work folder, bytes
+    state TEXT NOT NULL,
+    size INTEGER,
+    sha256 TEXT,
+    format TEXT,
+    patient_id TEXT,
+    decision TEXT,                  -- JSON: the rule's decision, kept across reloads
+    attempts INTEGER NOT NULL DEFAULT 0,
+    outcome_unknown INTEGER NOT NULL DEFAULT 0,
+    document_id TEXT,
+    error TEXT,                     -- JSON {kind, message, http_status?}
+    dest BLOB,                      -- path relative to done/ or failed/, once chosen
+    history TEXT,                   -- JSON list of earlier receipts (ingestd retry)
+    received_at TEXT NOT NULL,
+    finished_at TEXT,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_state ON files (state, next_attempt_at);
+"""
+
+ACTIVE_STATES = ("claiming", "claimed", "uploading", "uploaded", "rejected")
+FINAL_STATES = ("done", "failed")
+
+_COLUMNS = (
+    "id", "source", "work", "state", "size", "sha256", "format", "patient_id", "decision",
+    "attempts", "outcome_unknown", "document_id", "error", "dest", "history", "received_at",
+    "finished_at", "next_attempt_at",
+)  # fmt: skip
+_PATH_COLUMNS = {"source", "work", "dest"}
+_JSON_COLUMNS = {"decision", "error", "history"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """A journal row as the pipeline sees it."""
+
+    id: int
+    source: PurePosixPath
+    work: PurePosixPath
+    state: str
+    size: int | None
+    sha256: str | None
+    format: str | None
+    patient_id: str | None
+    decision: dict[str, Any] | None
+    attempts: int
+    outcome_unknown: bool
+    document_id: str | None
+    error: dict[str, Any] | None
+    dest: PurePosixPath | None
+    history: list[dict[str, Any]] | None
+    received_at: str
+    finished_at: str | None
+    next_attempt_at: float
+
+
+def _to_db(column: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if column in _PATH_COLUMNS:
+        return os.fsencode(str(value))
+    if column in _JSON_COLUMNS:
+        return json.dumps(value, ensure_ascii=True, sort_keys=True)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _from_db(column: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if column in _PATH_COLUMNS:
+        return PurePosixPath(os.fsdecode(bytes(value)))
+    if column in _JSON_COLUMNS:
+        return json.loads(value)
+    if column == "outcome_unknown":
+        return bool(value)
+    return value
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or is from a newer ingestd."""
+
+
+class Journal:
+    """Thread-safe access to the journal file; every method is one committed transaction."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE … COMMIT).
+            self._db = sqlite3.connect(
+                str(path), timeout=30, isolation_level=None, check_same_thread=False
+            )
+            os.chmod(path, 0o600)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a killed process; what a power cut could lose is
+            # covered by asking the EHR before re-sending anything resumed (see pipeline).
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open journal {path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            found = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if found is None:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(found[0]) > SCHEMA_VERSION:
+                raise JournalError(
+                    f"journal {self.path} has schema {found[0]}; this ingestd knows "
+                    f"{SCHEMA_VERSION}: upgrade ingestd"
+                )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def add(
+        self, source: PurePosixPath, work: PurePosixPath, received_at: str, **values: Any
+    ) -> int:
+        """Record the intent to claim `source` into `work` (state `claiming`)."""
+        columns = {"source": source, "work": work, "state": "claiming", "received_at": received_at}
+        columns.update(values)
+        names = [*list(columns), "updated_at"]
+        params = [_to_db(name, columns[name]) for name in columns] + [time.time()]
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"INSERT INTO files ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",  # noqa: S608
+                params,
+            )
+            return int(cursor.lastrowid or 0)
+
+    def update(self, row_id: int, **values: Any) -> None:
+        """Set columns of one row in one transaction."""
+        unknown = set(values) - set(_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown journal columns: {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        params = [_to_db(name, value) for name, value in values.items()]
+        with self._transaction() as db:
+            db.execute(
+                f"UPDATE files SET {assignments}, updated_at = ? WHERE id = ?",  # noqa: S608
+                [*params, time.time(), row_id],
+            )
+
+    def delete(self, row_id: int) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM files WHERE id = ?", (row_id,))
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _select(self, where: str, params: tuple[Any, ...] = ()) -> list[Row]:
+        with self._lock:
+            cursor = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM files WHERE {where}",  # noqa: S608
+                params,
+            )
+            found = cursor.fetchall()
+        return [
+            Row(
+                **{
+                    name: _from_db(name, value)
+                    for name, value in zip(_COLUMNS, record, strict=True)
+                }
+            )
+            for record in found
+        ]
+
+    def get(self, row_id: int) -> Row | None:
+        rows = self._select("id = ?", (row_id,))
+        return rows[0] if rows else None
+
+    def active(self) -> list[Row]:
+        """Every row not yet done or failed, oldest first."""
+        marks = ", ".join("?" * len(ACTIVE_STATES))
+        return self._select(f"state IN ({marks}) ORDER BY id", ACTIVE_STATES)
+
+    def due(self, now: float, exclude: set[int]) -> list[Row]:
+        """Active rows whose next attempt is due, oldest first, leaving out those in hand."""
+        marks = ", ".join("?" * len(ACTIVE_STATES))
+        rows = self._select(
+            f"state IN ({marks}) AND next_attempt_at <= ? ORDER BY next_attempt_at, id",
+            (*ACTIVE_STATES, now),
+        )
+        return [row for row in rows if row.id not in exclude]
+
+    def next_due_time(self, exclude: set[int]) -> float | None:
+        """When the earliest active row not in hand becomes due."""
+        marks = ", ".join("?" * len(ACTIVE_STATES))
+        with self._lock:
+            found = self._db.execute(
+                f"SELECT id, next_attempt_at FROM files WHERE state IN ({marks}) "  # noqa: S608
+                "ORDER BY next_attempt_at LIMIT ?",
+                (*ACTIVE_STATES, len(exclude) + 1),
+            ).fetchall()
+        times = [when for row_id, when in found if row_id not in exclude]
+        return min(times) if times else None
+
+    def by_source(self, source: PurePosixPath) -> list[Row]:
+        return self._select("source = ? ORDER BY id", (os.fsencode(str(source)),))
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            found = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
+        return {state: count for state, count in found}
+
+    def recent(self, state: str, limit: int = 10) -> list[Row]:
+        return self._select("state = ? ORDER BY finished_at DESC, id DESC LIMIT ?", (state, limit))

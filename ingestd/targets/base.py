@@ -1,0 +1,108 @@
+"""What every EHR target offers the pipeline, and the outcomes an upload can have.
+
+A target sends exactly one HTTP request per `send` (plus, for Nymbl, a token request when it has
+no valid token). Retrying, backoff and reconciliation live in `ingestd.retrying`, not here, so that
+every target is retried by the same rules.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One document to send: its bytes are read with os.pread from `fd`, always from offset 0."""
+
+    patient_id: str
+    file_name: str  # the original file name (non-ASCII kept)
+    mime: str  # detected from content
+    size: int
+    sha256: str  # hex digest of the whole content
+    title: str
+    doc_type: str
+    fields: Mapping[str, str] = field(default_factory=dict)  # description, created_by_id
+    fd: int = -1
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a target will not take a document; decided locally, before any request."""
+
+    kind: str  # too_large | unsupported_type | invalid_patient_id
+    message: str
+
+
+class TargetError(Exception):
+    """Base for everything `send` and `find` raise; `message` never holds PHI or secrets."""
+
+    def __init__(self, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+
+
+class TransientError(TargetError):
+    """Worth trying again later: connection errors, timeouts, 408/425/429/5xx, token-endpoint 5xx.
+
+    `sent` is False only when the request certainly never reached the server (connection refused,
+    connect timeout, DNS). `outcome_unknown` is True when the server may have stored the document
+    (connection lost after sending, read timeout): the EHR must be asked before sending again.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        sent: bool = True,
+        outcome_unknown: bool = False,
+    ) -> None:
+        super().__init__(message, http_status)
+        self.retry_after = retry_after
+        self.sent = sent
+        self.outcome_unknown = outcome_unknown
+
+
+class PermanentError(TargetError):
+    """The EHR refused this document (4xx other than 401/408/425/429): failed/ at once."""
+
+    def __init__(self, message: str, http_status: int | None, kind: str = "rejected") -> None:
+        super().__init__(message, http_status)
+        self.kind = kind  # rejected | patient_not_found
+
+
+class AuthError(TargetError):
+    """Credentials refused (after one token refresh for Nymbl): the target is misconfigured.
+
+    The target pauses; its files wait. Nothing is moved to failed/.
+    """
+
+
+class Target(Protocol):
+    """One configured EHR endpoint (`targets.NAME` in the config)."""
+
+    name: str
+    kind: str
+    max_bytes: int
+    accept: frozenset[str]
+
+    def refusal(self, upload: Upload) -> Refusal | None:
+        """Size, type and patient-id checks; sends nothing (not even a token request)."""
+        ...
+
+    def send(self, upload: Upload) -> str:
+        """Send the document once; return the EHR's document id or raise a TargetError."""
+        ...
+
+    def find(self, upload: Upload) -> str | None:
+        """Ask the EHR whether this exact document (name, size, SHA-256) is already stored."""
+        ...
+
+    def close(self) -> None: ...

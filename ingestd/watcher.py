@@ -1,0 +1,284 @@
+"""Finding finished files in the inbox: watchdog events as hints, scans as the truth.
+
+Watchdog's events only mark a path as worth a look (they are missed on overflow, for files written
+into a folder before its watch exists, and on network shares), so the inbox is also scanned at
+start-up, periodically, and whenever a new folder appears. A file is *ready* when two looks at
+least the settle time apart see the same size, mtime, ctime and inode, nobody holds it open for
+writing, it is not empty, and its content is recognised (or has been quiet for the grace time).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from ingestd import content
+from ingestd.logs import event
+from ingestd.names import is_ignored_name, is_ignored_path
+
+log = logging.getLogger("ingestd.watcher")
+
+
+class Hints:
+    """Paths that changed, fed by the observer thread and drained by the main loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._paths: set[str] = set()
+        self._folders: set[str] = set()
+        self.wake = threading.Event()
+
+    def add(self, path: str, is_folder: bool = False) -> None:
+        with self._lock:
+            (self._folders if is_folder else self._paths).add(path)
+        self.wake.set()
+
+    def drain(self) -> tuple[set[str], set[str]]:
+        with self._lock:
+            paths, folders = self._paths, self._folders
+            self._paths, self._folders = set(), set()
+        return paths, folders
+
+
+class _Handler(FileSystemEventHandler):
+    """Only enqueues: an exception here would silently kill watchdog's thread."""
+
+    def __init__(self, hints: Hints) -> None:
+        self._hints = hints
+
+    def on_any_event(self, fs_event: FileSystemEvent) -> None:
+        try:
+            for attr in ("src_path", "dest_path"):
+                path = getattr(fs_event, attr, None)
+                if path:
+                    self._hints.add(os.fsdecode(path), bool(fs_event.is_directory))
+        except Exception as exc:  # noqa: BLE001 - must never escape into the observer thread
+            # Only the type: an OS error's message can carry a path (patient data).
+            event(log, logging.ERROR, "watch_handler_error", error=type(exc).__name__)
+
+
+class Observation:
+    """A supervised watchdog observer on the inbox root (inotify, or polling when asked)."""
+
+    def __init__(self, root: Path, hints: Hints, poll: bool = False) -> None:
+        self.root = root
+        self.hints = hints
+        self.poll = poll
+        self._observer: BaseObserver | None = None
+
+    def start(self) -> None:
+        observer: BaseObserver = PollingObserver(timeout=2) if self.poll else Observer()
+        observer.daemon = True
+        observer.schedule(_Handler(self.hints), str(self.root), recursive=True)
+        try:
+            observer.start()
+        except OSError as exc:
+            if self.poll:
+                raise
+            # Out of inotify watches or instances: polling still sees everything, slower.
+            event(log, logging.ERROR, "watch_fallback_polling", reason=exc.strerror)
+            self.poll = True
+            self.start()
+            return
+        self._observer = observer
+
+    def alive(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
+
+    def ensure_alive(self) -> bool:
+        """Restart a dead observer; True when a restart happened (the caller rescans)."""
+        if self.alive():
+            return False
+        event(log, logging.ERROR, "watch_restarted")
+        self.stop()
+        self.start()
+        return True
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            if self._observer.is_alive():
+                self._observer.join(timeout=5)
+            self._observer = None
+
+
+INBOX_ROOT = PurePosixPath()
+
+
+def scan(root: Path, start: PurePosixPath = INBOX_ROOT) -> Iterator[PurePosixPath]:
+    """Every non-folder path below `root/start`, inbox-relative, skipping hidden and temporary
+    names; never follows links. Lazy: the tree is never held in memory."""
+    stack = [start]
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(root / rel) as entries:
+                for entry in entries:
+                    if is_ignored_name(entry.name):
+                        continue
+                    child = rel / entry.name
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(child)
+                            continue
+                    except OSError:
+                        continue
+                    yield child
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+
+
+@dataclass
+class _Pending:
+    first_seen: float  # wall clock, for received_at
+    snapshot: content.Snapshot | None
+    changed_at: float  # monotonic
+    due: float
+
+
+@dataclass(frozen=True)
+class Ready:
+    rel: PurePosixPath
+    received: float  # wall clock when first seen
+    snapshot: content.Snapshot | None  # None for non-regular paths
+    empty_expired: bool = False
+
+
+@dataclass
+class Settler:
+    """Tracks files that are not ready yet and says when each one is."""
+
+    root: Path
+    settle_for: Callable[[PurePosixPath], float]
+    empty_fail_seconds: float = 3600.0
+    unknown_type_grace_seconds: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    _pending: dict[PurePosixPath, _Pending] = field(default_factory=dict)
+    _heap: list[tuple[float, PurePosixPath]] = field(default_factory=list)
+    _held: set[PurePosixPath] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def busy(self) -> bool:
+        """True while some tracked file may still become ready (empty files do not count)."""
+        return any(p.snapshot is None or p.snapshot.size > 0 for p in self._pending.values())
+
+    def oldest_wall(self) -> float | None:
+        return min((p.first_seen for p in self._pending.values()), default=None)
+
+    def hold(self, rel: PurePosixPath) -> None:
+        """Stop tracking a path for now (it was claimed or left alone by a rule)."""
+        self._pending.pop(rel, None)
+        self._held.add(rel)
+
+    def release(self, rel: PurePosixPath) -> None:
+        self._held.discard(rel)
+
+    def notice(self, rel: PurePosixPath) -> None:
+        """A hint or a scan saw `rel`: look at it soon."""
+        if rel in self._held or is_ignored_path(rel):
+            return
+        now = self.clock()
+        entry = self._pending.get(rel)
+        if entry is None:
+            self._pending[rel] = _Pending(time.time(), None, now, now)
+            heapq.heappush(self._heap, (now, rel))
+        elif entry.due > now:
+            entry.due = now
+            heapq.heappush(self._heap, (now, rel))
+
+    def next_due(self) -> float | None:
+        while self._heap:
+            due, rel = self._heap[0]
+            entry = self._pending.get(rel)
+            if entry is None or entry.due != due:
+                heapq.heappop(self._heap)  # stale
+                continue
+            return due
+        return None
+
+    def due_paths(self) -> Iterator[PurePosixPath]:
+        now = self.clock()
+        while self._heap and self._heap[0][0] <= now:
+            due, rel = heapq.heappop(self._heap)
+            entry = self._pending.get(rel)
+            if entry is not None and entry.due == due:
+                yield rel
+
+    def _later(self, rel: PurePosixPath, entry: _Pending, when: float) -> None:
+        entry.due = when
+        heapq.heappush(self._heap, (when, rel))
+
+    def look(self, rel: PurePosixPath) -> Ready | None:
+        """Look once at a due path: Ready, or None (gone, or looked at again later)."""
+        entry = self._pending.get(rel)
+        if entry is None:
+            return None
+        path = self.root / rel
+        try:
+            st = os.lstat(path)
+        except OSError:
+            del self._pending[rel]
+            return None
+        now = self.clock()
+        if stat.S_ISDIR(st.st_mode):
+            del self._pending[rel]
+            return None
+        settle = self.settle_for(rel)
+        if not stat.S_ISREG(st.st_mode):
+            del self._pending[rel]
+            return Ready(rel, entry.first_seen, None)
+        snap = content.Snapshot.of(st)
+        if snap != entry.snapshot:
+            entry.snapshot = snap
+            entry.changed_at = now
+            self._later(rel, entry, now + settle)
+            return None
+        quiet = now - entry.changed_at
+        if quiet < settle:
+            self._later(rel, entry, entry.changed_at + settle)
+            return None
+        if snap.size == 0:
+            age = time.time() - entry.first_seen
+            if age >= self.empty_fail_seconds:
+                del self._pending[rel]
+                return Ready(rel, entry.first_seen, snap, empty_expired=True)
+            self._later(rel, entry, now + min(max(settle, 5.0), self.empty_fail_seconds - age))
+            return None
+        if content.writer_active(path):
+            self._later(rel, entry, now + settle)
+            return None
+        if quiet < self.unknown_type_grace_seconds and not _recognised(path):
+            # A preallocated file may still be all zeros: look again before calling it unknown.
+            self._later(
+                rel,
+                entry,
+                min(now + max(settle, 1.0), entry.changed_at + self.unknown_type_grace_seconds),
+            )
+            return None
+        del self._pending[rel]
+        return Ready(rel, entry.first_seen, snap)
+
+
+def _recognised(path: Path) -> bool:
+    try:
+        fd, _ = content.open_regular(path)
+    except (OSError, content.UnsafeFile):
+        return True  # the pipeline reports why it cannot be read
+    try:
+        return bool(content.detect_format(fd))
+    finally:
+        os.close(fd)

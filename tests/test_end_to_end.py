@@ -1,0 +1,212 @@
+"""The spine, end to end: `ingestd run` as a process, the sandbox EHR on loopback, real files.
+
+Every test waits by polling for a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ingestd.sandbox import Fault, Sandbox
+from tests.conftest import DaemonProcess, Tree, make_config, wait_for
+from tests.samples import docx, gif, pdf, png, tiff
+
+pytestmark = pytest.mark.slow
+
+Start = Callable[..., DaemonProcess]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _uploads(sandbox: Sandbox) -> list:
+    return [r for r in sandbox.requests() if r.route == "upload"]
+
+
+def test_a_file_reaches_each_api_with_identical_bytes(
+    tree: Tree, sandbox: Sandbox, daemon_process: Start
+) -> None:
+    proc = daemon_process(make_config(tree, sandbox))
+    proc.wait_started()
+    leyr_file = pdf("leyr", 50_000)
+    nymbl_file = tiff("nymbl", 30_000)
+    tree.drop("p_100/scan.pdf", leyr_file)
+    tree.drop("12345/nymbl/fax.tiff", nymbl_file)
+
+    wait_for(lambda: len(tree.receipts()) == 2)
+    receipts = {r["source"]: r for r in tree.receipts()}
+    stored = {d.id: d for d in sandbox.documents()}
+
+    leyr = receipts["p_100/scan.pdf"]
+    assert leyr["status"] == "done" and leyr["target"] == "leyr"
+    assert stored[leyr["document_id"]].sha256 == _sha(leyr_file) == leyr["sha256"]
+    assert stored[leyr["document_id"]].patient_id == "p_100"
+    assert leyr["format"] == "application/pdf" and leyr["size"] == len(leyr_file)
+    assert (tree.done / "p_100" / "scan.pdf").read_bytes() == leyr_file
+
+    nymbl = receipts["12345/nymbl/fax.tiff"]
+    assert nymbl["target"] == "nymbl" and nymbl["type"] == "Referral"
+    assert stored[nymbl["document_id"]].sha256 == _sha(nymbl_file)
+    assert stored[nymbl["document_id"]].name == "fax.tiff"
+    assert (tree.done / "12345" / "nymbl" / "fax.tiff").exists()
+    assert not list(tree.inbox.rglob("*.tiff")) and not list(tree.inbox.rglob("*.pdf"))
+    assert proc.stop() == 0
+
+
+def test_slow_writer_hidden_rename_and_new_folder_are_each_uploaded_once_complete(
+    tree: Tree, sandbox: Sandbox, daemon_process: Start
+) -> None:
+    proc = daemon_process(make_config(tree, sandbox, settle=0.5))
+    proc.wait_started()
+    slow = pdf("slow", 400_000)
+    pause = threading.Event()
+
+    def slow_writer() -> None:
+        path = tree.inbox / "p_1" / "slow.pdf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            for offset in range(0, len(slow), 40_000):
+                handle.write(slow[offset : offset + 40_000])
+                handle.flush()
+                pause.wait(0.3)  # the writer's own pace: longer than the settle time in total
+
+    writer = threading.Thread(target=slow_writer)
+    writer.start()
+    renamed = png("renamed", 20_000)
+    tree.drop("p_2/renamed.png", renamed)  # written under a hidden name, then renamed
+    fresh = docx("fresh")
+    folder = tree.inbox / "p_new"
+    folder.mkdir()
+    (folder / "letter.docx").write_bytes(fresh)  # written the instant the folder exists
+    writer.join()
+
+    wait_for(lambda: len(tree.receipts()) == 3, timeout=30)
+    by_name = {d.name: d for d in sandbox.documents()}
+    assert by_name["slow"].sha256 == _sha(slow)
+    assert by_name["renamed"].sha256 == _sha(renamed)
+    assert by_name["letter"].sha256 == _sha(fresh)
+    assert len(sandbox.documents()) == 3
+    assert proc.stop() == 0
+
+
+def test_files_already_in_the_inbox_at_start_are_processed(
+    tree: Tree, sandbox: Sandbox, daemon_process: Start
+) -> None:
+    for n in range(5):
+        tree.drop(f"p_{n}/old-{n}.pdf", pdf(f"old{n}"))
+    proc = daemon_process(make_config(tree, sandbox))
+    wait_for(lambda: len(tree.receipts()) == 5)
+    assert len(sandbox.documents()) == 5
+    assert proc.stop() == 0
+
+
+def test_too_large_and_refused_type_fail_without_any_request(
+    tree: Tree, sandbox: Sandbox, daemon_process: Start
+) -> None:
+    config = make_config(tree, sandbox)
+    text = config.read_text().replace("kind: leyr\n", "kind: leyr\n    max_bytes: 100000\n")
+    config.write_text(text)
+    proc = daemon_process(config)
+    proc.wait_started()
+    tree.drop("p_1/big.pdf", pdf("big", 200_000))
+    tree.drop("p_1/anim.gif", gif("x"))
+    wait_for(lambda: len(tree.receipts("failed")) == 2)
+    failed = {r["source"]: r for r in tree.receipts("failed")}
+    assert failed["p_1/big.pdf"]["error"]["kind"] == "too_large"
+    assert failed["p_1/anim.gif"]["error"]["kind"] == "unsupported_type"
+    assert all(r["attempts"] == 0 for r in failed.values())
+    assert _uploads(sandbox) == [] and sandbox.requests("token") == []
+    assert (tree.failed / "p_1" / "big.pdf").exists()
+    assert proc.stop() == 0
+
+
+def test_5xx_then_success_is_done_with_several_attempts(
+    tree: Tree, sandbox: Sandbox, daemon_process: Start
+) -> None:
+    sandbox.add_fault(Fault(api="leyr", route="upload", action="status", status=503, times=2))
+    proc = daemon_process(make_config(tree, sandbox))
+    proc.wait_started()
+    tree.drop("p_1/retry.pdf", pdf("retry"))
+    wait_for(lambda: tree.receipts(), timeout=30)
+    [receipt] = tree.receipts()
+    assert receipt["status"] == "done" and receipt["attempts"] == 3
+    assert len(sandbox.documents()) == 1
+    assert tree.receipts("failed") == []
+    assert proc.stop() == 0
+
+
+def test_400_fails_at_once_with_its_status(
+    tree: Tree, sandbox: Sandbox, daemon_process: Start
+) -> None:
+    sandbox.add_fault(Fault(api="leyr", route="upload", action="status", status=400, times=1))
+    proc = daemon_process(make_config(tree, sandbox))
+    proc.wait_started()
+    tree.drop("p_1/bad.pdf", pdf("bad"))
+    wait_for(lambda: tree.receipts("failed"))
+    [receipt] = tree.receipts("failed")
+    assert receipt["error"]["kind"] == "rejected"
+    assert receipt["error"]["http_status"] == 400
+    assert receipt["attempts"] == 1
+    assert "ingestd retry" in receipt["error"]["message"]
+    assert proc.stop() == 0
+
+
+def test_root_files_and_links_go_to_failed_with_their_kind(
+    tree: Tree, sandbox: Sandbox, daemon_process: Start, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.pdf"
+    secret.write_bytes(pdf("secret"))
+    (tree.inbox / "p_1").mkdir()
+    (tree.inbox / "p_1" / "link.pdf").symlink_to(secret)
+    os.mkfifo(tree.inbox / "p_1" / "pipe.pdf")
+    tree.drop("loose.pdf", pdf("loose"))
+    tree.drop("p_1/fine.pdf", pdf("fine"))
+    proc = daemon_process(make_config(tree, sandbox))
+    wait_for(lambda: len(tree.receipts("failed")) == 3 and len(tree.receipts()) == 1)
+    kinds = {r["source"]: r["error"]["kind"] for r in tree.receipts("failed")}
+    assert kinds == {
+        "loose.pdf": "no_patient_folder",
+        "p_1/link.pdf": "not_a_regular_file",
+        "p_1/pipe.pdf": "not_a_regular_file",
+    }
+    assert (tree.failed / "p_1" / "link.pdf").is_symlink()
+    assert [d.name for d in sandbox.documents()] == ["fine"]
+    assert proc.stop() == 0
+
+
+def test_collisions_in_done_never_overwrite(
+    tree: Tree, sandbox: Sandbox, daemon_process: Start
+) -> None:
+    (tree.done / "p_1").mkdir(parents=True)
+    (tree.done / "p_1" / "scan.pdf").write_bytes(b"put there by hand")
+    proc = daemon_process(make_config(tree, sandbox))
+    proc.wait_started()
+    tree.drop("p_1/scan.pdf", pdf("one"))
+    wait_for(lambda: len(tree.receipts()) == 1)
+    tree.drop("p_1/scan.pdf", pdf("two"))
+    wait_for(lambda: len(tree.receipts()) == 2)
+    assert (tree.done / "p_1" / "scan.pdf").read_bytes() == b"put there by hand"
+    assert sorted(r["file"] for r in tree.receipts()) == ["scan (1).pdf", "scan (2).pdf"]
+    assert proc.stop() == 0
+
+
+def test_once_processes_the_inbox_and_exits_with_its_code(
+    tree: Tree, sandbox: Sandbox, daemon_process: Start
+) -> None:
+    tree.drop("p_1/a.pdf", pdf("a"))
+    tree.drop("p_1/b.pdf", pdf("b"))
+    config = make_config(tree, sandbox)
+    proc = daemon_process(config, command="once")
+    assert proc.proc.wait(60) == 0
+    assert len(tree.receipts()) == 2
+    tree.drop("p_1/c.gif", gif("c"))
+    proc = daemon_process(config, command="once")
+    assert proc.proc.wait(60) == 1
+    assert len(tree.receipts("failed")) == 1

@@ -1,0 +1,57 @@
+"""The journal's state machine survives reopening (a crash) at every step."""
+
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from ingestd.journal import Journal, JournalError
+
+
+def test_rows_round_trip_and_survive_reopening(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "journal.sqlite"
+    journal = Journal(db)
+    source = PurePosixPath("p1/ärende\udce4.pdf")
+    row_id = journal.add(
+        source, PurePosixPath(".ingestd/work/i/c") / source, "2026-01-01T00:00:00Z"
+    )
+    journal.update(row_id, state="claimed")
+    journal.update(row_id, decision={"rule": "r", "target": "leyr"}, sha256="ab", size=3)
+    journal.update(row_id, state="uploading", attempts=1)
+    journal.close()
+
+    reopened = Journal(db)
+    row = reopened.get(row_id)
+    assert row is not None
+    assert row.source == source and row.state == "uploading" and row.attempts == 1
+    assert row.decision == {"rule": "r", "target": "leyr"}
+    assert [r.id for r in reopened.active()] == [row_id]
+    reopened.update(row_id, state="uploaded", document_id="doc_1")
+    reopened.update(row_id, state="done")
+    assert reopened.active() == []
+    assert reopened.counts() == {"done": 1}
+    assert (db.stat().st_mode & 0o077) == 0
+
+
+def test_due_respects_next_attempt_and_rows_in_hand(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    a = journal.add(PurePosixPath("p/a"), PurePosixPath("w/a"), "t")
+    b = journal.add(PurePosixPath("p/b"), PurePosixPath("w/b"), "t")
+    journal.update(a, state="claimed", next_attempt_at=100.0)
+    journal.update(b, state="claimed", next_attempt_at=50.0)
+    assert [r.id for r in journal.due(75.0, set())] == [b]
+    assert journal.due(75.0, {b}) == []
+    assert journal.next_due_time(set()) == 50.0
+    assert journal.next_due_time({b}) == 100.0
+
+
+def test_unknown_columns_are_refused(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    with pytest.raises(ValueError):
+        journal.update(1, nonsense=1)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "j.sqlite"
+    Journal(db)._db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    with pytest.raises(JournalError, match="upgrade ingestd"):
+        Journal(db)
