@@ -76,7 +76,10 @@ def run_check(args: argparse.Namespace) -> int:
 def run_sandbox(args: argparse.Namespace) -> int:
     from ingestd.sandbox import serve_forever
 
-    serve_forever(args.host, args.port, latency_seconds=args.latency_ms / 1000.0)
+    def announce(text: str) -> None:
+        print(text, flush=True)
+
+    serve_forever(args.host, args.port, latency_seconds=args.latency_ms / 1000.0, announce=announce)
     return EXIT_OK
 
 

@@ -289,7 +289,7 @@ class Pipeline:
             except PermanentError as exc:
                 self.journal.update(row.id, attempts=row.attempts + _attempts(exc))
                 fresh = self.journal.get(row.id) or row
-                kind = exc.kind if exc.kind in ("rejected", "patient_not_found") else "rejected"
+                kind = exc.kind if exc.kind in ("patient_not_found", "unreadable") else "rejected"
                 return self._reject(fresh, Rejected(kind, _rejection_message(exc), exc.http_status))
             except TargetError as exc:
                 self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
@@ -434,6 +434,8 @@ def _attempts(exc: Exception) -> int:
 
 
 def _rejection_message(exc: PermanentError) -> str:
+    if exc.kind == "unreadable":
+        return f"{exc.message}; check the file and its permissions, then `ingestd retry`"
     if exc.kind == "patient_not_found":
         return (
             f"the EHR does not know this patient (HTTP {exc.http_status}): check the patient "

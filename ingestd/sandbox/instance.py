@@ -1,0 +1,178 @@
+"""The `Sandbox` object: start and stop a sandbox, inspect and steer it, and `serve_forever`.
+
+This is the Python API other code uses; the HTTP side lives in server.py and the routes.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import FrameType, TracebackType
+
+from ingestd.sandbox import control, leyr, nymbl, oauth
+from ingestd.sandbox.credentials import SANDBOX_CREDENTIALS
+from ingestd.sandbox.faults import Fault, FaultQueue
+from ingestd.sandbox.server import SandboxServer
+from ingestd.sandbox.store import RequestRecord, Store, StoredDocument
+from ingestd.sandbox.wire import Context
+
+
+class Sandbox:
+    """A local stand-in for the Leyr and Nymbl document APIs, with fault injection.
+
+    `known_patients`: None means every syntactically valid patient id exists; otherwise only
+    these ids do (any written form: `abc_1`, `emr_id:abc_1`, `12345`) and others get 404.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_seconds: float = 0.0,
+        token_ttl_seconds: float = 3600,
+        known_patients: Iterable[str] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._context = Context(
+            store=Store(),
+            faults=FaultQueue(),
+            known_patients=None if known_patients is None else frozenset(known_patients),
+            token_ttl_seconds=token_ttl_seconds,
+            latency_seconds=latency_seconds,
+        )
+        self._server: SandboxServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Sandbox:
+        if self._server is not None:
+            return self
+        server = SandboxServer((self.host, self.port), self._context)
+        self.port = server.server_port
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self._context.url = f"http://{host}:{self.port}"
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"ingestd-sandbox-{self.port}",
+            daemon=True,
+        )
+        self._server = server
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if not self._context.url:
+            raise RuntimeError("the sandbox is not started")
+        return self._context.url
+
+    @property
+    def leyr_base_url(self) -> str:
+        return self.url + leyr.PREFIX
+
+    @property
+    def nymbl_base_url(self) -> str:
+        return self.url + nymbl.PREFIX
+
+    @property
+    def nymbl_token_url(self) -> str:
+        return self.url + oauth.PATH
+
+    def documents(self, api: str | None = None) -> list[StoredDocument]:
+        return self._context.store.documents(api)
+
+    def requests(self, api: str | None = None) -> list[RequestRecord]:
+        return self._context.store.requests(api)
+
+    def add_fault(self, fault: Fault) -> None:
+        self._context.faults.add(fault)
+
+    def clear_faults(self) -> None:
+        self._context.faults.clear()
+
+    def reset(self) -> None:
+        self._context.store.reset()
+        self._context.faults.clear()
+
+    def describe(self) -> str:
+        """Where the sandbox listens and the credentials to use, for `ingestd sandbox` to print."""
+        leyr_creds, nymbl_creds = SANDBOX_CREDENTIALS["leyr"], SANDBOX_CREDENTIALS["nymbl"]
+        lines = [
+            f"ingestd sandbox: stand-in Leyr and Nymbl document APIs on {self.url}",
+            "(test credentials only; documents are kept in memory and lost on exit)",
+            "",
+            "Leyr",
+            f"  base_url       {self.leyr_base_url}",
+            f"  emr            {leyr_creds['emr']}",
+            f"  care_unit_id   {leyr_creds['care_unit_id']}",
+            f"  client_id      {leyr_creds['client_id']}",
+            f"  client_secret  {leyr_creds['client_secret']}",
+            "Nymbl",
+            f"  base_url       {self.nymbl_base_url}",
+            f"  token_url      {self.nymbl_token_url}",
+            f"  api_key        {nymbl_creds['api_key']}",
+            f"  client_id      {nymbl_creds['client_id']}",
+            f"  client_secret  {nymbl_creds['client_secret']}",
+            "Control",
+            f"  {self.url}{control.PREFIX}/documents  /requests  /faults  /reset",
+        ]
+        if self._context.latency_seconds > 0:
+            lines.append(f"Latency: {self._context.latency_seconds:g} s added to every upload")
+        return "\n".join(lines)
+
+
+def serve_forever(
+    host: str,
+    port: int,
+    latency_seconds: float = 0.0,
+    *,
+    announce: Callable[[str], object] | None = None,
+) -> None:
+    """Serve until KeyboardInterrupt or SIGTERM; `announce` gets `describe()` once listening.
+
+    The CLI passes `print` as `announce`: this module never prints.
+    """
+
+    def _terminate(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    sandbox = Sandbox(host=host, port=port, latency_seconds=latency_seconds)
+    try:
+        sandbox.start()
+        if announce is not None:
+            announce(sandbox.describe())
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.stop()
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)

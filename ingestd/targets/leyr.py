@@ -1,0 +1,230 @@
+"""Leyr target: upload a document as JSON with base64 content, and find one already stored.
+
+Owns Leyr's option names, its patient-id forms, its defaults (the documented MIME table, 20 MiB)
+and the request shapes of "Attach a Document". One `send` is one POST; retries live elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from ingestd.targets.base import Refusal, TransientError, Upload
+from ingestd.targets.bodies import LeyrJsonBody
+from ingestd.targets.http import (
+    created_id,
+    json_object,
+    local_refusal,
+    make_session,
+    raise_for_outcome,
+    timeouts,
+    transport_errors,
+)
+
+if TYPE_CHECKING:
+    from ingestd.targets import TargetSettings
+
+KIND = "leyr"
+REQUIRED = frozenset({"base_url", "emr", "care_unit_id", "client_id", "client_secret"})
+OPTIONAL = frozenset({"created_by_id"})
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_ACCEPT = frozenset(
+    {
+        "application/pdf",
+        "image/jpeg",
+        "image/png",
+        "application/msword",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/dicom",
+        "text/plain",
+    }
+)
+
+_EMR_ID = re.compile(r"[A-Za-z0-9._-]+")
+_PERSONAL_NUMBER = re.compile(r"[0-9]{12}")
+_EXPECTED = (
+    "expected an EMR id (letters, digits, '.', '_', '-'), 'emr_id:<EMR id>' "
+    "or 'se_personal_number:<12 digits>'"
+)
+# Decoding base64 text in slices of a multiple of 4 characters keeps memory flat while hashing.
+_B64_SLICE = 4 * 16 * 1024
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def validate_patient_id(patient_id: str) -> str | None:
+    """An error message (never quoting the id) or None when Leyr can take this patient id."""
+    if patient_id.startswith("se_personal_number:"):
+        number = patient_id.removeprefix("se_personal_number:")
+        if not _PERSONAL_NUMBER.fullmatch(number):
+            return "a se_personal_number must be 12 digits (YYYYMMDDNNNC)"
+        if not luhn_valid(number[2:]):
+            return "the se_personal_number's check digit is wrong: check the number for a typo"
+        return None
+    bare = patient_id.removeprefix("emr_id:")
+    # An id made only of dots would become a "." or ".." path segment.
+    if not _EMR_ID.fullmatch(bare) or not bare.strip("."):
+        return f"the patient id is not in a form Leyr takes: {_EXPECTED}"
+    return None
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe=":")
+
+
+class LeyrTarget:
+    """One Leyr care unit: documents are POSTed as JSON, found again by title, format and hash."""
+
+    kind = KIND
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        emr: str,
+        care_unit_id: str,
+        client_id: str,
+        client_secret: str,
+        created_by_id: str | None = None,
+        concurrency: int = 4,
+        accept: frozenset[str] | None = None,
+        max_bytes: int | None = None,
+        timeout_seconds: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.accept = DEFAULT_ACCEPT if accept is None else frozenset(accept)
+        self.max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+        self.created_by_id = created_by_id or None
+        self.timeout_seconds = timeout_seconds
+        self._units = (
+            f"{base_url.rstrip('/')}/emrs/{_segment(emr)}/care-units/{_segment(care_unit_id)}"
+        )
+        self._session = make_session(concurrency)
+        self._session.headers["x-leyr-client-id"] = client_id
+        self._session.headers["x-leyr-client-secret"] = client_secret
+
+    @classmethod
+    def from_settings(cls, cfg: TargetSettings) -> LeyrTarget:
+        opts = cfg.options
+        return cls(
+            cfg.name,
+            base_url=opts["base_url"],
+            emr=opts["emr"],
+            care_unit_id=opts["care_unit_id"],
+            client_id=opts["client_id"],
+            client_secret=opts["client_secret"],
+            created_by_id=opts.get("created_by_id"),
+            concurrency=cfg.concurrency,
+            accept=cfg.accept,
+            max_bytes=cfg.max_bytes,
+            timeout_seconds=cfg.timeout_seconds,
+        )
+
+    def refusal(self, upload: Upload) -> Refusal | None:
+        return local_refusal(upload, self.name, self.max_bytes, self.accept, validate_patient_id)
+
+    def send(self, upload: Upload) -> str:
+        body = LeyrJsonBody(upload, upload.fields.get("created_by_id") or self.created_by_id)
+        what = f"{self.name} upload"
+        with transport_errors(what, self.timeout_seconds):
+            response = self._session.post(
+                self._documents_url(upload),
+                data=body,  # type: ignore[arg-type]  # a sized reader; requests streams it
+                headers={"Content-Type": body.content_type},
+                timeout=timeouts(self.timeout_seconds),
+                allow_redirects=False,
+            )
+        raise_for_outcome(response, what, self._redact(upload))
+        return created_id(response, what)
+
+    def find(self, upload: Upload) -> str | None:
+        what = f"{self.name} look-up"
+        redact = self._redact(upload)
+        with transport_errors(what, self.timeout_seconds):
+            response = self._session.get(
+                self._documents_url(upload),
+                timeout=timeouts(self.timeout_seconds),
+                allow_redirects=False,
+            )
+        if response.status_code == 404:
+            return None
+        raise_for_outcome(response, what, redact)
+        items = json_object(response, what).get("items")
+        if not isinstance(items, list):
+            raise TransientError(f"{what}: HTTP {response.status_code} without a list of items")
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            if item.get("title") != upload.title or item.get("format") != upload.mime:
+                continue
+            doc_id = item.get("id")
+            if isinstance(doc_id, bool) or not isinstance(doc_id, str | int):
+                continue
+            if self._same_content(upload, str(doc_id), redact):
+                return str(doc_id)
+        return None
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _documents_url(self, upload: Upload) -> str:
+        return f"{self._units}/patients/{_segment(upload.patient_id)}/documents"
+
+    def _same_content(self, upload: Upload, doc_id: str, redact: list[str]) -> bool:
+        what = f"{self.name} look-up"
+        with transport_errors(what, self.timeout_seconds):
+            response = self._session.get(
+                f"{self._documents_url(upload)}/{quote(doc_id, safe='')}",
+                timeout=timeouts(self.timeout_seconds),
+                allow_redirects=False,
+            )
+        if response.status_code == 404:
+            return False
+        raise_for_outcome(response, what, [*redact, doc_id])
+        content = json_object(response, what).get("content")
+        if not isinstance(content, str):
+            return False
+        digest = _b64_sha256(content)
+        return digest is not None and digest == (upload.size, upload.sha256)
+
+    def _redact(self, upload: Upload) -> list[str]:
+        return [
+            upload.patient_id,
+            upload.patient_id.partition(":")[2],
+            upload.file_name,
+            upload.title,
+        ]
+
+
+def _b64_sha256(content: str) -> tuple[int, str] | None:
+    """(size, hex SHA-256) of base64 text, decoded a slice at a time; None if not base64."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        for start in range(0, len(content), _B64_SLICE):
+            chunk = base64.b64decode(content[start : start + _B64_SLICE], validate=True)
+            digest.update(chunk)
+            size += len(chunk)
+    except (binascii.Error, ValueError):
+        # Line breaks or other whitespace misalign the slices: decode it whole instead.
+        try:
+            data = base64.b64decode(content)
+        except (binascii.Error, ValueError):
+            return None
+        return len(data), hashlib.sha256(data).hexdigest()
+    return size, digest.hexdigest()

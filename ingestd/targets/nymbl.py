@@ -1,0 +1,418 @@
+"""Nymbl target: OAuth2 client-credentials token, multipart upload, OData look-up.
+
+Owns Nymbl's option names, its defaults (five types, 25 MiB), its digits-only patient ids, the
+token cache, and the request shapes of "Uploading and Downloading Documents". One `send` is one
+POST, preceded by a token request only when no valid token is cached; retries live elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, quote_plus, urljoin, urlsplit
+
+import requests
+
+from ingestd.targets.base import AuthError, Refusal, TransientError, Upload
+from ingestd.targets.bodies import CHUNK, MultipartBody
+from ingestd.targets.http import (
+    RETRY_STATUSES,
+    created_id,
+    describe,
+    json_object,
+    local_refusal,
+    make_session,
+    parse_retry_after,
+    raise_for_outcome,
+    timeouts,
+    transport_errors,
+)
+
+if TYPE_CHECKING:
+    from ingestd.targets import TargetSettings
+
+KIND = "nymbl"
+REQUIRED = frozenset({"base_url", "api_key", "token_url", "client_id", "client_secret"})
+OPTIONAL = frozenset({"token_auth", "scope"})
+TOKEN_AUTH_MODES = ("body", "basic")
+DEFAULT_MAX_BYTES = 25 * 1024 * 1024
+DEFAULT_ACCEPT = frozenset(
+    {
+        "application/pdf",
+        "image/png",
+        "image/jpeg",
+        "image/tiff",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    }
+)
+PAGE_SIZE = 100
+MAX_PAGES = 1000
+TOKEN_MARGIN_SECONDS = 30.0
+TOKEN_DEFAULT_LIFETIME = 60.0
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def validate_patient_id(patient_id: str) -> str | None:
+    """An error message (never quoting the id) or None when Nymbl can take this patient id."""
+    if _DIGITS.fullmatch(patient_id):
+        return None
+    return (
+        "the patient id is not in a form Nymbl takes: expected digits only (a Nymbl patient number)"
+    )
+
+
+def validate_options(options: Mapping[str, str]) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    if options.get("token_auth", "body") not in TOKEN_AUTH_MODES:
+        problems["token_auth"] = "token_auth must be one of: " + ", ".join(TOKEN_AUTH_MODES)
+    return problems
+
+
+def token_lifetime(expires_in: object) -> float:
+    """How long to use a token: `expires_in` less a margin, never past half of a short life."""
+    if isinstance(expires_in, str):
+        try:
+            expires_in = float(expires_in)
+        except ValueError:
+            return TOKEN_DEFAULT_LIFETIME
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+        return TOKEN_DEFAULT_LIFETIME
+    if not expires_in > 0:
+        return TOKEN_DEFAULT_LIFETIME
+    return max(expires_in - TOKEN_MARGIN_SECONDS, expires_in / 2)
+
+
+class TokenRefused(AuthError):
+    """The token endpoint refused the client credentials: no upload request was sent."""
+
+    sent = False
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str
+    expires_at: float
+
+
+class TokenSource:
+    """Client-credentials tokens, cached; one fetch at a time however many threads ask."""
+
+    def __init__(
+        self,
+        session: requests.Session,
+        *,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        client_auth: str = "body",
+        scope: str | None = None,
+        timeout_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session
+        self._token_url = token_url
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._client_auth = client_auth
+        self._scope = scope
+        self._timeout_seconds = timeout_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: _Token | None = None
+
+    def get(self) -> tuple[str, bool]:
+        """(token, fresh): fresh when it was fetched by this very call."""
+        with self._lock:
+            token = self._token
+            if token is not None and self._clock() < token.expires_at:
+                return token.value, False
+            self._token = None
+            value, lifetime = self._fetch()
+            self._token = _Token(value, self._clock() + lifetime)
+            return value, True
+
+    def drop(self, value: str) -> None:
+        """Forget `value` if it is still the cached token (another thread may have replaced it)."""
+        with self._lock:
+            if self._token is not None and self._token.value == value:
+                self._token = None
+
+    def _fetch(self) -> tuple[str, float]:
+        what = "nymbl token request"
+        form = {"grant_type": "client_credentials"}
+        if self._scope:
+            form["scope"] = self._scope
+        auth: tuple[str, str] | None = None
+        if self._client_auth == "basic":
+            # RFC 6749 2.3.1: form-encode the credentials before Basic encoding them.
+            auth = (quote_plus(self._client_id), quote_plus(self._client_secret))
+        else:
+            form["client_id"] = self._client_id
+            form["client_secret"] = self._client_secret
+        try:
+            with transport_errors(what, self._timeout_seconds):
+                response = self._session.post(
+                    self._token_url,
+                    data=form,
+                    auth=auth,
+                    headers={"Accept": "application/json"},
+                    timeout=timeouts(self._timeout_seconds),
+                    allow_redirects=False,
+                )
+        except TransientError as exc:
+            raise TransientError(exc.message, exc.http_status, sent=False) from None
+        status = response.status_code
+        if status in RETRY_STATUSES or status >= 500:
+            raise TransientError(
+                describe(response, f"{what}: the token endpoint is busy or failing"),
+                status,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                sent=False,
+            )
+        if not 200 <= status < 300:
+            raise TokenRefused(
+                describe(
+                    response,
+                    f"{what} refused: check client_id, client_secret, token_url and token_auth",
+                ),
+                status,
+            )
+        try:
+            payload: Any = response.json()
+        except ValueError:
+            payload = None
+        value = payload.get("access_token") if isinstance(payload, dict) else None
+        if not isinstance(value, str) or not value:
+            raise TokenRefused(
+                f"{what}: HTTP {status} without an access_token: check token_url", status
+            )
+        return value, token_lifetime(payload.get("expires_in"))
+
+
+def odata_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class NymblTarget:
+    """One Nymbl tenant: multipart uploads with a bearer token and an API key."""
+
+    kind = KIND
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        api_key: str,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        client_auth: str = "body",
+        scope: str | None = None,
+        concurrency: int = 4,
+        accept: frozenset[str] | None = None,
+        max_bytes: int | None = None,
+        timeout_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if client_auth not in TOKEN_AUTH_MODES:
+            raise ValueError("token_auth must be one of: " + ", ".join(TOKEN_AUTH_MODES))
+        self.name = name
+        self.accept = DEFAULT_ACCEPT if accept is None else frozenset(accept)
+        self.max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+        self.timeout_seconds = timeout_seconds
+        self._base_url = base_url.rstrip("/")
+        self._origin = urlsplit(self._base_url)[:2]
+        self._api_key = api_key
+        self._session = make_session(concurrency)
+        self._tokens = TokenSource(
+            self._session,
+            token_url=token_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            client_auth=client_auth,
+            scope=scope or None,
+            timeout_seconds=timeout_seconds,
+            clock=clock,
+        )
+
+    @classmethod
+    def from_settings(cls, cfg: TargetSettings) -> NymblTarget:
+        opts = cfg.options
+        return cls(
+            cfg.name,
+            base_url=opts["base_url"],
+            api_key=opts["api_key"],
+            token_url=opts["token_url"],
+            client_id=opts["client_id"],
+            client_secret=opts["client_secret"],
+            client_auth=opts.get("token_auth") or "body",
+            scope=opts.get("scope"),
+            concurrency=cfg.concurrency,
+            accept=cfg.accept,
+            max_bytes=cfg.max_bytes,
+            timeout_seconds=cfg.timeout_seconds,
+        )
+
+    def refusal(self, upload: Upload) -> Refusal | None:
+        return local_refusal(upload, self.name, self.max_bytes, self.accept, validate_patient_id)
+
+    def send(self, upload: Upload) -> str:
+        what = f"{self.name} upload"
+        token, fresh = self._tokens.get()
+        fields = []
+        if upload.doc_type:
+            fields.append(("document_type", upload.doc_type))
+        fields.append(("description", upload.fields.get("description") or upload.title))
+        body = MultipartBody(upload, fields)
+        with transport_errors(what, self.timeout_seconds):
+            response = self._session.post(
+                f"{self._patient_url(upload)}/Documents",
+                data=body,  # type: ignore[arg-type]  # a sized reader; requests streams it
+                headers={**self._auth(token), "Content-Type": body.content_type},
+                timeout=timeouts(self.timeout_seconds),
+                allow_redirects=False,
+            )
+        if response.status_code == 401 and not fresh:
+            # The cached token may have been revoked or expired early: the retry gets a new one.
+            self._tokens.drop(token)
+            raise TransientError(
+                f"{what}: HTTP 401 with a cached token; fetching a new one",
+                401,
+                retry_after=0.0,
+            )
+        raise_for_outcome(response, what, _redact(upload))
+        return created_id(response, what)
+
+    def find(self, upload: Upload) -> str | None:
+        redact = _redact(upload)
+        try:
+            candidates = self._candidates(upload, redact, use_filter=True)
+        except _FilterRefused:
+            candidates = self._candidates(upload, redact, use_filter=False)
+        for doc_id in candidates:
+            if self._same_content(upload, doc_id, [*redact, doc_id]):
+                return doc_id
+        return None
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _auth(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}", "x-api-key": self._api_key}
+
+    def _patient_url(self, upload: Upload) -> str:
+        return f"{self._base_url}/Patients({quote(upload.patient_id, safe='')})"
+
+    def _get(self, url: str, what: str, *, stream: bool = False) -> requests.Response:
+        """GET with the bearer token; a 401 on a cached token is retried once with a new one."""
+        response: requests.Response | None = None
+        for _ in range(2):
+            token, fresh = self._tokens.get()
+            with transport_errors(what, self.timeout_seconds):
+                response = self._session.get(
+                    url,
+                    headers=self._auth(token),
+                    timeout=timeouts(self.timeout_seconds),
+                    allow_redirects=False,
+                    stream=stream,
+                )
+            if response.status_code != 401 or fresh:
+                return response
+            response.close()
+            self._tokens.drop(token)
+        assert response is not None
+        return response
+
+    def _candidates(self, upload: Upload, redact: list[str], *, use_filter: bool) -> list[str]:
+        """Ids of the patient's documents with this file name and size, over every page."""
+        what = f"{self.name} look-up"
+        documents = f"{self._patient_url(upload)}/Documents"
+        query = ""
+        if use_filter:
+            condition = (
+                f"file_name eq {odata_string(upload.file_name)} "
+                f"and file_size_bytes eq {upload.size}"
+            )
+            query = f"$filter={quote(condition, safe='')}&"
+        found: list[str] = []
+        seen_links: set[str] = set()
+        skip = 0
+        url = f"{documents}?{query}$top={PAGE_SIZE}&$skip={skip}"
+        for _ in range(MAX_PAGES):
+            response = self._get(url, what)
+            if response.status_code == 400 and use_filter and skip == 0 and not seen_links:
+                raise _FilterRefused
+            if response.status_code == 404:
+                return found
+            raise_for_outcome(response, what, redact)
+            payload = json_object(response, what)
+            page = payload.get("value")
+            if not isinstance(page, list):
+                raise TransientError(f"{what}: HTTP {response.status_code} without a value list")
+            found.extend(_matching_ids(page, upload))
+            next_link = payload.get("@odata.nextLink")
+            if isinstance(next_link, str) and next_link:
+                url = urljoin(url, next_link)
+                # Our bearer token and API key go only to the configured API.
+                if urlsplit(url)[:2] != self._origin or url in seen_links:
+                    return found
+                seen_links.add(url)
+                continue
+            if len(page) != PAGE_SIZE:
+                # A short page is the last; a longer one means the server ignored $top.
+                return found
+            skip += PAGE_SIZE
+            url = f"{documents}?{query}$top={PAGE_SIZE}&$skip={skip}"
+        return found
+
+    def _same_content(self, upload: Upload, doc_id: str, redact: Collection[str]) -> bool:
+        what = f"{self.name} look-up"
+        url = f"{self._patient_url(upload)}/Documents({quote(doc_id, safe='')})/$value"
+        response = self._get(url, what, stream=True)
+        try:
+            if response.status_code == 404:
+                return False
+            raise_for_outcome(response, what, redact)
+            digest = hashlib.sha256()
+            size = 0
+            with transport_errors(what, self.timeout_seconds):
+                for chunk in response.iter_content(CHUNK):
+                    size += len(chunk)
+                    if size > upload.size:
+                        return False
+                    digest.update(chunk)
+            return size == upload.size and digest.hexdigest() == upload.sha256
+        finally:
+            response.close()
+
+
+class _FilterRefused(Exception):
+    """The server answered 400 to our $filter: list without it and filter here."""
+
+
+def _matching_ids(page: list[Any], upload: Upload) -> list[str]:
+    ids: list[str] = []
+    for item in page:
+        if not isinstance(item, dict):
+            continue
+        if item.get("file_name") != upload.file_name:
+            continue
+        size = item.get("file_size_bytes")
+        if size is not None and str(size) != str(upload.size):
+            continue
+        doc_id = item.get("id")
+        if isinstance(doc_id, bool) or not isinstance(doc_id, str | int):
+            continue
+        ids.append(str(doc_id))
+    return ids
+
+
+def _redact(upload: Upload) -> list[str]:
+    return [upload.patient_id, upload.file_name, upload.title]

@@ -1,0 +1,138 @@
+"""Fixtures for the target tests: real temp files opened as descriptors, the sandbox EHR, and
+targets built through the registry against it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox
+from ingestd.targets import TargetSettings, make_target
+from ingestd.targets.base import Target, Upload
+
+UploadFactory = Callable[..., Upload]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll `condition` until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)  # a poll interval, bounded by the deadline
+
+
+def pdf_bytes(size: int, seed: int = 1) -> bytes:
+    """`size` bytes that start like a PDF and are otherwise pseudo-random (and repeatable)."""
+    head = b"%PDF-1.7\n"[:size]
+    return head + random.Random(seed).randbytes(size - len(head))
+
+
+@pytest.fixture
+def make_upload(tmp_path: Path) -> Iterator[UploadFactory]:
+    fds: list[int] = []
+
+    def make(
+        data: bytes = b"%PDF-1.7\nhello",
+        *,
+        patient_id: str = "12345",
+        file_name: str = "scan.pdf",
+        mime: str = "application/pdf",
+        title: str = "Scan",
+        doc_type: str = "Referral",
+        fields: Mapping[str, str] | None = None,
+        size: int | None = None,
+    ) -> Upload:
+        path = tmp_path / f"upload-{len(fds)}.bin"
+        path.write_bytes(data)
+        fd = os.open(path, os.O_RDONLY)
+        fds.append(fd)
+        return Upload(
+            patient_id=patient_id,
+            file_name=file_name,
+            mime=mime,
+            size=len(data) if size is None else size,
+            sha256=hashlib.sha256(data).hexdigest(),
+            title=title,
+            doc_type=doc_type,
+            fields=dict(fields or {}),
+            fd=fd,
+        )
+
+    yield make
+    for fd in fds:
+        os.close(fd)
+
+
+@pytest.fixture
+def sandbox_factory() -> Iterator[Callable[..., Sandbox]]:
+    """Start sandboxes with any constructor arguments; all are stopped after the test."""
+    started: list[Sandbox] = []
+
+    def start(**kwargs: Any) -> Sandbox:
+        sb = Sandbox(port=0, **kwargs).start()
+        started.append(sb)
+        return sb
+
+    yield start
+    for sb in started:
+        sb.stop()
+
+
+@pytest.fixture
+def sb(sandbox_factory: Callable[..., Sandbox]) -> Sandbox:
+    return sandbox_factory()
+
+
+def settings_for(
+    sb: Sandbox, kind: str, options: Mapping[str, str] | None = None, **common: Any
+) -> TargetSettings:
+    """TargetSettings pointing at the sandbox with its credentials; `options` override them."""
+    creds = SANDBOX_CREDENTIALS[kind]
+    if kind == "leyr":
+        base = {
+            "base_url": sb.leyr_base_url,
+            "emr": creds["emr"],
+            "care_unit_id": creds["care_unit_id"],
+            "client_id": creds["client_id"],
+            "client_secret": creds["client_secret"],
+        }
+    else:
+        base = {
+            "base_url": sb.nymbl_base_url,
+            "token_url": sb.nymbl_token_url,
+            "api_key": creds["api_key"],
+            "client_id": creds["client_id"],
+            "client_secret": creds["client_secret"],
+        }
+    return TargetSettings(name=kind, kind=kind, options={**base, **(options or {})}, **common)
+
+
+TargetFactory = Callable[..., Target]
+
+
+@pytest.fixture
+def target_for() -> Iterator[TargetFactory]:
+    """Build a target against a sandbox through the registry; closed after the test."""
+    built: list[Target] = []
+
+    def build(
+        sb: Sandbox, kind: str, options: Mapping[str, str] | None = None, **common: Any
+    ) -> Target:
+        target = make_target(settings_for(sb, kind, options, **common))
+        built.append(target)
+        return target
+
+    yield build
+    for target in built:
+        target.close()

@@ -1,0 +1,150 @@
+"""Leyr specifics: patient-id forms, created_by_id, paths, and find() among look-alikes."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingestd.sandbox import Fault, Sandbox
+from ingestd.targets import KINDS
+from ingestd.targets.base import AuthError
+from ingestd.targets.leyr import DEFAULT_ACCEPT, DEFAULT_MAX_BYTES, luhn_valid, validate_patient_id
+
+from .conftest import TargetFactory, UploadFactory, pdf_bytes
+
+VALID = [
+    "abc_12345",
+    "A.b-c_9",
+    "emr_id:abc_12345",
+    "se_personal_number:191212121212",
+    "se_personal_number:198112189876",
+]
+INVALID = [
+    "",
+    "abc 123",
+    "abc/123",
+    "..",
+    ".",
+    "emr_id:",
+    "emr_id:..",
+    "emr_id:a/b",
+    "åsa",
+    "patient:123",
+    "se_personal_number:191212121213",  # wrong check digit
+    "se_personal_number:1912121212",  # 10 digits
+    "se_personal_number:19121212-1212",
+    "se_personal_number:١٩١٢١٢١٢١٢١٢",  # not ASCII digits
+    "191212121212\n",
+]
+
+
+@pytest.mark.parametrize("patient_id", VALID)
+def test_valid_patient_ids(patient_id: str) -> None:
+    assert validate_patient_id(patient_id) is None
+
+
+@pytest.mark.parametrize("patient_id", INVALID)
+def test_invalid_patient_ids_say_what_is_expected_without_echoing(patient_id: str) -> None:
+    message = validate_patient_id(patient_id)
+    assert message
+    if len(patient_id) >= 4 and patient_id != "emr_id:":
+        assert patient_id not in message
+    assert "se_personal_number" in message or "emr" in message.lower()
+
+
+def test_luhn() -> None:
+    assert luhn_valid("1212121212")
+    assert not luhn_valid("1212121213")
+    assert luhn_valid("8112189876")
+
+
+def test_registry_defaults_match_the_documentation() -> None:
+    kind = KINDS["leyr"]
+    assert kind.default_max_bytes == DEFAULT_MAX_BYTES == 20 * 1024 * 1024
+    assert kind.default_accept == DEFAULT_ACCEPT
+    assert "application/dicom" in DEFAULT_ACCEPT and "text/plain" in DEFAULT_ACCEPT
+    assert kind.required == {"base_url", "emr", "care_unit_id", "client_id", "client_secret"}
+    assert kind.optional == {"created_by_id"}
+
+
+@pytest.mark.parametrize(
+    ("option", "field", "expected"),
+    [
+        (None, None, None),
+        ("res-option", None, "res-option"),
+        ("res-option", "res-field", "res-field"),
+    ],
+)
+def test_created_by_id_comes_from_fields_then_option_else_is_omitted(
+    sb: Sandbox,
+    target_for: TargetFactory,
+    make_upload: UploadFactory,
+    option: str | None,
+    field: str | None,
+    expected: str | None,
+) -> None:
+    options = {"created_by_id": option} if option else {}
+    target = target_for(sb, "leyr", options=options)
+    fields = {"created_by_id": field} if field else {}
+    target.send(make_upload(patient_id="abc_1", fields=fields))
+    [doc] = sb.documents("leyr")
+    assert doc.fields.get("created_by_id") == expected
+
+
+@pytest.mark.parametrize(
+    "patient_id", ["se_personal_number:191212121212", "emr_id:abc_12345", "abc.12-3_x"]
+)
+def test_each_patient_id_form_reaches_the_patient(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory, patient_id: str
+) -> None:
+    target = target_for(sb, "leyr")
+    up = make_upload(patient_id=patient_id)
+    doc_id = target.send(up)
+    [doc] = sb.documents("leyr")
+    assert doc.patient_id == patient_id
+    assert target.find(up) == doc_id
+
+
+def test_find_compares_content_among_documents_with_the_same_title(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "leyr")
+    ups = [make_upload(pdf_bytes(10_000, seed=i), patient_id="p1", title="Same") for i in range(3)]
+    ids = [target.send(up) for up in ups]
+    assert [target.find(up) for up in ups] == ids
+    other_format = make_upload(
+        pdf_bytes(10_000, seed=0), patient_id="p1", title="Same", mime="image/png"
+    )
+    assert target.find(other_format) is None
+
+
+def test_find_skips_a_document_deleted_between_list_and_get(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "leyr")
+    up = make_upload(patient_id="p1")
+    target.send(up)
+    sb.add_fault(Fault(api="leyr", route="get", status=404))
+    assert target.find(up) is None
+
+
+def test_wrong_client_id_is_an_auth_error(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "leyr", options={"client_id": "nobody"})
+    with pytest.raises(AuthError) as info:
+        target.send(make_upload(patient_id="p1"))
+    assert info.value.http_status == 401
+    with pytest.raises(AuthError):
+        target.find(make_upload(patient_id="p1"))
+
+
+def test_a_2xx_without_an_id_leaves_the_outcome_unknown(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    from ingestd.targets.base import TransientError
+
+    sb.add_fault(Fault(api="leyr", route="upload", status=202))
+    with pytest.raises(TransientError) as info:
+        target_for(sb, "leyr").send(make_upload(patient_id="p1"))
+    assert info.value.outcome_unknown is True
+    assert info.value.http_status == 202

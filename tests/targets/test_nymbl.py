@@ -1,0 +1,310 @@
+"""Nymbl specifics: the token's life, 401 handling, file names, and the OData look-up."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import requests
+
+from ingestd.retrying import Delivered, deliver
+from ingestd.sandbox import Fault, Sandbox
+from ingestd.targets import KINDS
+from ingestd.targets.base import AuthError, TransientError, Upload
+from ingestd.targets.nymbl import (
+    DEFAULT_ACCEPT,
+    DEFAULT_MAX_BYTES,
+    NymblTarget,
+    odata_string,
+    token_lifetime,
+    validate_options,
+    validate_patient_id,
+)
+
+from .conftest import TargetFactory, UploadFactory, pdf_bytes, wait_until
+
+
+def token_requests(sb: Sandbox) -> int:
+    return len(sb.requests("token"))
+
+
+def uploads(sb: Sandbox) -> list[Any]:
+    return [r for r in sb.requests("nymbl") if r.route == "upload"]
+
+
+@pytest.mark.parametrize("patient_id", ["1", "12345", "000123"])
+def test_digits_are_valid_patient_ids(patient_id: str) -> None:
+    assert validate_patient_id(patient_id) is None
+
+
+@pytest.mark.parametrize("patient_id", ["", "12a", "-1", "1 2", "١٢٣", "123\n", "emr_id:12"])
+def test_anything_else_is_invalid(patient_id: str) -> None:
+    message = validate_patient_id(patient_id)
+    assert message and "digits" in message
+
+
+def test_registry_defaults_match_the_documentation() -> None:
+    kind = KINDS["nymbl"]
+    assert kind.default_max_bytes == DEFAULT_MAX_BYTES == 25 * 1024 * 1024
+    assert kind.default_accept == DEFAULT_ACCEPT
+    assert len(DEFAULT_ACCEPT) == 5 and "image/tiff" in DEFAULT_ACCEPT
+    assert kind.required == {"base_url", "api_key", "token_url", "client_id", "client_secret"}
+    assert kind.optional == {"token_auth", "scope"}
+    assert kind.validate_options({"token_auth": "basic"}) == {}
+    assert set(validate_options({"token_auth": "digest"})) == {"token_auth"}
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "lifetime"),
+    [
+        (3600, 3570.0),
+        (90, 60.0),
+        (60, 30.0),
+        (20, 10.0),
+        (1, 0.5),
+        (0, 60.0),
+        (None, 60.0),
+        ("300", 270.0),
+        ("x", 60.0),
+    ],
+)
+def test_token_lifetime_keeps_a_margin(expires_in: object, lifetime: float) -> None:
+    assert token_lifetime(expires_in) == lifetime
+
+
+def test_odata_string_doubles_quotes() -> None:
+    assert odata_string("O'Brien's.pdf") == "'O''Brien''s.pdf'"
+
+
+def test_non_ascii_file_name_is_kept(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl")
+    up = make_upload(file_name='Remiss åäö "kopia" 日本.pdf', patient_id="12345")
+    doc_id = target.send(up)
+    [doc] = sb.documents("nymbl")
+    assert doc.name == 'Remiss åäö "kopia" 日本.pdf'
+    assert target.find(up) == doc_id
+
+
+def test_description_defaults_to_the_title(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target_for(sb, "nymbl").send(make_upload(title="Röntgensvar", patient_id="1"))
+    [doc] = sb.documents("nymbl")
+    assert doc.title == "Röntgensvar"
+
+
+def test_the_token_is_cached_across_uploads(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl")
+    for i in range(4):
+        target.send(make_upload(pdf_bytes(100, seed=i), patient_id="1"))
+    target.find(make_upload(pdf_bytes(100, seed=0), patient_id="1"))
+    assert token_requests(sb) == 1
+    assert len(uploads(sb)) == 4
+
+
+def test_concurrent_first_uploads_fetch_one_token(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    sb.add_fault(Fault(api="token", action="delay", delay_seconds=0.3))
+    target = target_for(sb, "nymbl", concurrency=6)
+    ups = [make_upload(pdf_bytes(100, seed=i), patient_id="1") for i in range(6)]
+    threads = [threading.Thread(target=target.send, args=(up,)) for up in ups]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert token_requests(sb) == 1
+    assert len(sb.documents("nymbl")) == 6
+
+
+def test_the_token_is_refreshed_when_it_expires(
+    sandbox_factory: Callable[..., Sandbox], target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    sb = sandbox_factory(token_ttl_seconds=1)
+    target = target_for(sb, "nymbl")
+    target.send(make_upload(pdf_bytes(100, seed=0), patient_id="1"))
+    assert token_requests(sb) == 1
+    counter = iter(range(1, 1000))
+
+    def upload_until_a_new_token() -> bool:
+        target.send(make_upload(pdf_bytes(100, seed=next(counter)), patient_id="1"))
+        return token_requests(sb) == 2
+
+    wait_until(upload_until_a_new_token, timeout=10, interval=0.1)
+    # Refreshed ahead of the server's expiry: no upload was refused on the way.
+    assert all(r.status != 401 for r in sb.requests("nymbl"))
+
+
+def test_a_401_on_a_cached_token_refreshes_once_then_succeeds(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl")
+    target.send(make_upload(pdf_bytes(100, seed=0), patient_id="1"))
+    sb.add_fault(Fault(api="nymbl", route="upload", status=401))
+    up = make_upload(pdf_bytes(100, seed=1), patient_id="1")
+    with pytest.raises(TransientError) as info:
+        target.send(up)
+    assert (info.value.http_status, info.value.retry_after) == (401, 0)
+    target.send(up)
+    assert token_requests(sb) == 2
+
+
+def test_deliver_rides_over_a_revoked_token(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl")
+    target.send(make_upload(pdf_bytes(100, seed=0), patient_id="1"))
+    sb.add_fault(Fault(api="nymbl", route="upload", status=401))
+    sleeps: list[float] = []
+    result = deliver(
+        target, make_upload(pdf_bytes(100, seed=1), patient_id="1"), sleep=sleeps.append
+    )
+    assert isinstance(result, Delivered) and result.attempts == 2
+    assert sleeps == [0.0]
+    assert token_requests(sb) == 2
+
+
+def test_a_401_on_a_fresh_token_is_an_auth_error(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    sb.add_fault(Fault(api="nymbl", route="upload", status=401, times=None))
+    target = target_for(sb, "nymbl")
+    with pytest.raises(AuthError):
+        target.send(make_upload(patient_id="1"))
+    with pytest.raises(AuthError) as info:
+        deliver(target, make_upload(patient_id="1"), sleep=lambda s: None)
+    # The cached token was tried, dropped, then a fresh one was refused too.
+    assert info.value.attempts == 2  # type: ignore[attr-defined]
+    assert token_requests(sb) == 2
+
+
+@pytest.mark.parametrize("token_auth", ["body", "basic"])
+def test_bad_client_secret_is_an_auth_error_and_nothing_is_uploaded(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory, token_auth: str
+) -> None:
+    target = target_for(sb, "nymbl", options={"client_secret": "wrong", "token_auth": token_auth})
+    with pytest.raises(AuthError) as info:
+        target.send(make_upload(patient_id="1"))
+    assert getattr(info.value, "sent", True) is False
+    assert uploads(sb) == []
+    with pytest.raises(AuthError) as delivered:
+        deliver(target, make_upload(patient_id="1"), sleep=lambda s: None)
+    assert delivered.value.attempts == 0  # type: ignore[attr-defined]
+
+
+def test_basic_client_authentication_works(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl", options={"token_auth": "basic"})
+    assert target.send(make_upload(patient_id="1"))
+
+
+def test_wrong_api_key_is_an_auth_error(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl", options={"api_key": "wrong"})
+    with pytest.raises(AuthError) as info:
+        target.send(make_upload(patient_id="1"))
+    assert info.value.http_status == 401
+    assert "wrong" not in info.value.message
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_token_endpoint_failure_is_transient_and_not_sent(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory, status: int
+) -> None:
+    sb.add_fault(Fault(api="token", status=status, retry_after="4"))
+    with pytest.raises(TransientError) as info:
+        target_for(sb, "nymbl").send(make_upload(patient_id="1"))
+    assert info.value.sent is False
+    assert info.value.retry_after == 4.0
+    assert uploads(sb) == []
+
+
+def test_deliver_does_not_count_a_failed_token_request(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    sb.add_fault(Fault(api="token", status=503))
+    result = deliver(target_for(sb, "nymbl"), make_upload(patient_id="1"), sleep=lambda s: None)
+    assert result.attempts == 1
+
+
+def test_find_pages_through_many_documents_with_the_same_name(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl")
+    ups = [make_upload(pdf_bytes(64, seed=i), patient_id="7") for i in range(205)]
+    ids = [target.send(up) for up in ups]
+    assert target.find(ups[-1]) == ids[-1]
+    lists = [r for r in sb.requests("nymbl") if r.route == "list"]
+    assert len(lists) == 3  # 100 + 100 + 5
+
+
+def test_find_falls_back_to_client_side_filtering_when_filter_is_refused(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl")
+    up = make_upload(patient_id="7", file_name="it's.pdf")
+    target.send(make_upload(pdf_bytes(300), patient_id="7", file_name="other.pdf"))
+    doc_id = target.send(up)
+    sb.add_fault(Fault(api="nymbl", route="list", status=400))
+    assert target.find(up) == doc_id
+    statuses = [r.status for r in sb.requests("nymbl") if r.route == "list"]
+    assert statuses == [400, 200]
+
+
+def _fake_response(url: str, payload: dict[str, Any]) -> requests.Response:
+    response = requests.Response()
+    response.status_code = 200
+    response.url = url
+    response._content = json.dumps(payload).encode()
+    return response
+
+
+def test_find_follows_next_links_on_the_same_origin_only(
+    make_upload: UploadFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = NymblTarget(
+        "nymbl",
+        base_url="https://api.example.test",
+        api_key="k",
+        token_url="https://auth.example.test/token",
+        client_id="c",
+        client_secret="s",
+    )
+    up = make_upload(patient_id="1", file_name="a.pdf")
+    item = {"id": "d1", "file_name": "a.pdf", "file_size_bytes": up.size}
+    asked: list[str] = []
+    pages = {
+        0: {"value": [], "@odata.nextLink": "/Patients(1)/Documents?page=2"},
+        1: {"value": [item], "@odata.nextLink": "https://evil.example.test/steal"},
+    }
+
+    def fake_get(url: str, what: str, *, stream: bool = False) -> requests.Response:
+        asked.append(url)
+        return _fake_response(url, pages[len(asked) - 1])
+
+    monkeypatch.setattr(target, "_get", fake_get)
+    monkeypatch.setattr(target, "_same_content", lambda up, doc_id, redact: doc_id == "d1")
+    try:
+        assert target.find(up) == "d1"
+    finally:
+        target.close()
+    assert asked[1] == "https://api.example.test/Patients(1)/Documents?page=2"
+    assert len(asked) == 2  # the foreign link was not followed
+
+
+def test_find_ignores_a_candidate_whose_content_differs(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl")
+    target.send(make_upload(pdf_bytes(500, seed=1), patient_id="3"))
+    same_name_and_size: Upload = make_upload(pdf_bytes(500, seed=2), patient_id="3")
+    assert target.find(same_name_and_size) is None

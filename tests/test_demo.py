@@ -1,0 +1,29 @@
+"""`ingestd demo` works from a checkout, and the installed package carries the same config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_packaged_example_config_is_the_one_in_config() -> None:
+    packaged = ROOT / "ingestd" / "demo_files" / "ingestd.yaml"
+    assert packaged.read_bytes() == (ROOT / "config" / "ingestd.yaml").read_bytes(), (
+        "copy config/ingestd.yaml to ingestd/demo_files/ingestd.yaml"
+    )
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ingestd", "demo"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("\ndone ") == 4
+    assert "failed   198112189876/consent.pdf -> patient_not_found" in result.stdout
+    assert "demo OK" in result.stdout
