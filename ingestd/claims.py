@@ -5,17 +5,19 @@ one inbox (even with separate journals) never take the same file. The journal ro
 *before* the rename (state `claiming`) and marked `claimed` after it, so a crash in between is
 settled at start-up by looking whether the work file exists.
 
-Work folder: `<inbox>/.ingestd/work/<instance>/<claim>/<inbox-relative path>` — the original
-path is kept below the claim, so a claimed file can always be traced back by a person.
+Work folder: `<inbox>/.ingestd/work/<instance>/<claim>~<inbox-relative path, percent-encoded>`.
+One flat folder: a folder per claim would make watchdog add (and drop) an inotify watch for every
+file. The encoded original path lets a person — or `return_orphan`, when the journal is lost —
+trace a claimed file back; a name too long to carry it whole ends in `!` instead of `~`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import secrets
+import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -28,6 +30,27 @@ log = logging.getLogger("ingestd.claims")
 
 PRIVATE_DIR = ".ingestd"
 WORK_DIR = PurePosixPath(PRIVATE_DIR) / "work"
+NAME_MAX = 255
+
+
+def work_name(claim: str, rel: PurePosixPath) -> str:
+    """`<claim>~<encoded path>`, or `<claim>!<cut encoded path>` when it does not fit."""
+    encoded = urllib.parse.quote(os.fsencode(str(rel)), safe=" ")
+    whole = f"{claim}~{encoded}"
+    if len(whole) <= NAME_MAX:
+        return whole
+    return f"{claim}!{encoded[: NAME_MAX - len(claim) - 1]}"
+
+
+def source_of(name: str) -> PurePosixPath | None:
+    """The inbox path a work name was claimed from; None when it was cut or is not ours."""
+    claim, sep, encoded = name.partition("~")
+    if not sep or not claim:
+        return None
+    rel = PurePosixPath(os.fsdecode(urllib.parse.unquote_to_bytes(encoded)))
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        return None
+    return rel
 
 
 def iso_utc(timestamp: float) -> str:
@@ -67,7 +90,7 @@ class Claimer:
         """Move a ready file into the work folder; None when another process took it first
         or it changed since it was judged ready (the caller looks at it again)."""
         rel = ready.rel
-        work = WORK_DIR / self.instance / secrets.token_hex(8) / rel
+        work = WORK_DIR / self.instance / work_name(secrets.token_hex(8), rel)
         row_id = self.journal.add(rel, work, iso_utc(ready.received))
         work_path = self.inbox / work
         try:
@@ -75,7 +98,6 @@ class Claimer:
             os.rename(self.inbox / rel, work_path)
         except OSError as exc:
             self.journal.delete(row_id)
-            self._tidy(work_path.parent)
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
                 event(
                     log,
@@ -119,7 +141,6 @@ class Claimer:
         except OSError:
             return False
         os.unlink(work_path)
-        self._tidy(work_path.parent)
         return True
 
     def release(self, row: Row) -> bool:
@@ -129,19 +150,6 @@ class Claimer:
             return False
         self.journal.delete(row.id)
         return True
-
-    def _tidy(self, folder: Path) -> None:
-        """Remove empty folders of one claim, up to the instance folder."""
-        stop = self.inbox / WORK_DIR / self.instance
-        while folder != stop and stop in folder.parents:
-            try:
-                folder.rmdir()
-            except OSError:
-                return
-            folder = folder.parent
-
-    def tidy_after(self, row: Row) -> None:
-        self._tidy((self.inbox / row.work).parent)
 
     def recover(self) -> list[Row]:
         """Settle claims a crash interrupted; return every row that still has work to do."""
@@ -162,23 +170,40 @@ class Claimer:
 
     def orphans(self, known: set[PurePosixPath]) -> list[PurePosixPath]:
         """Files in this instance's work folder that no journal row knows (journal lost)."""
-        base = self.inbox / WORK_DIR / self.instance
-        found: list[PurePosixPath] = []
-        for dirpath, _dirs, files in os.walk(base):
-            for name in files:
-                rel = PurePosixPath(os.path.relpath(os.path.join(dirpath, name), self.inbox))
-                if rel not in known:
-                    found.append(rel)
-        return found
+        base = WORK_DIR / self.instance
+        try:
+            names = os.listdir(self.inbox / base)
+        except FileNotFoundError:
+            return []
+        return [base / name for name in names if base / name not in known]
 
     def return_orphan(self, work: PurePosixPath) -> None:
-        """Put an unknown work file back into the inbox at its original path (if free)."""
-        parts = work.parts
-        source = PurePosixPath(*parts[4:]) if len(parts) > 4 else None
+        """Put an unknown work file back at its original inbox path, never over another file.
+
+        Its upload outcome is unknown (the journal that knew it is gone), so a person should
+        look: the log line says so. A cut name cannot be traced and stays where it is.
+        """
+        source = source_of(work.name)
         if source is None:
+            event(
+                log,
+                logging.ERROR,
+                "orphan_untraceable",
+                work=self.masker.path(work),
+                action="move it back into the patient folder by hand",
+            )
             return
         target = self.inbox / source
-        with contextlib.suppress(OSError):
+        try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._give_back(self.inbox / work, target)
-            event(log, logging.WARNING, "orphan_returned", file=self.masker.path(source))
+            returned = self._give_back(self.inbox / work, target)
+        except OSError:
+            returned = False
+        event(
+            log,
+            logging.WARNING if returned else logging.ERROR,
+            "orphan_found",
+            file=self.masker.path(source),
+            returned=returned,
+            action="the journal did not know it; check the EHR for a duplicate",
+        )

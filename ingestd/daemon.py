@@ -108,7 +108,9 @@ class Daemon:
     def _build_targets(self, config: Config) -> None:
         targets = {}
         for name, settings in config.targets.items():
-            targets[name] = make_target(settings)
+            current = self._targets.get(name)
+            same = current is not None and self._config.targets.get(name) == settings
+            targets[name] = current if same and current is not None else make_target(settings)
             health = self._health.get(name)
             if health is None or health.concurrency != settings.concurrency:
                 self._health[name] = TargetHealth(name, settings.concurrency)
@@ -302,10 +304,12 @@ class Daemon:
         due = self.settler.next_due()
         if due is not None:
             deadline = min(deadline, due)
-        journal_due = self._journal_check_at - time.time() + now
-        deadline = min(deadline, journal_due, now + WATCHDOG_EVERY)
-        if self._ready and self._free() > 0:
-            deadline = now
+        deadline = min(deadline, now + WATCHDOG_EVERY)
+        if self._free() > 0:
+            # With every worker busy, a finishing worker wakes the loop; due rows wait for it.
+            deadline = min(deadline, self._journal_check_at - time.time() + now)
+            if self._ready:
+                deadline = now
         self.hints.wake.wait(max(0.0, deadline - now))
         self.hints.wake.clear()
 

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import sys
+import warnings
 from pathlib import Path
 
 LOGGER_NAME = "ingestd"
@@ -75,11 +76,43 @@ def get_logger(component: str = "") -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{component}" if component else LOGGER_NAME)
 
 
+class _Formatter(logging.Formatter):
+    """ingestd's own lines as they are; anything else reduced to where it came from.
+
+    Libraries log URLs (which hold patient ids) and warnings quote paths (which hold patient
+    folder names), so their text never reaches the log.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == LOGGER_NAME or record.name.startswith(LOGGER_NAME + "."):
+            return f"{record.levelname} {record.getMessage()}"
+        return f"{record.levelname} event=library_message logger={_quote(record.name)}"
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    event(
+        logging.getLogger(LOGGER_NAME),
+        logging.WARNING,
+        "python_warning",
+        category=category.__name__,
+        module=os.path.basename(filename),
+        line=lineno,
+    )
+
+
 def setup(level: str = "INFO", stream: object = None) -> None:
-    """Send ingestd's log lines to stderr as `LEVEL event=...` (journald adds the time)."""
+    """Send log lines to stderr as `LEVEL event=...` (journald adds the time)."""
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    root = logging.getLogger(LOGGER_NAME)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    root.setLevel(logging.WARNING)
+    logging.getLogger(LOGGER_NAME).setLevel(level)
+    warnings.showwarning = _show_warning

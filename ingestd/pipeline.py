@@ -378,7 +378,6 @@ class Pipeline:
             self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
             return Outcome("deferred", row.source)
         self.journal.update(row.id, state=status)
-        self.claimer.tidy_after(row)
         error = row.error or {}
         event(
             log,

@@ -210,3 +210,27 @@ def test_once_processes_the_inbox_and_exits_with_its_code(
     proc = daemon_process(config, command="once")
     assert proc.proc.wait(60) == 1
     assert len(tree.receipts("failed")) == 1
+
+
+def test_nothing_printed_holds_patient_ids_names_secrets_or_document_ids(
+    tree: Tree, sandbox: Sandbox, daemon_process: Start
+) -> None:
+    sandbox.add_fault(Fault(api="leyr", route="upload", action="status", status=503, times=1))
+    proc = daemon_process(make_config(tree, sandbox))
+    proc.wait_started()
+    tree.drop("p_4455/Svensson Lab Result.pdf", pdf("phi"))
+    tree.drop("98765/nymbl/Referral Karlsson.pdf", pdf("phi2"))
+    tree.drop("p_4455/Karlsson photo.gif", gif("phi3"))
+    tree.drop("p_4455/sub folder/Lindqvist.pdf", pdf("phi4"))
+    wait_for(lambda: len(tree.all_receipts()) == 4, timeout=30)
+    assert proc.stop() == 0
+    printed = proc.output()
+    assert "event=file_done" in printed and "event=file_failed" in printed
+    forbidden = ["p_4455", "98765", "Svensson", "Karlsson", "Lindqvist", "sub folder", "PDF-1.4"]
+    forbidden += [
+        os.environ[name] for name in ("TEST_LEYR_SECRET", "TEST_NYMBL_KEY", "TEST_NYMBL_SECRET")
+    ]
+    forbidden += [r["document_id"] for r in tree.receipts()]
+    forbidden += [str(tree.root)]
+    for text in forbidden:
+        assert text not in printed, f"{text!r} was printed"
