@@ -33,6 +33,7 @@ class Sandbox:
         latency_seconds: float = 0.0,
         token_ttl_seconds: float = 3600,
         known_patients: Iterable[str] | None = None,
+        token_client_auth: Iterable[str] = ("basic", "body"),
     ) -> None:
         self.host = host
         self.port = port
@@ -42,6 +43,7 @@ class Sandbox:
             known_patients=None if known_patients is None else frozenset(known_patients),
             token_ttl_seconds=token_ttl_seconds,
             latency_seconds=latency_seconds,
+            token_client_auth=frozenset(token_client_auth),
         )
         self._server: SandboxServer | None = None
         self._thread: threading.Thread | None = None

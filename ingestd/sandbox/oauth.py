@@ -65,11 +65,13 @@ def _basic(header: str) -> tuple[str, str]:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
-def _client(req: Request, form: dict[str, str]) -> None:
+def _client(ctx: Context, req: Request, form: dict[str, str]) -> None:
     creds = SANDBOX_CREDENTIALS["nymbl"]
     header = req.header("Authorization")
     # Another scheme (a stray Bearer) is not client authentication; servers ignore it.
     uses_basic = header is not None and header.strip().lower().startswith("basic ")
+    if ("basic" if uses_basic else "body") not in ctx.token_client_auth:
+        raise _oauth_error(401, "invalid_client", "client authentication method not supported")
     if uses_basic and header is not None:
         if "client_secret" in form:
             raise _oauth_error(400, "invalid_request", "more than one client authentication")
@@ -88,7 +90,7 @@ def _client(req: Request, form: dict[str, str]) -> None:
 
 def _token(ctx: Context, req: Request) -> Response:
     form = _form(req)
-    _client(req, form)
+    _client(ctx, req, form)
     grant = form.get("grant_type")
     if grant is None:
         raise _oauth_error(400, "invalid_request", "grant_type is required")

@@ -94,6 +94,8 @@ class Context:
     token_ttl_seconds: float
     latency_seconds: float
     url: str = ""  # set once the socket is bound
+    # Client authentication the token endpoint accepts: like servers that take only one.
+    token_client_auth: frozenset[str] = frozenset({"basic", "body"})
 
     def patient_exists(self, *forms: str) -> bool:
         """True when any written form of the id is known (or every patient exists)."""

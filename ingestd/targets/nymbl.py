@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 KIND = "nymbl"
 REQUIRED = frozenset({"base_url", "api_key", "token_url", "client_id", "client_secret"})
 OPTIONAL = frozenset({"token_auth", "scope"})
-TOKEN_AUTH_MODES = ("body", "basic")
+TOKEN_AUTH_MODES = ("auto", "basic", "body")
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 DEFAULT_ACCEPT = frozenset(
     {
@@ -69,7 +69,7 @@ def validate_patient_id(patient_id: str) -> str | None:
 
 def validate_options(options: Mapping[str, str]) -> dict[str, str]:
     problems: dict[str, str] = {}
-    if options.get("token_auth", "body") not in TOKEN_AUTH_MODES:
+    if options.get("token_auth", "auto") not in TOKEN_AUTH_MODES:
         problems["token_auth"] = "token_auth must be one of: " + ", ".join(TOKEN_AUTH_MODES)
     return problems
 
@@ -110,7 +110,7 @@ class TokenSource:
         token_url: str,
         client_id: str,
         client_secret: str,
-        client_auth: str = "body",
+        client_auth: str = "auto",
         scope: str | None = None,
         timeout_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
@@ -120,6 +120,7 @@ class TokenSource:
         self._client_id = client_id
         self._client_secret = client_secret
         self._client_auth = client_auth
+        self._learned: str | None = None  # auto mode: the method the server accepted
         self._scope = scope
         self._timeout_seconds = timeout_seconds
         self._clock = clock
@@ -144,12 +145,31 @@ class TokenSource:
                 self._token = None
 
     def _fetch(self) -> tuple[str, float]:
+        """A new token. In `auto` mode, HTTP Basic first (RFC 6749 2.3.1: every server must
+        support it), then the credentials as form fields if Basic is refused; the method that
+        worked is kept for later fetches."""
+        if self._client_auth != "auto":
+            return self._fetch_with(self._client_auth)
+        if self._learned is not None:
+            return self._fetch_with(self._learned)
+        try:
+            result = self._fetch_with("basic")
+        except TokenRefused as basic_refused:
+            if basic_refused.http_status not in (400, 401, 403):
+                raise
+            result = self._fetch_with("body")
+            self._learned = "body"
+            return result
+        self._learned = "basic"
+        return result
+
+    def _fetch_with(self, client_auth: str) -> tuple[str, float]:
         what = "nymbl token request"
         form = {"grant_type": "client_credentials"}
         if self._scope:
             form["scope"] = self._scope
         auth: tuple[str, str] | None = None
-        if self._client_auth == "basic":
+        if client_auth == "basic":
             # RFC 6749 2.3.1: form-encode the credentials before Basic encoding them.
             auth = (quote_plus(self._client_id), quote_plus(self._client_secret))
         else:
@@ -213,7 +233,7 @@ class NymblTarget:
         token_url: str,
         client_id: str,
         client_secret: str,
-        client_auth: str = "body",
+        client_auth: str = "auto",
         scope: str | None = None,
         concurrency: int = 4,
         accept: frozenset[str] | None = None,
@@ -252,7 +272,7 @@ class NymblTarget:
             token_url=opts["token_url"],
             client_id=opts["client_id"],
             client_secret=opts["client_secret"],
-            client_auth=opts.get("token_auth") or "body",
+            client_auth=opts.get("token_auth") or "auto",
             scope=opts.get("scope"),
             concurrency=cfg.concurrency,
             accept=cfg.accept,

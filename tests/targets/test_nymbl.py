@@ -308,3 +308,24 @@ def test_find_ignores_a_candidate_whose_content_differs(
     target.send(make_upload(pdf_bytes(500, seed=1), patient_id="3"))
     same_name_and_size: Upload = make_upload(pdf_bytes(500, seed=2), patient_id="3")
     assert target.find(same_name_and_size) is None
+
+
+@pytest.mark.parametrize("accepted", [("basic",), ("body",), ("basic", "body")])
+def test_auto_client_authentication_finds_what_the_server_takes_and_keeps_it(
+    target_for: TargetFactory, make_upload: UploadFactory, accepted: tuple[str, ...]
+) -> None:
+    server = Sandbox(port=0, token_ttl_seconds=1, token_client_auth=accepted).start()
+    try:
+        target = target_for(server, "nymbl")
+        assert target.send(make_upload(patient_id="1"))
+        first = token_requests(server)
+        # Basic first (every server must take it); one more request only when it is refused.
+        assert first == (1 if "basic" in accepted else 2)
+        wait_until(
+            lambda: (
+                bool(target.send(make_upload(patient_id="1"))) and token_requests(server) > first
+            )
+        )
+        assert token_requests(server) == first + 1  # the method that worked is kept
+    finally:
+        server.stop()
