@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from ingestd.journal import Journal, Row
 from ingestd.logs import Masker, event
+from ingestd.statefiles import read_or_create
 from ingestd.watcher import Ready
 
 log = logging.getLogger("ingestd.claims")
@@ -63,20 +64,8 @@ def iso_utc(timestamp: float) -> str:
 
 def instance_id(state_dir: Path) -> str:
     """This installation's stable id (one per journal), kept in the state folder."""
-    path = state_dir / "instance.id"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    value = secrets.token_hex(6)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
-    return value
+    made = read_or_create(state_dir / "instance.id", lambda: secrets.token_hex(6).encode() + b"\n")
+    return made.decode().strip()
 
 
 @dataclass

@@ -4,6 +4,7 @@ a message and an exit code (nothing below it calls sys.exit)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -28,8 +29,8 @@ def config_path(args: argparse.Namespace) -> str:
     return args.config or os.environ.get("INGESTD_CONFIG") or DEFAULT_CONFIG
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(config_path(args))
+def _load(args: argparse.Namespace, in_service: bool = True) -> Config:
+    return load_config(config_path(args), in_service=in_service)
 
 
 def _warn(config: Config) -> None:
@@ -63,13 +64,29 @@ def run_once(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _load(args, in_service=False)
     _warn(config)
     print(f"{config.file}: ok")
     for name, target in config.targets.items():
         print(f"  target {name}: {target.kind}, {target.concurrency} at once")
     for rule in config.rules:
         print(f"  rule {rule.name!r} (line {rule.line})")
+    return EXIT_OK
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from ingestd.explain import NotInInbox, explain, inbox_paths, offline_targets, render
+
+    config = _load(args, in_service=False)
+    targets = offline_targets(config)
+    try:
+        items = [explain(config, targets, rel) for rel in inbox_paths(config, args.paths)]
+    except NotInInbox as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps([item.to_dict() for item in items], indent=2, ensure_ascii=False))
+    else:
+        print("\n\n".join(render(item) for item in items))
     return EXIT_OK
 
 
@@ -120,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
         )
     command("check", run_check, "validate the config offline")
+    explain = command("explain", run_explain, "what would happen to these inbox files, and why")
+    explain.add_argument("paths", nargs="+", metavar="PATH", help="files or folders in the inbox")
+    explain.add_argument("--json", action="store_true", help="one JSON list, for scripts")
     sandbox = command(
         "sandbox", run_sandbox, "serve a local stand-in EHR (both APIs)", config=False
     )

@@ -130,10 +130,14 @@ class Config:
         return {rule.name: rule.line for rule in self.rules}
 
 
-def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str, env: Mapping[str, str] | None = None, *, in_service: bool = True
+) -> Config:
     """Read, check and build the config at `path`; raise ConfigError listing every problem.
 
     `env` (default: os.environ) serves `${NAME}` references and `CREDENTIALS_DIRECTORY`.
+    `in_service=False` (offline commands): a `${credential:…}` that only systemd can provide
+    is a warning, not an error.
     """
     report = Report(path)
     try:
@@ -151,7 +155,13 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
         report.error(START, f"the config must be a mapping of sections, not {kind_of(tree)}")
     if not isinstance(tree, MarkedDict):
         raise ConfigError(report.problems)
-    resolve_tree(tree, os.environ if env is None else env, report, exposed=readable_by_others(path))
+    resolve_tree(
+        tree,
+        os.environ if env is None else env,
+        report,
+        exposed=readable_by_others(path),
+        in_service=in_service,
+    )
     config = _build(report, tree)
     errors = report.errors
     if errors or config is None:

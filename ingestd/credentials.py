@@ -29,6 +29,10 @@ class UnresolvedReference(Exception):
     """A reference that cannot be resolved; the message names the reference only."""
 
 
+class OutsideService(UnresolvedReference):
+    """A `${credential:…}` read outside the service: only systemd provides those files."""
+
+
 def is_secret_key(key: str) -> bool:
     """Whether a config key holds a secret (its value is never echoed, inline use warns)."""
     lowered = key.lower()
@@ -86,7 +90,7 @@ def resolve_reference(inner: str, env: Mapping[str, str]) -> str:
             raise UnresolvedReference(f"{reference} is not a valid credential name")
         directory = env.get("CREDENTIALS_DIRECTORY")
         if not directory:
-            raise UnresolvedReference(
+            raise OutsideService(
                 f"{reference}: $CREDENTIALS_DIRECTORY is not set "
                 "(systemd sets it for LoadCredential=)"
             )
@@ -94,20 +98,26 @@ def resolve_reference(inner: str, env: Mapping[str, str]) -> str:
     raise UnresolvedReference(f"{reference} is not a valid reference ({FORMS})")
 
 
-def resolve(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
-    """`text` with every reference replaced (`$$` is a literal `$`), and the errors found."""
+def resolve(
+    text: str, env: Mapping[str, str], *, in_service: bool = True
+) -> tuple[str, list[str], list[str]]:
+    """`text` with every reference replaced (`$$` is a literal `$`), the errors found, and the
+    credentials that only the service can read (errors when `in_service`, else notes)."""
     errors: list[str] = []
+    notes: list[str] = []
 
     def substitute(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
         try:
             return resolve_reference(match.group(1), env)
+        except OutsideService as error:
+            (errors if in_service else notes).append(str(error))
         except UnresolvedReference as error:
             errors.append(str(error))
-            return ""
+        return ""
 
-    return REFERENCE.sub(substitute, text), errors
+    return REFERENCE.sub(substitute, text), errors, notes
 
 
 def has_literal(text: str) -> bool:
@@ -116,10 +126,16 @@ def has_literal(text: str) -> bool:
 
 
 def _resolve_item(
-    value: object, at: Mark, key: str | None, env: Mapping[str, str], report: Report, exposed: bool
+    value: object,
+    at: Mark,
+    key: str | None,
+    env: Mapping[str, str],
+    report: Report,
+    exposed: bool,
+    in_service: bool,
 ) -> object:
     if isinstance(value, (MarkedDict, MarkedList)):
-        resolve_tree(value, env, report, exposed=exposed)
+        resolve_tree(value, env, report, exposed=exposed, in_service=in_service)
         return value
     if not isinstance(value, str):
         return value
@@ -129,28 +145,39 @@ def _resolve_item(
             f"{key} is written inline in a config file that group or others can read; "
             f"{FORMS}, or chmod the file 600",
         )
-    resolved, errors = resolve(value, env)
+    resolved, errors, notes = resolve(value, env, in_service=in_service)
     for error in errors:
         report.error(at, error)
-    if errors:
+    for note in notes:
+        report.warn(at, f"{note}; `ingestd run` under systemd reads it, so it is not checked here")
+    if errors or notes:
         report.unusable.add(at)
         return value
     return resolved
 
 
 def resolve_tree(
-    node: MarkedDict | MarkedList, env: Mapping[str, str], report: Report, *, exposed: bool
+    node: MarkedDict | MarkedList,
+    env: Mapping[str, str],
+    report: Report,
+    *,
+    exposed: bool,
+    in_service: bool = True,
 ) -> None:
     """Resolve every reference in every string under `node`, in place; report each failure.
 
     `exposed`: the config file can be read by group or others, so inline secrets warn.
+    `in_service`: False for offline commands (`check`, `explain`), where `${credential:…}`
+    cannot be read without systemd and is only noted.
     """
     if isinstance(node, MarkedDict):
         for key, value in node.items():
-            node[key] = _resolve_item(value, node.value_mark(key), key, env, report, exposed)
+            mark = node.value_mark(key)
+            node[key] = _resolve_item(value, mark, key, env, report, exposed, in_service)
     else:
         for index, value in enumerate(node):
-            node[index] = _resolve_item(value, node.item_mark(index), None, env, report, exposed)
+            mark = node.item_mark(index)
+            node[index] = _resolve_item(value, mark, None, env, report, exposed, in_service)
 
 
 def readable_by_others(path: str) -> bool:

@@ -20,10 +20,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from types import FrameType
 
-from ingestd import notify
+from ingestd import content, notify
+from ingestd.assess import Rejected, evaluate
 from ingestd.claims import WORK_DIR, Claimer, instance_id
 from ingestd.config import Config, ConfigError, load_config
 from ingestd.filing import make_folders
@@ -33,13 +35,15 @@ from ingestd.names import is_ignored_path
 from ingestd.pipeline import Outcome, Pipeline, TargetHealth
 from ingestd.targets import make_target
 from ingestd.targets.base import Target
-from ingestd.watcher import Hints, Observation, Ready, Settler, scan
+from ingestd.watcher import INBOX_ROOT, Hints, Observation, Ready, Settler, scan
 
 log = logging.getLogger("ingestd.daemon")
 
 SCAN_SLICE = 500  # paths listed per loop turn, so uploads start while a big inbox is listed
 WATCHDOG_EVERY = 5.0
 SHUTDOWN_GRACE_SECONDS = 30.0
+CONFIG_CHECK_EVERY = 2.0
+POLL_EVERY = 2.0  # folders on network shares, listed this often
 
 
 @dataclass
@@ -66,6 +70,8 @@ class Daemon:
         self.stopping = threading.Event()
         self._stop_requests = 0
         self._reload_requested = False
+        self._config_stamp = _stamp(config.file)
+        self._config_checked_at = time.monotonic()
         self.hints = Hints()
         self.settler = Settler(
             paths.inbox,
@@ -90,6 +96,7 @@ class Daemon:
         self._ready: collections.deque[Ready] = collections.deque()
         self._resumed: set[int] = set()
         self._scans: list[Iterator[PurePosixPath]] = []
+        self._polled: set[PurePosixPath] = set()
         self._journal_check_at = 0.0
         self.summary = Summary()
         self._workers = [
@@ -109,11 +116,12 @@ class Daemon:
         targets = {}
         for name, settings in config.targets.items():
             current = self._targets.get(name)
-            same = current is not None and self._config.targets.get(name) == settings
-            targets[name] = current if same and current is not None else make_target(settings)
-            health = self._health.get(name)
-            if health is None or health.concurrency != settings.concurrency:
-                self._health[name] = TargetHealth(name, settings.concurrency)
+            if current is not None and self._config.targets.get(name) == settings:
+                targets[name] = current
+                continue
+            # New or changed (fixed credentials, say): a fresh start, not the old pause.
+            targets[name] = make_target(settings)
+            self._health[name] = TargetHealth(name, settings.concurrency)
         self._targets = targets
 
     def _health_of(self, name: str) -> TargetHealth:
@@ -181,7 +189,6 @@ class Daemon:
     # --- the loop --------------------------------------------------------------------------
 
     def run(self) -> Summary:
-        inbox = self._config.paths.inbox
         for row in self.claimer.recover():
             self._resumed.add(row.id)
         known = {row.work for row in self.journal.active()}
@@ -191,9 +198,10 @@ class Daemon:
             worker.start()
         if not self.once:
             self.observation.start()
-        self._scans.append(scan(inbox))
+        self._scans.append(self._scan())
         next_scan = time.monotonic() + self._config.watch.scan_interval_seconds
         last_watchdog = 0.0
+        next_poll = time.monotonic() + POLL_EVERY
         notify.notify("READY=1", "STATUS=scanning the inbox")
         event(
             log,
@@ -204,7 +212,7 @@ class Daemon:
             rules=len(self._config.rules),
         )
         while not self.stopping.is_set():
-            if self._reload_requested:
+            if self._reload_requested or self._config_changed():
                 self._reload()
             self._take_hints()
             self._advance_scans()
@@ -218,15 +226,37 @@ class Daemon:
             if not self.once:
                 if now >= next_scan:
                     if self.observation.ensure_alive() or not self._scans:
-                        self._scans.append(scan(inbox))
+                        self._scans.append(self._scan())
                     next_scan = now + self._config.watch.scan_interval_seconds
                 if now - last_watchdog >= WATCHDOG_EVERY:
                     notify.notify("WATCHDOG=1", self._status_line())
                     last_watchdog = now
+                if now >= next_poll:
+                    self._poll_folders()
+                    next_poll = now + POLL_EVERY
             elif self._once_finished():
                 break
             self._sleep(next_scan)
         return self._shutdown()
+
+    def _scan(self, start: PurePosixPath = INBOX_ROOT) -> Iterator[PurePosixPath]:
+        return scan(self._config.paths.inbox, start, on_folder=self._saw_folder)
+
+    def _saw_folder(self, rel: PurePosixPath) -> None:
+        """Remember folders that must be polled (a share written by other machines)."""
+        if self._config.watch.poll_for(rel) and not any(p in self._polled for p in rel.parents):
+            self._polled.add(rel)
+
+    def _poll_folders(self) -> None:
+        """inotify sees nothing that other clients of an NFS/SMB mount write: list those folders
+        every POLL_EVERY seconds instead."""
+        inbox = self._config.paths.inbox
+        for folder in sorted(self._polled):
+            if not self._config.watch.poll_for(folder) or not (inbox / folder).is_dir():
+                self._polled.discard(folder)  # gone, or no longer polled after a reload
+                continue
+            for rel in scan(inbox, folder):
+                self.settler.notice(rel)
 
     def _take_hints(self) -> None:
         inbox = self._config.paths.inbox
@@ -236,7 +266,7 @@ class Daemon:
             if rel is None or is_ignored_path(rel):
                 continue
             if raw in folders:
-                self._scans.append(scan(inbox, rel))
+                self._scans.append(self._scan(rel))
             else:
                 self.settler.notice(rel)
 
@@ -265,6 +295,9 @@ class Daemon:
             self._journal_check_at = self.journal.next_due_time(busy) or now + 3600
         while self._ready and self._free() > 0 and not self.stopping.is_set():
             ready = self._ready.popleft()
+            if self._ignores(ready):
+                self.settler.hold(ready.rel)
+                continue
             claimed = self.claimer.claim(ready)
             if claimed is None:
                 self.settler.notice(ready.rel)
@@ -281,6 +314,31 @@ class Daemon:
                 )
                 claimed = self.journal.get(claimed.id) or claimed
             self._submit(claimed)
+
+    def _ignores(self, ready: Ready) -> bool:
+        """Whether a rule says to leave this file alone: judged before claiming, so an
+        ignored file is never moved. Anything else (including errors) is the pipeline's."""
+        config = self._config
+        if ready.snapshot is None or not any(rule.action == "ignore" for rule in config.rules):
+            return False
+        try:
+            fd, st = content.open_regular(config.paths.inbox / ready.rel)
+        except (OSError, content.UnsafeFile):
+            return False
+        try:
+            _, verdict = evaluate(
+                config, ready.rel, content.detect_format(fd), st.st_size,
+                mtime=datetime.fromtimestamp(st.st_mtime, UTC),
+                received=datetime.fromtimestamp(ready.received, UTC),
+            )  # fmt: skip
+        except Rejected:
+            return False
+        finally:
+            os.close(fd)
+        ignored = verdict.decision is not None and verdict.decision.action == "ignore"
+        if ignored:
+            event(log, logging.INFO, "file_ignored", file=self.masker.path(ready.rel))
+        return ignored
 
     def _collect(self) -> None:
         while True:
@@ -304,7 +362,7 @@ class Daemon:
         due = self.settler.next_due()
         if due is not None:
             deadline = min(deadline, due)
-        deadline = min(deadline, now + WATCHDOG_EVERY)
+        deadline = min(deadline, now + CONFIG_CHECK_EVERY)
         if self._free() > 0:
             # With every worker busy, a finishing worker wakes the loop; due rows wait for it.
             deadline = min(deadline, self._journal_check_at - time.time() + now)
@@ -329,8 +387,21 @@ class Daemon:
             f"done {counts.get('done', 0)}, failed {counts.get('failed', 0)}"
         )
 
+    def _config_changed(self) -> bool:
+        """Whether the config file changed since it was last loaded (looked at every 2 s)."""
+        now = time.monotonic()
+        if now < self._config_checked_at + CONFIG_CHECK_EVERY:
+            return False
+        self._config_checked_at = now
+        stamp = _stamp(self._config.file)
+        if stamp == self._config_stamp:
+            return False
+        self._config_stamp = stamp
+        return True
+
     def _reload(self) -> None:
         self._reload_requested = False
+        self._config_stamp = _stamp(self._config.file)
         notify.notify("RELOADING=1", notify.monotonic_usec())
         try:
             config = load_config(self._config.file)
@@ -355,6 +426,11 @@ class Daemon:
                 config = _with_paths(config, self._config)
             self._build_targets(config)
             self._config = config
+            self.settler.empty_fail_seconds = config.watch.empty_fail_seconds
+            self.settler.unknown_type_grace_seconds = config.watch.unknown_type_grace_seconds
+            # Waiting files get another chance at once under the new config.
+            self.journal.make_due()
+            self._journal_check_at = 0.0
             event(
                 log, logging.INFO, "reloaded", targets=len(config.targets), rules=len(config.rules)
             )
@@ -390,6 +466,14 @@ class Daemon:
         for target in self._targets.values():
             target.close()
         return self.summary
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _relative(inbox: Path, raw: str) -> PurePosixPath | None:

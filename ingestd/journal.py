@@ -203,6 +203,15 @@ class Journal:
                 [*params, time.time(), row_id],
             )
 
+    def make_due(self) -> None:
+        """Every waiting row is due now (after a reload that may have fixed what held it)."""
+        marks = ", ".join("?" * len(ACTIVE_STATES))
+        with self._transaction() as db:
+            db.execute(
+                f"UPDATE files SET next_attempt_at = 0 WHERE state IN ({marks})",  # noqa: S608
+                ACTIVE_STATES,
+            )
+
     def delete(self, row_id: int) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM files WHERE id = ?", (row_id,))

@@ -16,6 +16,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from ingestd.statefiles import read_or_create
+
 LOGGER_NAME = "ingestd"
 _KEY_FILE = "log.key"
 
@@ -38,21 +40,8 @@ class Masker:
 
 
 def load_masker(state_dir: Path) -> Masker:
-    """The masking key from the state folder, created (mode 0600) on first use."""
-    key_path = state_dir / _KEY_FILE
-    try:
-        return Masker(key_path.read_bytes())
-    except FileNotFoundError:
-        pass
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = secrets.token_bytes(32)
-    try:
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return Masker(key_path.read_bytes())
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
-    return Masker(key)
+    """The masking key from the state folder, created on first use."""
+    return Masker(read_or_create(state_dir / _KEY_FILE, lambda: secrets.token_bytes(32)))
 
 
 def _quote(value: object) -> str:

@@ -21,31 +21,21 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingestd import content
+from ingestd.assess import Rejected, check_before_upload, decision_of, evaluate, rule_failure
 from ingestd.claims import Claimer
 from ingestd.config import Config
 from ingestd.filing import free_name, place
 from ingestd.journal import Journal, Row
 from ingestd.logs import Masker, event
-from ingestd.names import patient_folder
 from ingestd.receipts import receipt_path, utc_now, write_receipt
 from ingestd.retrying import Deferred, RetryPolicy, deliver
-from ingestd.rules import Decision, Facts, decide
+from ingestd.rules import Decision
 from ingestd.targets.base import AuthError, PermanentError, Target, TargetError, Upload
 
 log = logging.getLogger("ingestd.pipeline")
 
 AUTH_PAUSE_SECONDS = 60.0
 FILING_RETRY_SECONDS = 30.0
-
-
-class Rejected(Exception):
-    """This file goes to failed/: `kind` is a receipt error kind."""
-
-    def __init__(self, kind: str, message: str, http_status: int | None = None) -> None:
-        super().__init__(message)
-        self.error: dict[str, Any] = {"kind": kind, "message": message}
-        if http_status is not None:
-            self.error["http_status"] = http_status
 
 
 @dataclass
@@ -136,7 +126,15 @@ class Pipeline:
             return self._changed(row)
         fmt = row.format if row.decision is not None and row.format else content.detect_format(fd)
         if row.decision is None:
-            decision, patient_id = self._decide(row, fmt, size, after)
+            patient_id, verdict = evaluate(
+                self.config(),
+                row.source,
+                fmt,
+                size,
+                mtime=datetime.fromtimestamp(after.st_mtime, UTC),
+                received=datetime.fromisoformat(row.received_at.replace("Z", "+00:00")),
+            )
+            decision = decision_of(verdict)
             self.journal.update(
                 row.id,
                 size=size,
@@ -156,9 +154,7 @@ class Pipeline:
         if decision.action == "ignore":
             return self._ignore(row)
         if decision.action == "fail":
-            raise Rejected(
-                "rule_failed", decision.message or f"rule '{decision.rule}' fails this file"
-            )
+            raise rule_failure(decision)
         target = self.targets().get(decision.target)
         if target is None:
             event(log, logging.ERROR, "target_missing", target=decision.target)
@@ -175,49 +171,8 @@ class Pipeline:
             fields=dict(decision.fields),
             fd=fd,
         )
-        if not fmt:
-            raise Rejected(
-                "unsupported_type",
-                f"the content of {row.source.name} is not a recognised document type "
-                f"(PDF, TIFF, JPEG, PNG, DOCX, DICOM); re-scan or convert it, then `ingestd retry`",
-            )
-        refusal = target.refusal(upload)
-        if refusal is not None:
-            raise Rejected(refusal.kind, refusal.message)
+        check_before_upload(target, upload)
         return self._deliver(row, target, upload, resumed)
-
-    def _decide(self, row: Row, fmt: str, size: int, st: os.stat_result) -> tuple[Decision, str]:
-        config = self.config()
-        folder = patient_folder(row.source)
-        if folder is None:
-            raise Rejected(
-                "no_patient_folder",
-                "the file was put directly in the inbox; put it in the patient's folder "
-                "(inbox/<patient>/), then `ingestd retry`",
-            )
-        patient_id = config.patients.patient_id(folder)
-        if not patient_id:
-            raise Rejected(
-                "invalid_patient_id",
-                "the patient folder has no patient id mapping; add it under `patients:` in the "
-                "config, then `ingestd retry`",
-            )
-        facts = Facts(
-            rel_path=row.source,
-            patient_id=patient_id,
-            format=fmt,
-            size=size,
-            mtime=datetime.fromtimestamp(st.st_mtime, UTC),
-            received=datetime.fromisoformat(row.received_at.replace("Z", "+00:00")),
-        )
-        verdict = decide(config.rules, facts)
-        if verdict.decision is None:
-            raise Rejected(
-                "no_rule",
-                "no rule matches this file; add a rule (or a catch-all) to the config, check "
-                "it with `ingestd explain`, then `ingestd retry`",
-            )
-        return verdict.decision, patient_id
 
     def _deliver(self, row: Row, target: Target, upload: Upload, resumed: bool) -> Outcome:
         health = self.health(target.name)

@@ -117,12 +117,19 @@ class Observation:
 INBOX_ROOT = PurePosixPath()
 
 
-def scan(root: Path, start: PurePosixPath = INBOX_ROOT) -> Iterator[PurePosixPath]:
+def scan(
+    root: Path,
+    start: PurePosixPath = INBOX_ROOT,
+    on_folder: Callable[[PurePosixPath], None] | None = None,
+) -> Iterator[PurePosixPath]:
     """Every non-folder path below `root/start`, inbox-relative, skipping hidden and temporary
-    names; never follows links. Lazy: the tree is never held in memory."""
+    names; never follows links. Lazy: the tree is never held in memory. `on_folder` is told of
+    every folder listed."""
     stack = [start]
     while stack:
         rel = stack.pop()
+        if on_folder is not None and rel.parts:
+            on_folder(rel)
         try:
             with os.scandir(root / rel) as entries:
                 for entry in entries:
@@ -167,7 +174,7 @@ class Settler:
     clock: Callable[[], float] = time.monotonic
     _pending: dict[PurePosixPath, _Pending] = field(default_factory=dict)
     _heap: list[tuple[float, PurePosixPath]] = field(default_factory=list)
-    _held: set[PurePosixPath] = field(default_factory=set)
+    _held: dict[PurePosixPath, content.Snapshot | None] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -180,17 +187,18 @@ class Settler:
         return min((p.first_seen for p in self._pending.values()), default=None)
 
     def hold(self, rel: PurePosixPath) -> None:
-        """Stop tracking a path for now (it was claimed or left alone by a rule)."""
+        """Leave a path alone (a rule ignores it) until it changes."""
         self._pending.pop(rel, None)
-        self._held.add(rel)
-
-    def release(self, rel: PurePosixPath) -> None:
-        self._held.discard(rel)
+        self._held[rel] = _snapshot(self.root / rel)
 
     def notice(self, rel: PurePosixPath) -> None:
         """A hint or a scan saw `rel`: look at it soon."""
-        if rel in self._held or is_ignored_path(rel):
+        if is_ignored_path(rel):
             return
+        if rel in self._held:
+            if _snapshot(self.root / rel) == self._held[rel]:
+                return
+            del self._held[rel]  # changed (or gone): judge it again
         now = self.clock()
         entry = self._pending.get(rel)
         if entry is None:
@@ -271,6 +279,13 @@ class Settler:
             return None
         del self._pending[rel]
         return Ready(rel, entry.first_seen, snap)
+
+
+def _snapshot(path: Path) -> content.Snapshot | None:
+    try:
+        return content.Snapshot.of(os.lstat(path))
+    except OSError:
+        return None
 
 
 def _recognised(path: Path) -> bool:

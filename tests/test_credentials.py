@@ -21,31 +21,31 @@ SECRET = "s3cr3t-value"
 
 
 def test_env_reference() -> None:
-    assert resolve("${DB_PASS}", {"DB_PASS": SECRET}) == (SECRET, [])
+    assert resolve("${DB_PASS}", {"DB_PASS": SECRET}) == (SECRET, [], [])
 
 
 def test_reference_inside_a_longer_string_and_several_references() -> None:
     env = {"HOST": "ehr.example", "PORT": "8443"}
-    assert resolve("https://${HOST}:${PORT}/api", env) == ("https://ehr.example:8443/api", [])
+    assert resolve("https://${HOST}:${PORT}/api", env) == ("https://ehr.example:8443/api", [], [])
 
 
 def test_missing_env_names_the_reference_only() -> None:
-    value, errors = resolve("prefix-${DB_PASS}", {"OTHER": SECRET})
+    value, errors, _ = resolve("prefix-${DB_PASS}", {"OTHER": SECRET})
     assert errors == ["${DB_PASS} is not set"]
     assert SECRET not in value
 
 
 def test_double_dollar_is_a_literal_dollar() -> None:
-    assert resolve("pa$$word and $${X}", {}) == ("pa$word and ${X}", [])
-    assert resolve("cost: $5", {}) == ("cost: $5", [])
+    assert resolve("pa$$word and $${X}", {}) == ("pa$word and ${X}", [], [])
+    assert resolve("cost: $5", {}) == ("cost: $5", [], [])
 
 
 def test_invalid_reference_forms() -> None:
-    _, errors = resolve("${not valid}", {})
+    _, errors, _ = resolve("${not valid}", {})
     assert errors[0].startswith("${not valid} is not a valid reference")
-    _, errors = resolve("${vault:x}", {})
+    _, errors, _ = resolve("${vault:x}", {})
     assert errors[0].startswith("${vault:x} is not a valid reference")
-    _, errors = resolve("${file:}", {})
+    _, errors, _ = resolve("${file:}", {})
     assert errors == ["${file:} names no file"]
 
 
@@ -65,19 +65,19 @@ def test_file_reference_strips_exactly_one_newline(
 ) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(content.encode())
-    assert resolve(f"${{file:{secret}}}", {}) == (expected, [])
+    assert resolve(f"${{file:{secret}}}", {}) == (expected, [], [])
     assert strip_one_newline(content) == expected
 
 
 def test_unreadable_file_names_the_reference(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    value, errors = resolve(f"${{file:{missing}}}", {})
+    value, errors, _ = resolve(f"${{file:{missing}}}", {})
     assert value == ""
     assert errors == [f"${{file:{missing}}}: file not readable (No such file or directory)"]
 
 
 def test_a_folder_is_not_a_secret_file(tmp_path: Path) -> None:
-    _, errors = resolve(f"${{file:{tmp_path}}}", {})
+    _, errors, _ = resolve(f"${{file:{tmp_path}}}", {})
     assert len(errors) == 1
     assert errors[0].startswith(f"${{file:{tmp_path}}}")
 
@@ -94,11 +94,11 @@ def test_huge_or_binary_secret_files_are_refused(tmp_path: Path) -> None:
 def test_credential_from_credentials_directory(tmp_path: Path) -> None:
     (tmp_path / "leyr-client-secret").write_text(SECRET + "\n")
     env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
-    assert resolve("${credential:leyr-client-secret}", env) == (SECRET, [])
+    assert resolve("${credential:leyr-client-secret}", env) == (SECRET, [], [])
 
 
 def test_credential_without_credentials_directory() -> None:
-    value, errors = resolve("${credential:leyr-client-secret}", {})
+    value, errors, _ = resolve("${credential:leyr-client-secret}", {})
     assert value == ""
     assert errors == [
         "${credential:leyr-client-secret}: $CREDENTIALS_DIRECTORY is not set "
@@ -108,11 +108,11 @@ def test_credential_without_credentials_directory() -> None:
 
 def test_missing_credential_and_path_escapes(tmp_path: Path) -> None:
     env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
-    _, errors = resolve("${credential:absent}", env)
+    _, errors, _ = resolve("${credential:absent}", env)
     assert errors == ["${credential:absent}: file not readable (No such file or directory)"]
-    _, errors = resolve("${credential:../etc/passwd}", env)
+    _, errors, _ = resolve("${credential:../etc/passwd}", env)
     assert errors == ["${credential:../etc/passwd} is not a valid credential name"]
-    _, errors = resolve("${credential:..}", env)
+    _, errors, _ = resolve("${credential:..}", env)
     assert errors == ["${credential:..} is not a valid credential name"]
 
 
@@ -172,3 +172,15 @@ def test_readable_by_others(tmp_path: Path) -> None:
     os.chmod(path, 0o604)
     assert readable_by_others(str(path))
     assert not readable_by_others(str(tmp_path / "missing"))
+
+
+def test_offline_commands_only_note_credentials_that_need_systemd(tmp_path: Path) -> None:
+    _, errors, notes = resolve("${credential:leyr-client-secret}", {}, in_service=False)
+    assert errors == [] and len(notes) == 1 and "CREDENTIALS_DIRECTORY" in notes[0]
+    # A missing environment variable is still an error offline: the admin's shell can have it.
+    _, errors, notes = resolve("${NOT_SET_ANYWHERE}", {}, in_service=False)
+    assert errors == ["${NOT_SET_ANYWHERE} is not set"] and notes == []
+    # With a credentials folder, a missing credential is an error again.
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    _, errors, notes = resolve("${credential:absent}", env, in_service=False)
+    assert len(errors) == 1 and notes == []

@@ -127,34 +127,39 @@ def test_too_large_and_refused_type_fail_without_any_request(
     assert proc.stop() == 0
 
 
-def test_5xx_then_success_is_done_with_several_attempts(
-    tree: Tree, sandbox: Sandbox, daemon_process: Start
+@pytest.mark.parametrize(
+    ("fault", "status", "attempts", "error"),
+    [
+        # Transient answers are retried until the upload is confirmed.
+        (Fault(api="leyr", route="upload", status=503, times=2), "done", 3, None),
+        (Fault(api="leyr", route="upload", status=429, retry_after="1"), "done", 2, None),
+        # Other 4xx are final after exactly one attempt, with the status in the receipt.
+        (Fault(api="leyr", route="upload", status=400), "failed", 1, ("rejected", 400)),
+        (Fault(api="leyr", route="upload", status=404), "failed", 1, ("patient_not_found", 404)),
+    ],
+    ids=["503-twice", "429-retry-after", "400", "404"],
+)
+def test_each_ehr_answer_ends_as_the_contract_says(
+    tree: Tree,
+    sandbox: Sandbox,
+    daemon_process: Start,
+    fault: Fault,
+    status: str,
+    attempts: int,
+    error: tuple[str, int] | None,
 ) -> None:
-    sandbox.add_fault(Fault(api="leyr", route="upload", action="status", status=503, times=2))
+    sandbox.add_fault(fault)
     proc = daemon_process(make_config(tree, sandbox))
     proc.wait_started()
-    tree.drop("p_1/retry.pdf", pdf("retry"))
-    wait_for(lambda: tree.receipts(), timeout=30)
-    [receipt] = tree.receipts()
-    assert receipt["status"] == "done" and receipt["attempts"] == 3
-    assert len(sandbox.documents()) == 1
-    assert tree.receipts("failed") == []
-    assert proc.stop() == 0
-
-
-def test_400_fails_at_once_with_its_status(
-    tree: Tree, sandbox: Sandbox, daemon_process: Start
-) -> None:
-    sandbox.add_fault(Fault(api="leyr", route="upload", action="status", status=400, times=1))
-    proc = daemon_process(make_config(tree, sandbox))
-    proc.wait_started()
-    tree.drop("p_1/bad.pdf", pdf("bad"))
-    wait_for(lambda: tree.receipts("failed"))
-    [receipt] = tree.receipts("failed")
-    assert receipt["error"]["kind"] == "rejected"
-    assert receipt["error"]["http_status"] == 400
-    assert receipt["attempts"] == 1
-    assert "ingestd retry" in receipt["error"]["message"]
+    tree.drop("p_1/answer.pdf", pdf(f"answer-{fault.status}"))
+    [receipt] = wait_for(tree.all_receipts, timeout=30)
+    assert receipt["status"] == status and receipt["attempts"] == attempts
+    if error is None:
+        assert [d.id for d in sandbox.documents()] == [receipt["document_id"]]
+    else:
+        assert (receipt["error"]["kind"], receipt["error"]["http_status"]) == error
+        assert "ingestd retry" in receipt["error"]["message"]
+        assert sandbox.documents() == []
     assert proc.stop() == 0
 
 

@@ -1,0 +1,94 @@
+"""What ingestd decides about one file: its patient, its rule, and the checks before any upload.
+
+Shared by the pipeline (a real upload) and `ingestd explain` (no side effects), so what explain
+shows is what an upload then does.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from ingestd.config import Config
+from ingestd.names import patient_folder
+from ingestd.rules import Decision, Facts, Verdict, decide
+from ingestd.targets.base import Target, Upload
+
+RECOGNISED = "PDF, TIFF, JPEG, PNG, DOCX, DICOM or text"
+
+
+class Rejected(Exception):
+    """This file goes to failed/: `kind` is a receipt error kind, `message` says what to do."""
+
+    def __init__(self, kind: str, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.error: dict[str, Any] = {"kind": kind, "message": message}
+        if http_status is not None:
+            self.error["http_status"] = http_status
+
+
+def patient_of(config: Config, rel: PurePosixPath) -> str:
+    """The patient id for an inbox-relative path; Rejected when there is none."""
+    folder = patient_folder(rel)
+    if folder is None:
+        raise Rejected(
+            "no_patient_folder",
+            "the file was put directly in the inbox; put it in the patient's folder "
+            "(inbox/<patient>/), then `ingestd retry`",
+        )
+    patient_id = config.patients.patient_id(folder)
+    if not patient_id:
+        raise Rejected(
+            "invalid_patient_id",
+            "the patient folder has no patient id mapping; add it under `patients:` in the "
+            "config, then `ingestd retry`",
+        )
+    return patient_id
+
+
+def evaluate(
+    config: Config,
+    rel: PurePosixPath,
+    fmt: str,
+    size: int,
+    mtime: datetime,
+    received: datetime,
+) -> tuple[str, Verdict]:
+    """The patient id and the rules' verdict (which rule matched, why earlier ones did not)."""
+    patient_id = patient_of(config, rel)
+    facts = Facts(
+        rel_path=rel, patient_id=patient_id, format=fmt, size=size, mtime=mtime, received=received
+    )
+    return patient_id, decide(config.rules, facts)
+
+
+def decision_of(verdict: Verdict) -> Decision:
+    if verdict.decision is None:
+        raise Rejected(
+            "no_rule",
+            "no rule matches this file; add a rule (or a catch-all) to the config, check it "
+            "with `ingestd explain`, then `ingestd retry`",
+        )
+    return verdict.decision
+
+
+def rule_failure(decision: Decision) -> Rejected:
+    """The refusal a `fail:` rule gives."""
+    return Rejected("rule_failed", decision.message or f"rule '{decision.rule}' fails this file")
+
+
+def check_before_upload(target: Target, upload: Upload) -> None:
+    """Everything decided locally before a request: a recognised type, and the target's size,
+    type and patient-id limits. Raises Rejected; sends nothing."""
+    if not upload.mime:
+        raise Rejected(
+            "unsupported_type",
+            f"the content of {upload.file_name} is not a recognised document type ({RECOGNISED}); "
+            "re-scan or convert it, then `ingestd retry`",
+        )
+    refusal = target.refusal(upload)
+    if refusal is not None:
+        raise Rejected(refusal.kind, refusal.message)
