@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import secrets
+import time
 import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ log = logging.getLogger("ingestd.claims")
 PRIVATE_DIR = ".ingestd"
 WORK_DIR = PurePosixPath(PRIVATE_DIR) / "work"
 NAME_MAX = 255
+LEASE_FILE = ".lease"
 
 
 def work_name(claim: str, rel: PurePosixPath) -> str:
@@ -83,7 +85,8 @@ class Claimer:
         row_id = self.journal.add(rel, work, iso_utc(ready.received))
         work_path = self.inbox / work
         try:
-            work_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # No mkdir here: on a share that went away, claiming must fail rather than build
+            # a work folder on the bare mount point (see work_folder_present).
             os.rename(self.inbox / rel, work_path)
         except OSError as exc:
             self.journal.delete(row_id)
@@ -131,6 +134,85 @@ class Claimer:
             return False
         os.unlink(work_path)
         return True
+
+    def prepare(self) -> None:
+        """Create this instance's work folder (at start-up, while the inbox is known good)."""
+        (self.inbox / WORK_DIR / self.instance).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def touch_lease(self) -> float:
+        """Say this instance is alive; returns the file system's idea of now (its mtime), so
+        leases compare times from one clock even across hosts sharing the inbox."""
+        lease = self.inbox / WORK_DIR / self.instance / LEASE_FILE
+        try:
+            lease.touch(mode=0o600)
+            return lease.stat().st_mtime
+        except OSError:
+            return time.time()
+
+    def stale_instances(self, lease_seconds: float) -> list[str]:
+        """Other instances whose lease ran out: gone, and their claims are ours to take."""
+        now = self.touch_lease()
+        base = self.inbox / WORK_DIR
+        try:
+            names = sorted(os.listdir(base))
+        except OSError:
+            return []
+        stale = []
+        for name in names:
+            if name == self.instance or name.startswith("."):
+                continue
+            folder = base / name
+            try:
+                seen = (folder / LEASE_FILE).stat().st_mtime
+            except OSError:
+                try:
+                    seen = folder.stat().st_mtime
+                except OSError:
+                    continue
+            if now - seen > lease_seconds:
+                stale.append(name)
+        return stale
+
+    def take_over(self, other: str) -> list[Row]:
+        """Claim every file a gone instance left claimed. Its journal is not ours to read, so
+        each outcome is unknown: the EHR is asked before anything is sent again."""
+        folder = WORK_DIR / other
+        try:
+            names = sorted(os.listdir(self.inbox / folder))
+        except OSError:
+            return []
+        rows = []
+        for name in names:
+            if name.startswith("."):
+                continue
+            source = source_of(name)
+            if source is None:
+                event(
+                    log,
+                    logging.ERROR,
+                    "orphan_untraceable",
+                    work=self.masker.path(name),
+                    action="move it back into the patient folder by hand",
+                )
+                continue
+            work = WORK_DIR / self.instance / work_name(secrets.token_hex(8), source)
+            row_id = self.journal.add(source, work, iso_utc(time.time()), outcome_unknown=True)
+            try:
+                os.rename(self.inbox / folder / name, self.inbox / work)
+            except OSError:
+                self.journal.delete(row_id)  # another instance took it first
+                continue
+            self.journal.update(row_id, state="uploading")
+            taken = self.journal.get(row_id)
+            if taken is not None:
+                rows.append(taken)
+        if rows:
+            event(log, logging.WARNING, "claims_taken_over", instance=other, files=len(rows))
+        return rows
+
+    def work_folder_present(self) -> bool:
+        """False when the inbox (a share, say) is not there: claimed files are not lost then."""
+        return (self.inbox / WORK_DIR / self.instance).is_dir()
 
     def release(self, row: Row) -> bool:
         """Give a claimed file back to the inbox (it changed while being read, or a rule says

@@ -40,6 +40,7 @@ WATCH_KEYS = (
     "scan_interval_seconds",
     "empty_fail_seconds",
     "unknown_type_grace_seconds",
+    "claim_lease_seconds",
     "poll",
     "sources",
 )
@@ -91,6 +92,7 @@ class WatchConfig:
     scan_interval_seconds: float = 60.0
     empty_fail_seconds: float = 3600.0
     unknown_type_grace_seconds: float = 30.0
+    claim_lease_seconds: float = 600.0
     poll: bool = False
     sources: tuple[SourceConfig, ...] = ()
 
@@ -231,11 +233,11 @@ def _paths(report: Report, node: MarkedDict) -> Paths | None:
 def _watch(report: Report, node: MarkedDict) -> WatchConfig:
     report.keys(node, "watch", WATCH_KEYS)
     values: dict[str, Any] = {}
-    for key in WATCH_KEYS[:4]:
+    for key in WATCH_KEYS[:5]:  # the numbers
         number = report.number(node, key, f"watch.{key}")
         if number is None:
             continue
-        positive = key == "scan_interval_seconds"
+        positive = key in ("scan_interval_seconds", "claim_lease_seconds")
         if number < 0 or (positive and number == 0):
             bound = "greater than 0" if positive else "0 or more"
             report.error(node.value_mark(key), f"watch.{key} must be {bound}")

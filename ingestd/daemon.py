@@ -29,10 +29,11 @@ from ingestd.assess import Rejected, evaluate
 from ingestd.claims import WORK_DIR, Claimer, instance_id
 from ingestd.config import Config, ConfigError, load_config
 from ingestd.filing import make_folders
+from ingestd.health import TargetHealth
 from ingestd.journal import Journal, Row
 from ingestd.logs import event, load_masker
 from ingestd.names import is_ignored_path
-from ingestd.pipeline import Outcome, Pipeline, TargetHealth
+from ingestd.pipeline import Outcome, Pipeline
 from ingestd.targets import make_target
 from ingestd.targets.base import Target
 from ingestd.watcher import INBOX_ROOT, Hints, Observation, Ready, Settler, scan
@@ -43,6 +44,7 @@ SCAN_SLICE = 500  # paths listed per loop turn, so uploads start while a big inb
 WATCHDOG_EVERY = 5.0
 SHUTDOWN_GRACE_SECONDS = 30.0
 CONFIG_CHECK_EVERY = 2.0
+LEASE_TOUCH_EVERY = 10.0  # well inside any sensible claim lease
 POLL_EVERY = 2.0  # folders on network shares, listed this often
 
 
@@ -64,6 +66,7 @@ class Daemon:
         self.journal = Journal(paths.state)
         self.masker = load_masker(state_dir)
         self.claimer = Claimer(paths.inbox, self.journal, instance_id(state_dir), self.masker)
+        self.claimer.prepare()
         self._targets: dict[str, Target] = {}
         self._health: dict[str, TargetHealth] = {}
         self._build_targets(config)
@@ -88,6 +91,7 @@ class Daemon:
             health=self._health_of,
             masker=self.masker,
             stopping=self.stopping,
+            target_up=self._target_up,
         )
         self._work: queue.Queue[tuple[Row, bool] | None] = queue.Queue()
         self._finished: queue.Queue[Outcome] = queue.Queue()
@@ -126,6 +130,12 @@ class Daemon:
 
     def _health_of(self, name: str) -> TargetHealth:
         return self._health[name]
+
+    def _target_up(self, name: str) -> None:
+        """A target answers again (worker thread): its waiting files may go at once."""
+        self.journal.make_due()
+        self._journal_check_at = 0.0
+        self.hints.wake.set()
 
     # --- signals ---------------------------------------------------------------------------
 
@@ -202,6 +212,7 @@ class Daemon:
         next_scan = time.monotonic() + self._config.watch.scan_interval_seconds
         last_watchdog = 0.0
         next_poll = time.monotonic() + POLL_EVERY
+        next_lease = 0.0
         notify.notify("READY=1", "STATUS=scanning the inbox")
         event(
             log,
@@ -234,10 +245,21 @@ class Daemon:
                 if now >= next_poll:
                     self._poll_folders()
                     next_poll = now + POLL_EVERY
+                if now >= next_lease:
+                    self._keep_lease()
+                    next_lease = now + LEASE_TOUCH_EVERY
             elif self._once_finished():
                 break
             self._sleep(next_scan)
         return self._shutdown()
+
+    def _keep_lease(self) -> None:
+        """Renew this instance's lease and take over claims of instances gone past theirs."""
+        self.observation.ensure_alive()
+        for other in self.claimer.stale_instances(self._config.watch.claim_lease_seconds):
+            for row in self.claimer.take_over(other):
+                self._resumed.add(row.id)
+        self._journal_check_at = 0.0
 
     def _scan(self, start: PurePosixPath = INBOX_ROOT) -> Iterator[PurePosixPath]:
         return scan(self._config.paths.inbox, start, on_folder=self._saw_folder)
@@ -424,12 +446,13 @@ class Daemon:
                     action="changing paths needs a restart",
                 )
                 config = _with_paths(config, self._config)
-            self._build_targets(config)
-            self._config = config
+            with self.pipeline.reloading:
+                self._build_targets(config)
+                self._config = config
+                # Waiting files get another chance at once under the new config.
+                self.journal.make_due()
             self.settler.empty_fail_seconds = config.watch.empty_fail_seconds
             self.settler.unknown_type_grace_seconds = config.watch.unknown_type_grace_seconds
-            # Waiting files get another chance at once under the new config.
-            self.journal.make_due()
             self._journal_check_at = 0.0
             event(
                 log, logging.INFO, "reloaded", targets=len(config.targets), rules=len(config.rules)

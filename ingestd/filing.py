@@ -60,7 +60,11 @@ def free_name(folder: Path, name: str) -> str:
 
 
 def make_folders(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
+    except FileExistsError:
+        # A file where a folder should be: not a name collision, a folder that cannot work.
+        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder") from None
 
 
 def place(src: Path, dest: Path) -> None:

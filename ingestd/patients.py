@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ingestd.rules import Template, check_template
-from ingestd.yamlsource import MarkedDict, MarkedList, Report, kind_of
+from ingestd.yamlsource import MarkedDict, Report
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,7 @@ def parse_patients(report: Report, node: MarkedDict) -> PatientMap:
         if patient is not None:
             folders[name] = patient
     patterns: list[PatientPattern] = []
-    items = report.sequence(node, "patterns", "patients.patterns")
-    for index, item in enumerate(items or []):
-        assert isinstance(items, MarkedList)
-        where = f"patients.patterns[{index + 1}]"
-        if not isinstance(item, MarkedDict):
-            report.error(items.item_mark(index), f"{where} must be a mapping, not {kind_of(item)}")
-            continue
+    for where, item in report.mappings(node, "patterns", "patients.patterns"):
         pattern = _pattern(report, item, where)
         if pattern is not None:
             patterns.append(pattern)

@@ -10,6 +10,7 @@ can be called again on any row after a crash and carries on where it stopped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ from ingestd.assess import Rejected, check_before_upload, decision_of, evaluate,
 from ingestd.claims import Claimer
 from ingestd.config import Config
 from ingestd.filing import free_name, place
+from ingestd.health import TargetHealth
 from ingestd.journal import Journal, Row
 from ingestd.logs import Masker, event
 from ingestd.receipts import receipt_path, utc_now, write_receipt
@@ -34,41 +36,9 @@ from ingestd.targets.base import AuthError, PermanentError, Target, TargetError,
 
 log = logging.getLogger("ingestd.pipeline")
 
-AUTH_PAUSE_SECONDS = 60.0
-FILING_RETRY_SECONDS = 30.0
-
-
-@dataclass
-class TargetHealth:
-    """Whether a target is taking uploads; shared by all workers."""
-
-    name: str
-    concurrency: int
-    paused_until: float = 0.0
-    reason: str = ""
-    misconfigured: bool = False
-    slots: threading.BoundedSemaphore = field(init=False)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        self.slots = threading.BoundedSemaphore(self.concurrency)
-
-    def pause(self, seconds: float, reason: str, misconfigured: bool = False) -> bool:
-        """Pause; True when this starts a pause (log it), False when already paused."""
-        with self.lock:
-            starting = self.paused_until <= time.time()
-            self.paused_until = max(self.paused_until, time.time() + seconds)
-            self.reason = reason
-            self.misconfigured = misconfigured
-            return starting
-
-    def resume(self) -> bool:
-        with self.lock:
-            was = self.paused_until > 0
-            self.paused_until = 0.0
-            self.reason = ""
-            self.misconfigured = False
-            return was
+FILING_RETRY_SECONDS = 5.0  # a full or read-only disk: one cheap try every few seconds
+MAX_NAME_TRIES = 100
+PROBE_POLICY = RetryPolicy(max_sends=1)
 
 
 @dataclass(frozen=True)
@@ -88,7 +58,11 @@ class Pipeline:
     health: Callable[[str], TargetHealth]
     masker: Masker
     stopping: threading.Event
+    target_up: Callable[[str], None] = lambda name: None  # the backlog of `name` may go now
+    # Held by a reload while it swaps targets and makes waiting files due.
+    reloading: threading.Lock = field(default_factory=threading.Lock)
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    _filing_trouble: threading.Event = field(default_factory=threading.Event)
 
     @property
     def inbox(self) -> Path:
@@ -99,11 +73,21 @@ class Pipeline:
     def process(self, row: Row, resumed: bool = False) -> Outcome:
         if row.state in ("uploaded", "rejected"):
             return self.finish(row)
+        wait = self._target_wait(row)
+        if wait is not None:
+            # Its target is paused: do not even read the file (an outage can hold thousands).
+            self.journal.update(row.id, next_attempt_at=wait)
+            return Outcome("deferred", row.source)
         work = self.inbox / row.work
         try:
             fd, before = content.open_regular(work)
         except FileNotFoundError:
-            event(log, logging.ERROR, "claimed_file_missing", file=self.masker.path(row.source))
+            if not self.claimer.work_folder_present():
+                # The inbox share is gone (unmounted, offline): wait for it, forget nothing.
+                self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
+                return Outcome("deferred", row.source)
+            # Taken over by another instance after our lease ran out, or removed by hand.
+            event(log, logging.WARNING, "claimed_file_missing", file=self.masker.path(row.source))
             self.journal.delete(row.id)
             return Outcome("gone", row.source)
         except content.UnsafeFile as exc:
@@ -114,6 +98,15 @@ class Pipeline:
             return self._reject(row, exc)
         finally:
             os.close(fd)
+
+    def _target_wait(self, row: Row) -> float | None:
+        name = (row.decision or {}).get("target")
+        if not name or row.decision is None or row.decision.get("action") != "upload":
+            return None
+        try:
+            return self.health(str(name)).waiting_until()
+        except KeyError:
+            return None
 
     def _process_open(self, row: Row, fd: int, before: os.stat_result, resumed: bool) -> Outcome:
         sha256, size = content.sha256_of(fd)
@@ -176,8 +169,9 @@ class Pipeline:
 
     def _deliver(self, row: Row, target: Target, upload: Upload, resumed: bool) -> Outcome:
         health = self.health(target.name)
-        if health.paused_until > time.time():
-            self.journal.update(row.id, next_attempt_at=health.paused_until)
+        go, probe, wait_until = health.admit()
+        if not go:
+            self.journal.update(row.id, next_attempt_at=wait_until)
             return Outcome("deferred", row.source)
         sends = 0
 
@@ -192,43 +186,22 @@ class Pipeline:
                 delivered = deliver(
                     target,
                     upload,
-                    policy=self.policy,
+                    # A probe of a paused target sends once: the backoff lives in TargetHealth.
+                    policy=PROBE_POLICY if probe else self.policy,
                     reconcile_first=reconcile,
                     before_send=before_send,
-                    should_stop=self.stopping.is_set,
+                    # Once another file has found the target down, stop retrying and wait.
+                    should_stop=self.stopping.is_set
+                    if probe
+                    else lambda: self.stopping.is_set() or not health.up,
                     sleep=self._pause,
                 )
             except Deferred as exc:
-                attempts = row.attempts + exc.attempts
-                if health.pause(exc.retry_in, exc.reason):
-                    event(
-                        log,
-                        logging.WARNING,
-                        "target_paused",
-                        target=target.name,
-                        seconds=round(exc.retry_in, 1),
-                        reason=exc.reason,
-                    )
-                self.journal.update(
-                    row.id,
-                    attempts=attempts,
-                    outcome_unknown=exc.outcome_unknown,
-                    state="uploading" if exc.outcome_unknown else "claimed",
-                    next_attempt_at=time.time() + exc.retry_in,
-                )
-                event(
-                    log,
-                    logging.WARNING,
-                    "upload_deferred",
-                    file=self.masker.path(row.source),
-                    target=target.name,
-                    retry_in=round(exc.retry_in, 1),
-                    reason=exc.reason,
-                )
-                return Outcome("deferred", row.source)
+                return self._wait(row, target, health, exc)
             except AuthError as exc:
-                attempts = row.attempts + _attempts(exc)
-                if health.pause(AUTH_PAUSE_SECONDS, exc.message, misconfigured=True):
+                if not self._current(target):
+                    health.released()  # the old credentials were refused; new ones are in
+                elif health.failed(0.0, exc.message, misconfigured=True):
                     event(
                         log,
                         logging.ERROR,
@@ -237,21 +210,26 @@ class Pipeline:
                         reason=exc.message,
                         action="check the target's credentials; files wait until they are accepted",
                     )
-                self.journal.update(
-                    row.id, attempts=attempts, state="claimed", next_attempt_at=health.paused_until
-                )
+                # State and outcome_unknown stay: a refused look-up settles nothing.
+                with self.reloading:
+                    self.journal.update(
+                        row.id,
+                        attempts=row.attempts + _attempts(exc),
+                        next_attempt_at=self._retry_at(target, health.paused_until),
+                    )
                 return Outcome("deferred", row.source)
             except PermanentError as exc:
+                self._target_answered(health)
                 self.journal.update(row.id, attempts=row.attempts + _attempts(exc))
                 fresh = self.journal.get(row.id) or row
                 kind = exc.kind if exc.kind in ("patient_not_found", "unreadable") else "rejected"
                 return self._reject(fresh, Rejected(kind, _rejection_message(exc), exc.http_status))
             except TargetError as exc:
+                health.released()
                 self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
                 event(log, logging.ERROR, "upload_error", target=target.name, reason=exc.message)
                 return Outcome("deferred", row.source)
-        if health.resume():
-            event(log, logging.INFO, "target_resumed", target=target.name)
+        self._target_answered(health)
         self.journal.update(
             row.id,
             state="uploaded",
@@ -262,6 +240,57 @@ class Pipeline:
         uploaded = self.journal.get(row.id)
         assert uploaded is not None
         return self.finish(uploaded)
+
+    def _current(self, target: Target) -> bool:
+        """False when a reload replaced this target while a file was being sent with it."""
+        return self.targets().get(target.name) is target
+
+    def _retry_at(self, target: Target, when: float) -> float:
+        """When to try again; at once if a reload replaced this target meanwhile (new
+        credentials or URL deserve a try now, not after the old target's pause). Called with
+        `reloading` held, so a reload cannot slip between this check and the journal write."""
+        return when if self._current(target) else time.time()
+
+    def _wait(self, row: Row, target: Target, health: TargetHealth, exc: Deferred) -> Outcome:
+        """Transient trouble outlasted the retries: the file waits in the journal."""
+        if self.stopping.is_set() or not self._current(target):
+            health.released()  # shutting down, or a reload replaced the target: not an outage
+            next_attempt = time.time()
+        else:
+            if health.failed(exc.retry_in, exc.reason):
+                event(
+                    log,
+                    logging.WARNING,
+                    "target_unavailable",
+                    target=health.name,
+                    reason=exc.reason,
+                    action="files wait and are sent when it answers again",
+                )
+            next_attempt = health.paused_until
+        with self.reloading:
+            next_attempt = self._retry_at(target, next_attempt)
+            self.journal.update(
+                row.id,
+                attempts=row.attempts + exc.attempts,
+                outcome_unknown=exc.outcome_unknown,
+                state="uploading" if exc.outcome_unknown else "claimed",
+                next_attempt_at=next_attempt,
+            )
+        event(
+            log,
+            logging.WARNING,
+            "upload_deferred",
+            file=self.masker.path(row.source),
+            target=health.name,
+            retry_in=round(max(0.0, next_attempt - time.time()), 1),
+            reason=exc.reason,
+        )
+        return Outcome("deferred", row.source)
+
+    def _target_answered(self, health: TargetHealth) -> None:
+        if health.succeeded():
+            event(log, logging.INFO, "target_available", target=health.name)
+            self.target_up(health.name)
 
     def _pause(self, seconds: float) -> None:
         """Backoff between retries that a shutdown cuts short."""
@@ -292,46 +321,26 @@ class Pipeline:
 
     def finish(self, row: Row) -> Outcome:
         """Move the file to done/ or failed/ and write its receipt; safe to repeat."""
-        paths = self.config().paths
         status = "done" if row.state == "uploaded" else "failed"
-        root = paths.done if status == "done" else paths.failed
-        work = self.inbox / row.work
         try:
-            for _ in range(100):
-                if row.dest is None:
-                    parent = row.source.parent
-                    name = free_name(root / parent, row.source.name)
-                    self.journal.update(row.id, dest=parent / name, finished_at=utc_now())
-                    row = self.journal.get(row.id) or row
-                assert row.dest is not None
-                dest = root / row.dest
-                if os.path.lexists(work):
-                    try:
-                        place(work, dest)
-                    except FileExistsError:
-                        self.journal.update(row.id, dest=None)
-                        row = self.journal.get(row.id) or row
-                        continue
-                try:
-                    write_receipt(receipt_path(dest), self.receipt(row, status, dest.name))
-                except FileExistsError:
-                    # Someone put a different receipt there by hand: keep ours beside it.
-                    self._move_aside(row, dest, root)
-                    row = self.journal.get(row.id) or row
-                    continue
-                break
+            row = self._file_away(row, status)
         except OSError as exc:
-            event(
-                log,
-                logging.ERROR,
-                "filing_failed",
-                file=self.masker.path(row.source),
-                folder=status,
-                reason=exc.strerror,
-                action="check free space and permissions; the file waits and is retried",
-            )
+            if not self._filing_trouble.is_set():
+                self._filing_trouble.set()
+                event(
+                    log,
+                    logging.ERROR,
+                    "filing_failed",
+                    folder=status,
+                    reason=exc.strerror or type(exc).__name__,
+                    action="check free space, permissions and the folder; files stay claimed "
+                    "and are filed when it works again",
+                )
             self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
             return Outcome("deferred", row.source)
+        if self._filing_trouble.is_set():
+            self._filing_trouble.clear()
+            event(log, logging.INFO, "filing_recovered", folder=status)
         self.journal.update(row.id, state=status)
         error = row.error or {}
         event(
@@ -346,6 +355,37 @@ class Pipeline:
             http_status=error.get("http_status"),
         )
         return Outcome(status, row.source)
+
+    def _file_away(self, row: Row, status: str) -> Row:
+        """Place the work file under a free name and write the receipt beside it; every step
+        is recorded first, so a crash anywhere repeats it without overwriting anything."""
+        paths = self.config().paths
+        root = paths.done if status == "done" else paths.failed
+        work = self.inbox / row.work
+        for _ in range(MAX_NAME_TRIES):
+            if row.dest is None:
+                parent = row.source.parent
+                name = free_name(root / parent, row.source.name)
+                self.journal.update(row.id, dest=parent / name, finished_at=utc_now())
+                row = self.journal.get(row.id) or row
+            assert row.dest is not None
+            dest = root / row.dest
+            if os.path.lexists(work):
+                try:
+                    place(work, dest)
+                except FileExistsError:  # the name was taken since it was chosen
+                    self.journal.update(row.id, dest=None)
+                    row = self.journal.get(row.id) or row
+                    continue
+            try:
+                write_receipt(receipt_path(dest), self.receipt(row, status, dest.name))
+            except FileExistsError:
+                # Someone put a different receipt there by hand: keep ours beside it.
+                self._move_aside(row, dest, root)
+                row = self.journal.get(row.id) or row
+                continue
+            return row
+        raise OSError(errno.EEXIST, "no free name in the folder")
 
     def _move_aside(self, row: Row, dest: Path, root: Path) -> None:
         assert row.dest is not None

@@ -69,6 +69,38 @@ class _Handler(FileSystemEventHandler):
             event(log, logging.ERROR, "watch_handler_error", error=type(exc).__name__)
 
 
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs", "lustre"}
+)
+
+
+def filesystem_type(path: Path, mountinfo: str | None = None) -> str:
+    """The type of the file system `path` is on, from the mount table ("" when unknown)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return ""
+    target = os.path.realpath(path)
+    best, best_type = "", ""
+    for line in mountinfo.splitlines():
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        # Mount points escape space, tab, newline and backslash as octal.
+        point = parts[4].encode().decode("unicode_escape")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, best_type = point, rest.split()[0]
+    return best_type
+
+
+def needs_polling(fstype: str) -> bool:
+    """inotify sees only this machine's writes: on a network or FUSE file system, poll."""
+    return fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse")
+
+
 class Observation:
     """A supervised watchdog observer on the inbox root (inotify, or polling when asked)."""
 
@@ -79,6 +111,16 @@ class Observation:
         self._observer: BaseObserver | None = None
 
     def start(self) -> None:
+        fstype = filesystem_type(self.root)
+        if not self.poll and needs_polling(fstype):
+            event(
+                log,
+                logging.WARNING,
+                "watch_polling",
+                filesystem=fstype,
+                reason="inotify cannot see writes from other machines on this file system",
+            )
+            self.poll = True
         observer: BaseObserver = PollingObserver(timeout=2) if self.poll else Observer()
         observer.daemon = True
         observer.schedule(_Handler(self.hints), str(self.root), recursive=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -76,6 +76,9 @@ class MarkedList(list[Any]):
 
     def item_mark(self, index: int) -> Mark:
         return self.item_marks[index] if 0 <= index < len(self.item_marks) else self.mark
+
+
+NodeT = TypeVar("NodeT", MarkedDict, MarkedList)
 
 
 def _mark(node: Node) -> Mark:
@@ -184,22 +187,23 @@ def load(data: str | bytes, file: str) -> tuple[object, list[Problem]]:
     return result, loader.problems
 
 
+# In order: a bool is an int too.
+_KIND_NAMES: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "a boolean"),
+    ((int, float), "a number"),
+    (str, "a string"),
+    (dict, "a mapping"),
+    (list, "a list"),
+)
+
+
 def kind_of(value: object) -> str:
     """The config-level name of a value's type, for messages that must not echo the value."""
     if value is None:
         return "empty"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "a number"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
+    for kind, name in _KIND_NAMES:
+        if isinstance(value, kind):
+            return name
     return "a " + type(value).__name__
 
 
@@ -255,20 +259,35 @@ class Report:
 
     def mapping(self, parent: MarkedDict, key: str, where: str) -> MarkedDict | None:
         """`parent[key]` when it is a mapping (None when absent or wrong, the latter reported)."""
-        value = parent.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, MarkedDict):
-            self.error(parent.value_mark(key), f"{where} must be a mapping, not {kind_of(value)}")
-            return None
-        return value
+        return self._node(parent, key, where, MarkedDict, "a mapping")
 
     def sequence(self, parent: MarkedDict, key: str, where: str) -> MarkedList | None:
+        """`parent[key]` when it is a list (None when absent or wrong, the latter reported)."""
+        return self._node(parent, key, where, MarkedList, "a list")
+
+    def mappings(
+        self, parent: MarkedDict, key: str, where: str
+    ) -> Iterator[tuple[str, MarkedDict]]:
+        """The mappings in the list `parent[key]`, each with its `where[N]`; other items are
+        reported as they are reached."""
+        items = self.sequence(parent, key, where)
+        if items is None:
+            return
+        for index, item in enumerate(items):
+            at = f"{where}[{index + 1}]"
+            if isinstance(item, MarkedDict):
+                yield at, item
+            else:
+                self.error(items.item_mark(index), f"{at} must be a mapping, not {kind_of(item)}")
+
+    def _node(
+        self, parent: MarkedDict, key: str, where: str, kind: type[NodeT], noun: str
+    ) -> NodeT | None:
         value = parent.get(key)
         if value is None:
             return None
-        if not isinstance(value, MarkedList):
-            self.error(parent.value_mark(key), f"{where} must be a list, not {kind_of(value)}")
+        if not isinstance(value, kind):
+            self.error(parent.value_mark(key), f"{where} must be {noun}, not {kind_of(value)}")
             return None
         return value
 

@@ -91,6 +91,7 @@ def make_config(
     sandbox: Sandbox,
     rules: list[dict[str, Any]] | None = None,
     settle: float = 0.2,
+    file_name: str = "ingestd.yaml",
     **extra: Any,
 ) -> Path:
     leyr = SANDBOX_CREDENTIALS["leyr"]
@@ -128,7 +129,7 @@ def make_config(
             data[key].update(value)
         else:
             data[key] = value
-    path = tree.root / "ingestd.yaml"
+    path = tree.root / file_name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     path.chmod(0o600)
     return path

@@ -147,22 +147,48 @@ def test_file_name_is_reported_exactly_as_given(
     assert "./c.yaml:2:1: unknown key 'bogus' in the config" in found
 
 
-def test_missing_sections_are_reported_at_the_parent_mapping(tmp_path: Path) -> None:
-    path = write(tmp_path, "\n\nwatch: {}\n")
-    assert problems(path) == [
-        f"{path}:3:1: the config is missing the required key 'paths'",
-        f"{path}:3:1: the config is missing the required key 'targets'",
-        f"{path}:3:1: the config is missing the required key 'rules'",
-    ]
-
-
-def test_empty_sections(tmp_path: Path) -> None:
-    path = write(tmp_path, "paths:\ntargets:\nrules:\n")
-    assert problems(path) == [
-        f"{path}:1:7: paths is empty",
-        f"{path}:2:9: targets is empty",
-        f"{path}:3:7: rules is empty",
-    ]
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "\n\nwatch: {}\n",
+            [
+                "3:1: the config is missing the required key 'paths'",
+                "3:1: the config is missing the required key 'targets'",
+                "3:1: the config is missing the required key 'rules'",
+            ],
+            id="missing sections are reported at the parent mapping",
+        ),
+        pytest.param(
+            "paths:\ntargets:\nrules:\n",
+            ["1:7: paths is empty", "2:9: targets is empty", "3:7: rules is empty"],
+            id="empty sections",
+        ),
+        pytest.param(
+            GOOD + "watch: {}\nwatch: {settle_seconds: 2}\n",
+            ["25:1: duplicate key (the same key is on line 24)"],
+            id="duplicate key",
+        ),
+        pytest.param(
+            GOOD + "patiens: {}\n",
+            ["24:1: unknown key 'patiens' in the config; did you mean 'patients'?"],
+            id="unknown top-level key with did you mean",
+        ),
+        pytest.param(
+            GOOD.replace("https://auth.nymbl", "http://auth.nymbl"),
+            [
+                "17:16: targets.nymbl.token_url must use https:// "
+                "(plain http:// is allowed only to a loopback host)"
+            ],
+            id="token_url checked too",
+        ),
+    ],
+)
+def test_problems_are_reported_at_their_lines(
+    tmp_path: Path, text: str, expected: list[str]
+) -> None:
+    path = write(tmp_path, text)
+    assert problems(path) == [f"{path}:{problem}" for problem in expected]
 
 
 def test_no_rules_is_only_a_warning(tmp_path: Path) -> None:
@@ -171,18 +197,6 @@ def test_no_rules_is_only_a_warning(tmp_path: Path) -> None:
     assert config.rules == ()
     assert [w.message for w in config.warnings] == [
         "rules is empty: every file will fail with no_rule"
-    ]
-
-
-def test_duplicate_key(tmp_path: Path) -> None:
-    path = write(tmp_path, GOOD + "watch: {}\nwatch: {settle_seconds: 2}\n")
-    assert problems(path) == [f"{path}:25:1: duplicate key (the same key is on line 24)"]
-
-
-def test_unknown_top_level_key_with_did_you_mean(tmp_path: Path) -> None:
-    path = write(tmp_path, GOOD + "patiens: {}\n")
-    assert problems(path) == [
-        f"{path}:24:1: unknown key 'patiens' in the config; did you mean 'patients'?"
     ]
 
 
@@ -224,14 +238,6 @@ def test_non_https_refused(tmp_path: Path, url: str, message: str) -> None:
     assert len(found) == 1
     assert message in found[0]
     assert url not in found[0]
-
-
-def test_token_url_checked_too(tmp_path: Path) -> None:
-    path = write(tmp_path, GOOD.replace("https://auth.nymbl", "http://auth.nymbl"))
-    assert problems(path) == [
-        f"{path}:17:16: targets.nymbl.token_url must use https:// "
-        "(plain http:// is allowed only to a loopback host)"
-    ]
 
 
 def test_secrets_never_appear_in_errors_or_warnings(tmp_path: Path) -> None:

@@ -45,24 +45,26 @@ def _assert_each_file_exactly_once(
     assert leftovers == []
 
 
-def test_kill_9_mid_batch_then_restart(
+def test_kill_9_five_times_mid_batch_then_restart(
     tree: Tree, slow_sandbox: Sandbox, daemon_process: Callable[..., DaemonProcess]
 ) -> None:
     contents = {}
-    for n in range(200):
+    for n in range(300):
         rel = f"p_{n % 20}/doc-{n}.pdf"
         contents[rel] = pdf(f"crash-{n}", 2_000)
         tree.drop(rel, contents[rel])
-    # Some uploads are stored but never answered: only asking the EHR avoids a duplicate.
-    slow_sandbox.add_fault(Fault(api="leyr", route="upload", action="commit_drop", times=5))
     config = make_config(tree, slow_sandbox, settle=0.1)
-    rng = random.Random(7)
-    for kill in range(3):
+    rng = random.Random()
+    stored = 0
+    for _kill in range(5):
+        # Some uploads are stored but never answered: only asking the EHR avoids a duplicate.
+        slow_sandbox.add_fault(Fault(api="leyr", route="upload", action="commit_drop", times=2))
         proc = daemon_process(config)
-        target = 30 * (kill + 1) + rng.randrange(20)
-        wait_for(lambda t=target: len(slow_sandbox.documents()) >= t, timeout=60)
+        stored += rng.randrange(15, 45)
+        wait_for(lambda at=stored: len(slow_sandbox.documents()) >= at, timeout=60)
         proc.kill()
+    slow_sandbox.clear_faults()
     proc = daemon_process(config)
-    wait_for(lambda: len(tree.all_receipts()) == 200, timeout=120)
+    wait_for(lambda: len(tree.all_receipts()) == 300, timeout=120)
     assert proc.stop() == 0
     _assert_each_file_exactly_once(tree, slow_sandbox, contents)

@@ -7,18 +7,19 @@ two listings. Never faulted and never authenticated: it only listens where the s
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from urllib.parse import parse_qs
 
 from ingestd.sandbox.faults import Fault
 from ingestd.sandbox.wire import (
     Context,
+    Endpoint,
+    Handler,
     Request,
     Response,
     Route,
+    dispatch,
     fail,
     json_response,
-    not_allowed,
     not_found,
 )
 
@@ -63,7 +64,7 @@ def _reset(ctx: Context, req: Request) -> Response:
     return Response(204)
 
 
-_ROUTES: dict[str, dict[str, Callable[[Context, Request], Response]]] = {
+_ROUTES: dict[str, dict[str, Handler]] = {
     "/documents": {"GET": _documents},
     "/requests": {"GET": _requests},
     "/faults": {"GET": _faults, "POST": _add_fault, "DELETE": _clear_faults},
@@ -76,7 +77,5 @@ def route(method: str, path: str) -> Route:
     methods = _ROUTES.get(path)
     if methods is None:
         return not_found("control")
-    handler = methods.get(method)
-    if handler is None:
-        return not_allowed("control", ", ".join(methods))
-    return Route("control", path.lstrip("/"), handler)
+    name = path.lstrip("/")
+    return dispatch("control", method, {m: Endpoint(name, h) for m, h in methods.items()})

@@ -10,27 +10,27 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import re
 from dataclasses import dataclass
-from functools import partial
 from urllib.parse import unquote
 
 from ingestd.sandbox.credentials import SANDBOX_CREDENTIALS, same_secret
-from ingestd.sandbox.store import Scope, StoredDocument, new_id, utc_now
+from ingestd.sandbox.store import Scope, StoredDocument, new_document
 from ingestd.sandbox.wire import (
     JSON_TYPE,
     Context,
+    DocumentRoutes,
     KiB,
     MiB,
     Request,
     Response,
     Route,
+    delete_document,
     fail,
     json_response,
-    not_allowed,
     not_found,
+    stored_document,
 )
 
 PREFIX = "/leyr/api"
@@ -77,20 +77,10 @@ def route(method: str, path: str) -> Route:
         return not_found("leyr")
     pid = segments[5]
     if len(segments) == 7:
-        where = _Where(segments[1], segments[3], pid)
-        if method == "POST":
-            return Route("leyr", "upload", partial(_upload, where=where), MAX_BODY, pid)
-        if method == "GET":
-            return Route("leyr", "list", partial(_list, where=where), patient_id=pid)
-        return not_allowed("leyr", "GET, POST", pid)
+        return _ROUTES.documents(method, _Where(segments[1], segments[3], pid), pid)
     if not segments[7]:
         return not_found("leyr", pid)
-    where = _Where(segments[1], segments[3], pid, segments[7])
-    if method == "GET":
-        return Route("leyr", "get", partial(_get, where=where), patient_id=pid)
-    if method == "DELETE":
-        return Route("leyr", "delete", partial(_delete, where=where), patient_id=pid)
-    return not_allowed("leyr", "GET, DELETE", pid)
+    return _ROUTES.document(method, _Where(segments[1], segments[3], pid, segments[7]), pid)
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -258,19 +248,16 @@ def _upload(ctx: Context, req: Request, where: _Where) -> Response:
         fields["type"] = upload.type
     if upload.created_by_id is not None:
         fields["created_by_id"] = upload.created_by_id
-    doc = StoredDocument(
-        api="leyr",
-        id=new_id("doc_"),
+    doc = new_document(
+        "leyr",
+        "doc_",
+        upload.content,
         patient_id=where.patient_id,
         name=upload.title,
         title=upload.title,
         doc_type=upload.type or "",
         mime=upload.format,
-        size=len(upload.content),
-        sha256=hashlib.sha256(upload.content).hexdigest(),
-        content=upload.content,
         fields=fields,
-        created_at=utc_now(),
     )
     ctx.store.add(scope, doc)
     return json_response(201, {**_summary(doc), "patient_id": where.patient_id})
@@ -281,16 +268,8 @@ def _list(ctx: Context, req: Request, where: _Where) -> Response:
     return json_response(200, {"items": [_summary(doc) for doc in ctx.store.in_scope(scope)]})
 
 
-def _find(ctx: Context, req: Request, where: _Where) -> tuple[Scope, StoredDocument]:
-    scope = _scope(ctx, req, where)
-    doc = ctx.store.get(scope, where.document_id)
-    if doc is None:
-        raise fail(404, "not_found", "document not found")
-    return scope, doc
-
-
 def _get(ctx: Context, req: Request, where: _Where) -> Response:
-    _, doc = _find(ctx, req, where)
+    doc = stored_document(ctx, _scope(ctx, req, where), where.document_id)
     head = json.dumps(_summary(doc), ensure_ascii=False).encode("utf-8")
     # Spliced rather than json.dumps'd so the base64 exists once, as bytes, not also as str.
     body = b"".join([head[:-1], b', "content": "', base64.b64encode(doc.content), b'"}'])
@@ -298,6 +277,9 @@ def _get(ctx: Context, req: Request, where: _Where) -> Response:
 
 
 def _delete(ctx: Context, req: Request, where: _Where) -> Response:
-    scope, doc = _find(ctx, req, where)
-    ctx.store.delete(scope, doc.id)
-    return Response(204)
+    return delete_document(ctx, _scope(ctx, req, where), where.document_id)
+
+
+_ROUTES = DocumentRoutes(
+    "leyr", upload=_upload, list_=_list, get=_get, delete=_delete, upload_limit=MAX_BODY
+)

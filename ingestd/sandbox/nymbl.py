@@ -8,26 +8,29 @@ this order: authentication (401), patient id syntax (400), unknown patient (404)
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
-from functools import partial
 from urllib.parse import unquote
 
 from ingestd.sandbox import multipart, odata
 from ingestd.sandbox.credentials import SANDBOX_CREDENTIALS, same_secret
-from ingestd.sandbox.store import Scope, StoredDocument, new_id, utc_now
+from ingestd.sandbox.store import Scope, StoredDocument, new_document
 from ingestd.sandbox.wire import (
     Context,
+    DocumentRoutes,
+    Endpoint,
     KiB,
     MiB,
     Request,
     Response,
     Route,
+    bind,
+    delete_document,
+    dispatch,
     fail,
     json_response,
-    not_allowed,
     not_found,
+    stored_document,
 )
 
 PREFIX = "/nymbl"
@@ -73,24 +76,13 @@ def route(method: str, path: str) -> Route:
     if documents.group(1) is None:
         if len(segments) != 2:
             return not_found("nymbl", pid)
-        where = _Where(pid)
-        if method == "POST":
-            return Route("nymbl", "upload", partial(_upload, where=where), MAX_BODY, pid)
-        if method == "GET":
-            return Route("nymbl", "list", partial(_list, where=where), patient_id=pid)
-        return not_allowed("nymbl", "GET, POST", pid)
+        return _ROUTES.documents(method, _Where(pid), pid)
     where = _Where(pid, _document_key(documents.group(1)))
-    if len(segments) == 3:
-        if segments[2] != "$value":
-            return not_found("nymbl", pid)
-        if method == "GET":
-            return Route("nymbl", "value", partial(_value, where=where), patient_id=pid)
-        return not_allowed("nymbl", "GET", pid)
-    if method == "GET":
-        return Route("nymbl", "get", partial(_get, where=where), patient_id=pid)
-    if method == "DELETE":
-        return Route("nymbl", "delete", partial(_delete, where=where), patient_id=pid)
-    return not_allowed("nymbl", "GET, DELETE", pid)
+    if len(segments) == 2:
+        return _ROUTES.document(method, where, pid)
+    if segments[2] != "$value":
+        return not_found("nymbl", pid)
+    return dispatch("nymbl", method, {"GET": Endpoint("value", bind(_value, where))}, pid)
 
 
 def _authenticate(ctx: Context, req: Request) -> None:
@@ -170,19 +162,16 @@ def _upload(ctx: Context, req: Request, where: _Where) -> Response:
     if not part.data:
         raise fail(400, "bad_request", "file is empty")
     assert part.filename is not None and part.content_type is not None
-    doc = StoredDocument(
-        api="nymbl",
-        id=new_id("doc-"),
+    doc = new_document(
+        "nymbl",
+        "doc-",
+        part.data,
         patient_id=patient_id,
         name=part.filename,
         title=fields.get("description", ""),
         doc_type=fields.get("document_type", ""),
         mime=part.content_type,
-        size=len(part.data),
-        sha256=hashlib.sha256(part.data).hexdigest(),
-        content=part.data,
         fields=fields,
-        created_at=utc_now(),
     )
     ctx.store.add(scope, doc)
     return json_response(201, _metadata(doc))
@@ -202,24 +191,22 @@ def _list(ctx: Context, req: Request, where: _Where) -> Response:
     return json_response(200, body)
 
 
-def _find(ctx: Context, req: Request, where: _Where) -> tuple[Scope, StoredDocument]:
-    scope, _ = _scope(ctx, req, where)
-    doc = ctx.store.get(scope, where.document_id)
-    if doc is None:
-        raise fail(404, "not_found", "document not found")
-    return scope, doc
-
-
 def _get(ctx: Context, req: Request, where: _Where) -> Response:
-    return json_response(200, _metadata(_find(ctx, req, where)[1]))
+    scope, _ = _scope(ctx, req, where)
+    return json_response(200, _metadata(stored_document(ctx, scope, where.document_id)))
 
 
 def _value(ctx: Context, req: Request, where: _Where) -> Response:
-    doc = _find(ctx, req, where)[1]
+    scope, _ = _scope(ctx, req, where)
+    doc = stored_document(ctx, scope, where.document_id)
     return Response(200, doc.content, doc.mime)
 
 
 def _delete(ctx: Context, req: Request, where: _Where) -> Response:
-    scope, doc = _find(ctx, req, where)
-    ctx.store.delete(scope, doc.id)
-    return Response(204)
+    scope, _ = _scope(ctx, req, where)
+    return delete_document(ctx, scope, where.document_id)
+
+
+_ROUTES = DocumentRoutes(
+    "nymbl", upload=_upload, list_=_list, get=_get, delete=_delete, upload_limit=MAX_BODY
+)

@@ -6,6 +6,7 @@ route only ever sees its own patient's documents.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 import time
@@ -80,6 +81,35 @@ def utc_now() -> str:
 
 def new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(8)
+
+
+def new_document(
+    api: str,
+    id_prefix: str,
+    content: bytes,
+    *,
+    patient_id: str,
+    name: str,
+    title: str,
+    doc_type: str,
+    mime: str,
+    fields: dict[str, str],
+) -> StoredDocument:
+    """A document received just now: its id, size, digest and time are the sandbox's to give."""
+    return StoredDocument(
+        api=api,
+        id=new_id(id_prefix),
+        patient_id=patient_id,
+        name=name,
+        title=title,
+        doc_type=doc_type,
+        mime=mime,
+        size=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+        content=content,
+        fields=fields,
+        created_at=utc_now(),
+    )
 
 
 class Store:

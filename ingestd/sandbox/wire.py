@@ -1,7 +1,10 @@
-"""What routes see of HTTP: the request and response values, the routing record, JSON helpers.
+"""What routes see of HTTP: the request and response values, routing, JSON helpers.
 
-Routes never touch a socket: they take a `Request` whose body is already read and return a
-`Response` (or raise `Abort`); `server.py` reads and writes the bytes.
+Owns the routing every API shares: `dispatch` (a method table to a `Route`, 405 for any other
+method) and `DocumentRoutes` (the two resources both document APIs serve, with the same methods),
+plus the document look-up and delete steps the two APIs share. Routes never touch a socket: they
+take a `Request` whose body is already read and return a `Response` (or raise `Abort`);
+`server.py` reads and writes the bytes.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
+from typing import Generic, TypeVar
 
 from ingestd.sandbox.faults import FaultQueue
 from ingestd.sandbox.multipart import MultipartError, parse_params
-from ingestd.sandbox.store import Store
+from ingestd.sandbox.store import Scope, Store, StoredDocument
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -129,3 +133,76 @@ def not_allowed(api: str, allow: str, patient_id: str | None = None) -> Route:
         return error(405, "method_not_allowed", f"allowed: {allow}", {"Allow": allow})
 
     return Route(api, "unknown", handler, patient_id=patient_id)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What one method on one resource does: the route kind it is logged as, and its handler."""
+
+    kind: str
+    handler: Handler
+    max_body: int = SMALL_BODY_LIMIT
+
+
+def dispatch(
+    api: str, method: str, endpoints: Mapping[str, Endpoint], patient_id: str | None = None
+) -> Route:
+    """The route for `method`; any other method is a 405 that allows `endpoints`, in their order."""
+    endpoint = endpoints.get(method)
+    if endpoint is None:
+        return not_allowed(api, ", ".join(endpoints), patient_id)
+    return Route(api, endpoint.kind, endpoint.handler, endpoint.max_body, patient_id)
+
+
+W = TypeVar("W")  # where a request points: an API's parsed path
+WhereHandler = Callable[[Context, Request, W], Response]
+
+
+def bind(handler: WhereHandler[W], where: W) -> Handler:
+    """`handler` for the resource `where` names, as routes take it."""
+
+    def bound(ctx: Context, req: Request) -> Response:
+        return handler(ctx, req, where)
+
+    return bound
+
+
+@dataclass(frozen=True)
+class DocumentRoutes(Generic[W]):
+    """One document API's handlers, routed as both APIs route them: GET lists and POST uploads on
+    the patient's documents; GET fetches and DELETE removes one document."""
+
+    api: str
+    upload: WhereHandler[W]
+    list_: WhereHandler[W]
+    get: WhereHandler[W]
+    delete: WhereHandler[W]
+    upload_limit: int
+
+    def documents(self, method: str, where: W, patient_id: str) -> Route:
+        endpoints = {
+            "GET": Endpoint("list", bind(self.list_, where)),
+            "POST": Endpoint("upload", bind(self.upload, where), self.upload_limit),
+        }
+        return dispatch(self.api, method, endpoints, patient_id)
+
+    def document(self, method: str, where: W, patient_id: str) -> Route:
+        endpoints = {
+            "GET": Endpoint("get", bind(self.get, where)),
+            "DELETE": Endpoint("delete", bind(self.delete, where)),
+        }
+        return dispatch(self.api, method, endpoints, patient_id)
+
+
+def stored_document(ctx: Context, scope: Scope, document_id: str) -> StoredDocument:
+    """The document, or a 404: another patient's document is as unknown as a missing one."""
+    doc = ctx.store.get(scope, document_id)
+    if doc is None:
+        raise fail(404, "not_found", "document not found")
+    return doc
+
+
+def delete_document(ctx: Context, scope: Scope, document_id: str) -> Response:
+    doc = stored_document(ctx, scope, document_id)
+    ctx.store.delete(scope, doc.id)
+    return Response(204)

@@ -1,7 +1,8 @@
 """The registry of target kinds, keyed by the config's `kind`, and building targets from settings.
 
 Owns `TargetSettings` (one `targets.NAME` entry, secrets already resolved), `TargetKind` (what the
-config module needs to validate a kind's options and patient ids) and `make_target`.
+config module needs to validate a kind's options and patient ids, read from the kind's target
+class) and `make_target`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ingestd.targets import leyr, nymbl
 from ingestd.targets.base import Target
+from ingestd.targets.http import HttpTarget
 
 COMMON_OPTIONS = frozenset({"kind", "concurrency", "accept", "max_bytes", "timeout_seconds"})
 
@@ -48,27 +50,23 @@ class TargetKind:
         default=_no_option_problems
     )
 
+    @classmethod
+    def of(cls, target: type[HttpTarget]) -> TargetKind:
+        """The entry for a target class, which declares everything about its kind."""
+        return cls(
+            kind=target.kind,
+            required=target.required,
+            optional=target.optional,
+            default_max_bytes=target.default_max_bytes,
+            default_accept=target.default_accept,
+            validate_patient_id=target.validate_patient_id,
+            make_target=target.from_settings,
+            validate_options=target.validate_options,
+        )
+
 
 KINDS: dict[str, TargetKind] = {
-    leyr.KIND: TargetKind(
-        kind=leyr.KIND,
-        required=leyr.REQUIRED,
-        optional=leyr.OPTIONAL,
-        default_max_bytes=leyr.DEFAULT_MAX_BYTES,
-        default_accept=leyr.DEFAULT_ACCEPT,
-        validate_patient_id=leyr.validate_patient_id,
-        make_target=leyr.LeyrTarget.from_settings,
-    ),
-    nymbl.KIND: TargetKind(
-        kind=nymbl.KIND,
-        required=nymbl.REQUIRED,
-        optional=nymbl.OPTIONAL,
-        default_max_bytes=nymbl.DEFAULT_MAX_BYTES,
-        default_accept=nymbl.DEFAULT_ACCEPT,
-        validate_patient_id=nymbl.validate_patient_id,
-        make_target=nymbl.NymblTarget.from_settings,
-        validate_options=nymbl.validate_options,
-    ),
+    kind.kind: kind for kind in map(TargetKind.of, (leyr.LeyrTarget, nymbl.NymblTarget))
 }
 
 

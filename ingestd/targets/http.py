@@ -1,9 +1,11 @@
 """HTTP plumbing shared by the EHR targets: sessions, timeouts, and outcome classification.
 
-Owns the mapping from what `requests` returns or raises to the outcomes in `targets.base`
-(TransientError, PermanentError, AuthError), the Retry-After parser, the sanitising of server
-reasons, and the local refusal messages. Nothing here logs; messages never contain anything taken
-from our own request (patient ids, file names, titles, document ids, secrets).
+Owns `HttpTarget` (what every kind shares: the common settings, one session, local refusals, and
+single requests that never follow redirects), the mapping from what `requests` returns or raises
+to the outcomes in `targets.base` (TransientError, PermanentError, AuthError), the Retry-After
+parser, the sanitising of server reasons, and the local refusal messages. Nothing here logs;
+messages never contain anything taken from our own request (patient ids, file names, titles,
+document ids, secrets).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import re
 import socket
 import unicodedata
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypedDict
 
 import requests
 import urllib3.exceptions
@@ -32,7 +34,10 @@ from ingestd.targets.base import (
     TransientError,
     Upload,
 )
-from ingestd.targets.bodies import SourceChanged, SourceUnreadable
+from ingestd.targets.bodies import SourceChanged, SourceUnreadable, StreamingBody
+
+if TYPE_CHECKING:
+    from ingestd.targets import TargetSettings
 
 CONNECT_TIMEOUT = 10.0
 REASON_MAX_CHARS = 200
@@ -160,15 +165,22 @@ def created_id(response: requests.Response, what: str) -> str:
         payload = response.json()
     except ValueError:
         payload = None
-    doc_id = payload.get("id") if isinstance(payload, dict) else None
-    if isinstance(doc_id, bool) or not isinstance(doc_id, str | int) or doc_id == "":
+    doc_id = document_id(payload.get("id")) if isinstance(payload, dict) else None
+    if not doc_id:
         raise TransientError(
             f"{what}: HTTP {response.status_code} without a document id",
             response.status_code,
             sent=True,
             outcome_unknown=True,
         )
-    return str(doc_id)
+    return doc_id
+
+
+def document_id(value: object) -> str | None:
+    """A document id as the EHR's JSON gives it (a string or a whole number), as text."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value)
 
 
 def json_object(response: requests.Response, what: str) -> dict[str, Any]:
@@ -311,3 +323,101 @@ def local_refusal(
             f"{problem}; fix the folder name or the patients: mapping, then use `ingestd retry`",
         )
     return None
+
+
+class CommonOptions(TypedDict, total=False):
+    """The settings every kind takes besides its own options, as constructor keywords."""
+
+    concurrency: int
+    accept: frozenset[str] | None  # None: the kind's default list
+    max_bytes: int | None  # None: the kind's default limit
+    timeout_seconds: float
+
+
+class HttpTarget:
+    """What every EHR target shares. A kind's class attributes are all the registry knows of it;
+    its own config options (`required`, `optional`) are its constructor's keywords."""
+
+    kind: str
+    required: ClassVar[frozenset[str]]
+    optional: ClassVar[frozenset[str]]
+    default_accept: ClassVar[frozenset[str]]
+    default_max_bytes: ClassVar[int]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        concurrency: int = 4,
+        accept: frozenset[str] | None = None,
+        max_bytes: int | None = None,
+        timeout_seconds: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.accept = self.default_accept if accept is None else frozenset(accept)
+        self.max_bytes = self.default_max_bytes if max_bytes is None else max_bytes
+        self.timeout_seconds = timeout_seconds
+        self._session = make_session(concurrency)
+
+    @classmethod
+    def from_settings(cls, cfg: TargetSettings) -> Self:
+        """The target `cfg` describes; the registry has checked its options against the kind's."""
+        return cls(
+            cfg.name,
+            **cfg.options,
+            concurrency=cfg.concurrency,
+            accept=cfg.accept,
+            max_bytes=cfg.max_bytes,
+            timeout_seconds=cfg.timeout_seconds,
+        )
+
+    @staticmethod
+    def validate_patient_id(patient_id: str) -> str | None:
+        """An error message (never quoting the id) or None when this kind takes the id."""
+        raise NotImplementedError
+
+    @staticmethod
+    def validate_options(options: Mapping[str, str]) -> dict[str, str]:
+        """Problems with option values, by option key; messages never quote the value."""
+        return {}
+
+    def send(self, upload: Upload) -> str:
+        raise NotImplementedError
+
+    def find(self, upload: Upload) -> str | None:
+        raise NotImplementedError
+
+    def refusal(self, upload: Upload) -> Refusal | None:
+        return local_refusal(
+            upload, self.name, self.max_bytes, self.accept, self.validate_patient_id
+        )
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _post(
+        self, url: str, body: StreamingBody, what: str, headers: Mapping[str, str] | None = None
+    ) -> requests.Response:
+        """One POST of a streaming body; its TargetError says `what` failed."""
+        with transport_errors(what, self.timeout_seconds):
+            return self._session.post(
+                url,
+                data=body,  # type: ignore[arg-type]  # a sized reader; requests streams it
+                headers={**(headers or {}), "Content-Type": body.content_type},
+                timeout=timeouts(self.timeout_seconds),
+                # Never followed: a redirect could carry our credential headers to another host.
+                allow_redirects=False,
+            )
+
+    def _get_once(
+        self, url: str, what: str, headers: Mapping[str, str] | None = None, *, stream: bool = False
+    ) -> requests.Response:
+        """One GET; its TargetError says `what` failed."""
+        with transport_errors(what, self.timeout_seconds):
+            return self._session.get(
+                url,
+                headers=headers,
+                timeout=timeouts(self.timeout_seconds),
+                allow_redirects=False,
+                stream=stream,
+            )

@@ -10,23 +10,19 @@ import base64
 import binascii
 import hashlib
 import re
-from typing import TYPE_CHECKING
+from typing import Unpack
 from urllib.parse import quote
 
-from ingestd.targets.base import Refusal, TransientError, Upload
+from ingestd.targets.base import TransientError, Upload
 from ingestd.targets.bodies import LeyrJsonBody
 from ingestd.targets.http import (
+    CommonOptions,
+    HttpTarget,
     created_id,
+    document_id,
     json_object,
-    local_refusal,
-    make_session,
     raise_for_outcome,
-    timeouts,
-    transport_errors,
 )
-
-if TYPE_CHECKING:
-    from ingestd.targets import TargetSettings
 
 KIND = "leyr"
 REQUIRED = frozenset({"base_url", "emr", "care_unit_id", "client_id", "client_secret"})
@@ -86,10 +82,15 @@ def _segment(value: str) -> str:
     return quote(value, safe=":")
 
 
-class LeyrTarget:
+class LeyrTarget(HttpTarget):
     """One Leyr care unit: documents are POSTed as JSON, found again by title, format and hash."""
 
     kind = KIND
+    required = REQUIRED
+    optional = OPTIONAL
+    default_accept = DEFAULT_ACCEPT
+    default_max_bytes = DEFAULT_MAX_BYTES
+    validate_patient_id = staticmethod(validate_patient_id)
 
     def __init__(
         self,
@@ -101,66 +102,27 @@ class LeyrTarget:
         client_id: str,
         client_secret: str,
         created_by_id: str | None = None,
-        concurrency: int = 4,
-        accept: frozenset[str] | None = None,
-        max_bytes: int | None = None,
-        timeout_seconds: float = 60.0,
+        **common: Unpack[CommonOptions],
     ) -> None:
-        self.name = name
-        self.accept = DEFAULT_ACCEPT if accept is None else frozenset(accept)
-        self.max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+        super().__init__(name, **common)
         self.created_by_id = created_by_id or None
-        self.timeout_seconds = timeout_seconds
         self._units = (
             f"{base_url.rstrip('/')}/emrs/{_segment(emr)}/care-units/{_segment(care_unit_id)}"
         )
-        self._session = make_session(concurrency)
         self._session.headers["x-leyr-client-id"] = client_id
         self._session.headers["x-leyr-client-secret"] = client_secret
-
-    @classmethod
-    def from_settings(cls, cfg: TargetSettings) -> LeyrTarget:
-        opts = cfg.options
-        return cls(
-            cfg.name,
-            base_url=opts["base_url"],
-            emr=opts["emr"],
-            care_unit_id=opts["care_unit_id"],
-            client_id=opts["client_id"],
-            client_secret=opts["client_secret"],
-            created_by_id=opts.get("created_by_id"),
-            concurrency=cfg.concurrency,
-            accept=cfg.accept,
-            max_bytes=cfg.max_bytes,
-            timeout_seconds=cfg.timeout_seconds,
-        )
-
-    def refusal(self, upload: Upload) -> Refusal | None:
-        return local_refusal(upload, self.name, self.max_bytes, self.accept, validate_patient_id)
 
     def send(self, upload: Upload) -> str:
         body = LeyrJsonBody(upload, upload.fields.get("created_by_id") or self.created_by_id)
         what = f"{self.name} upload"
-        with transport_errors(what, self.timeout_seconds):
-            response = self._session.post(
-                self._documents_url(upload),
-                data=body,  # type: ignore[arg-type]  # a sized reader; requests streams it
-                headers={"Content-Type": body.content_type},
-                timeout=timeouts(self.timeout_seconds),
-                allow_redirects=False,
-            )
+        response = self._post(self._documents_url(upload), body, what)
         raise_for_outcome(response, what, self._redact(upload))
         return created_id(response, what)
 
     def find(self, upload: Upload) -> str | None:
         what = f"{self.name} look-up"
         redact = self._redact(upload)
-        with transport_errors(what, self.timeout_seconds):
-            response = self._session.get(
-                self._documents_url(upload),
-                timeout=timeouts(self.timeout_seconds),
-                allow_redirects=False,
-            )
+        response = self._get_once(self._documents_url(upload), what)
         if response.status_code == 404:
             return None
         raise_for_outcome(response, what, redact)
@@ -172,27 +134,17 @@ class LeyrTarget:
                 continue
             if item.get("title") != upload.title or item.get("format") != upload.mime:
                 continue
-            doc_id = item.get("id")
-            if isinstance(doc_id, bool) or not isinstance(doc_id, str | int):
-                continue
-            if self._same_content(upload, str(doc_id), redact):
-                return str(doc_id)
+            doc_id = document_id(item.get("id"))
+            if doc_id is not None and self._same_content(upload, doc_id, redact):
+                return doc_id
         return None
-
-    def close(self) -> None:
-        self._session.close()
 
     def _documents_url(self, upload: Upload) -> str:
         return f"{self._units}/patients/{_segment(upload.patient_id)}/documents"
 
     def _same_content(self, upload: Upload, doc_id: str, redact: list[str]) -> bool:
         what = f"{self.name} look-up"
-        with transport_errors(what, self.timeout_seconds):
-            response = self._session.get(
-                f"{self._documents_url(upload)}/{quote(doc_id, safe='')}",
-                timeout=timeouts(self.timeout_seconds),
-                allow_redirects=False,
-            )
+        response = self._get_once(f"{self._documents_url(upload)}/{quote(doc_id, safe='')}", what)
         if response.status_code == 404:
             return False
         raise_for_outcome(response, what, [*redact, doc_id])

@@ -13,28 +13,26 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Unpack
 from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
 import requests
 
-from ingestd.targets.base import AuthError, Refusal, TransientError, Upload
+from ingestd.targets.base import AuthError, TransientError, Upload
 from ingestd.targets.bodies import CHUNK, MultipartBody
 from ingestd.targets.http import (
     RETRY_STATUSES,
+    CommonOptions,
+    HttpTarget,
     created_id,
     describe,
+    document_id,
     json_object,
-    local_refusal,
-    make_session,
     parse_retry_after,
     raise_for_outcome,
     timeouts,
     transport_errors,
 )
-
-if TYPE_CHECKING:
-    from ingestd.targets import TargetSettings
 
 KIND = "nymbl"
 REQUIRED = frozenset({"base_url", "api_key", "token_url", "client_id", "client_secret"})
@@ -219,10 +217,16 @@ def odata_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class NymblTarget:
+class NymblTarget(HttpTarget):
     """One Nymbl tenant: multipart uploads with a bearer token and an API key."""
 
     kind = KIND
+    required = REQUIRED
+    optional = OPTIONAL
+    default_accept = DEFAULT_ACCEPT
+    default_max_bytes = DEFAULT_MAX_BYTES
+    validate_patient_id = staticmethod(validate_patient_id)
+    validate_options = staticmethod(validate_options)
 
     def __init__(
         self,
@@ -233,24 +237,18 @@ class NymblTarget:
         token_url: str,
         client_id: str,
         client_secret: str,
-        client_auth: str = "auto",
+        token_auth: str | None = None,  # None: "auto"
         scope: str | None = None,
-        concurrency: int = 4,
-        accept: frozenset[str] | None = None,
-        max_bytes: int | None = None,
-        timeout_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        **common: Unpack[CommonOptions],
     ) -> None:
+        client_auth = token_auth or "auto"
         if client_auth not in TOKEN_AUTH_MODES:
             raise ValueError("token_auth must be one of: " + ", ".join(TOKEN_AUTH_MODES))
-        self.name = name
-        self.accept = DEFAULT_ACCEPT if accept is None else frozenset(accept)
-        self.max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
-        self.timeout_seconds = timeout_seconds
+        super().__init__(name, **common)
         self._base_url = base_url.rstrip("/")
         self._origin = urlsplit(self._base_url)[:2]
         self._api_key = api_key
-        self._session = make_session(concurrency)
         self._tokens = TokenSource(
             self._session,
             token_url=token_url,
@@ -258,30 +256,9 @@ class NymblTarget:
             client_secret=client_secret,
             client_auth=client_auth,
             scope=scope or None,
-            timeout_seconds=timeout_seconds,
+            timeout_seconds=self.timeout_seconds,
             clock=clock,
         )
-
-    @classmethod
-    def from_settings(cls, cfg: TargetSettings) -> NymblTarget:
-        opts = cfg.options
-        return cls(
-            cfg.name,
-            base_url=opts["base_url"],
-            api_key=opts["api_key"],
-            token_url=opts["token_url"],
-            client_id=opts["client_id"],
-            client_secret=opts["client_secret"],
-            client_auth=opts.get("token_auth") or "auto",
-            scope=opts.get("scope"),
-            concurrency=cfg.concurrency,
-            accept=cfg.accept,
-            max_bytes=cfg.max_bytes,
-            timeout_seconds=cfg.timeout_seconds,
-        )
-
-    def refusal(self, upload: Upload) -> Refusal | None:
-        return local_refusal(upload, self.name, self.max_bytes, self.accept, validate_patient_id)
 
     def send(self, upload: Upload) -> str:
         what = f"{self.name} upload"
@@ -291,14 +268,9 @@ class NymblTarget:
             fields.append(("document_type", upload.doc_type))
         fields.append(("description", upload.fields.get("description") or upload.title))
         body = MultipartBody(upload, fields)
-        with transport_errors(what, self.timeout_seconds):
-            response = self._session.post(
-                f"{self._patient_url(upload)}/Documents",
-                data=body,  # type: ignore[arg-type]  # a sized reader; requests streams it
-                headers={**self._auth(token), "Content-Type": body.content_type},
-                timeout=timeouts(self.timeout_seconds),
-                allow_redirects=False,
-            )
+        response = self._post(
+            f"{self._patient_url(upload)}/Documents", body, what, self._auth(token)
+        )
         if response.status_code == 401 and not fresh:
             # The cached token may have been revoked or expired early: the retry gets a new one.
             self._tokens.drop(token)
@@ -321,9 +293,6 @@ class NymblTarget:
                 return doc_id
         return None
 
-    def close(self) -> None:
-        self._session.close()
-
     def _auth(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}", "x-api-key": self._api_key}
 
@@ -335,14 +304,7 @@ class NymblTarget:
         response: requests.Response | None = None
         for _ in range(2):
             token, fresh = self._tokens.get()
-            with transport_errors(what, self.timeout_seconds):
-                response = self._session.get(
-                    url,
-                    headers=self._auth(token),
-                    timeout=timeouts(self.timeout_seconds),
-                    allow_redirects=False,
-                    stream=stream,
-                )
+            response = self._get_once(url, what, self._auth(token), stream=stream)
             if response.status_code != 401 or fresh:
                 return response
             response.close()
@@ -427,10 +389,9 @@ def _matching_ids(page: list[Any], upload: Upload) -> list[str]:
         size = item.get("file_size_bytes")
         if size is not None and str(size) != str(upload.size):
             continue
-        doc_id = item.get("id")
-        if isinstance(doc_id, bool) or not isinstance(doc_id, str | int):
-            continue
-        ids.append(str(doc_id))
+        doc_id = document_id(item.get("id"))
+        if doc_id is not None:
+            ids.append(doc_id)
     return ids
 
 

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,27 +18,16 @@ import requests
 
 from ingestd.sandbox import SANDBOX_CREDENTIALS, Fault, RequestRecord, Sandbox
 
-LEYR = SANDBOX_CREDENTIALS["leyr"]
+from . import LEYR, leyr_docs_url
+from . import LEYR_HEADERS as HEADERS
+
 NYMBL = SANDBOX_CREDENTIALS["nymbl"]
-HEADERS = {"x-leyr-client-id": LEYR["client_id"], "x-leyr-client-secret": LEYR["client_secret"]}
 PAYLOAD = {"content": base64.b64encode(b"%PDF-1.7").decode(), "format": "application/pdf"}
 HTTP_DATE = "Wed, 21 Oct 2015 07:28:00 GMT"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Sandbox]:
-    with Sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture
-def sb(server: Sandbox) -> Sandbox:
-    server.reset()
-    return server
-
-
 def docs_url(sb: Sandbox, pid: str = "abc_1") -> str:
-    return f"{sb.leyr_base_url}/emrs/webdoc/care-units/care-unit-123/patients/{pid}/documents"
+    return leyr_docs_url(sb, pid)
 
 
 def upload(sb: Sandbox, title: str = "Lab") -> requests.Response:

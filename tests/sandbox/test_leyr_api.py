@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import socket
 from collections.abc import Iterator
@@ -13,31 +12,19 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox
+from ingestd.sandbox import Sandbox
 
-CREDS = SANDBOX_CREDENTIALS["leyr"]
-HEADERS = {"x-leyr-client-id": CREDS["client_id"], "x-leyr-client-secret": CREDS["client_secret"]}
+from . import LEYR as CREDS
+from . import LEYR_HEADERS as HEADERS
+from . import assert_holds, created, leyr_docs_url
+
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 4
 PNR = "se_personal_number:191212121212"
 MiB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Sandbox]:
-    with Sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture
-def sb(server: Sandbox) -> Sandbox:
-    server.reset()
-    return server
-
-
-def docs_url(
-    sb: Sandbox, pid: str = "abc_12345", emr: str = "webdoc", cu: str = "care-unit-123"
-) -> str:
-    return f"{sb.leyr_base_url}/emrs/{emr}/care-units/{cu}/patients/{pid}/documents"
+def docs_url(sb: Sandbox, pid: str = "abc_12345", **where: str) -> str:
+    return leyr_docs_url(sb, pid, **where)
 
 
 def payload(data: bytes = PDF, **overrides: Any) -> dict[str, Any]:
@@ -69,42 +56,29 @@ def raw_exchange(sb: Sandbox, head: bytes) -> bytes:
 
 
 def test_upload_answers_201_and_stores_the_document(sb: Sandbox) -> None:
-    response = upload(sb, PNR)
-    assert response.status_code == 201
-    body = response.json()
-    assert set(body) == {
-        "id",
-        "title",
-        "type",
-        "format",
-        "created_by_id",
-        "created_at",
-        "patient_id",
+    body, doc_id, created_at = created(upload(sb, PNR), "doc_", "created_at")
+    assert body == {
+        "title": "Blood Test Results",
+        "type": "Lab Result",
+        "format": "application/pdf",
+        "created_by_id": "resource-123",
+        "patient_id": PNR,
     }
-    assert body["id"].startswith("doc_")
-    assert body["title"] == "Blood Test Results"
-    assert body["type"] == "Lab Result"
-    assert body["format"] == "application/pdf"
-    assert body["created_by_id"] == "resource-123"
-    assert body["patient_id"] == PNR
-    assert body["created_at"].endswith("Z")
     [doc] = sb.documents()
     assert doc.api == "leyr"
-    assert doc.id == body["id"]
+    assert doc.id == doc_id
     assert doc.patient_id == PNR
     assert doc.name == doc.title == "Blood Test Results"
     assert doc.doc_type == "Lab Result"
     assert doc.mime == "application/pdf"
-    assert doc.content == PDF
-    assert doc.size == len(PDF)
-    assert doc.sha256 == hashlib.sha256(PDF).hexdigest()
+    assert_holds(doc, PDF)
     assert doc.fields == {
         "emr": "webdoc",
         "care_unit_id": "care-unit-123",
         "type": "Lab Result",
         "created_by_id": "resource-123",
     }
-    assert doc.created_at == body["created_at"]
+    assert doc.created_at == created_at
     assert sb.documents("nymbl") == []
 
 

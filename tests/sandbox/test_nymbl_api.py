@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +11,8 @@ import requests
 
 from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox
 from ingestd.sandbox.multipart import MultipartError, filename_from, parse, parse_params
+
+from . import assert_holds, created
 
 CREDS = SANDBOX_CREDENTIALS["nymbl"]
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 4
@@ -24,18 +24,6 @@ FORM = {
     "client_id": CREDS["client_id"],
     "client_secret": CREDS["client_secret"],
 }
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Sandbox]:
-    with Sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture
-def sb(server: Sandbox) -> Sandbox:
-    server.reset()
-    return server
 
 
 def token(sb: Sandbox) -> str:
@@ -193,38 +181,24 @@ def test_expired_token_is_refused() -> None:
 
 def test_upload_answers_the_documented_object(sb: Sandbox) -> None:
     response = upload(sb, document_type="Referral", description="Referral from Dr. Smith")
-    assert response.status_code == 201
-    body = response.json()
-    assert set(body) == {
-        "id",
-        "patient_id",
-        "file_name",
-        "content_type",
-        "file_size_bytes",
-        "document_type",
-        "description",
-        "uploaded_by_id",
-        "uploaded_at",
+    body, doc_id, _ = created(response, "doc-", "uploaded_at")
+    assert body == {
+        "patient_id": "12345",
+        "file_name": "referral.pdf",
+        "content_type": "application/pdf",
+        "file_size_bytes": len(PDF),
+        "document_type": "Referral",
+        "description": "Referral from Dr. Smith",
+        "uploaded_by_id": "sandbox-client",
     }
-    assert body["id"].startswith("doc-")
-    assert body["patient_id"] == "12345"
-    assert body["file_name"] == "referral.pdf"
-    assert body["content_type"] == "application/pdf"
-    assert body["file_size_bytes"] == len(PDF)
-    assert body["document_type"] == "Referral"
-    assert body["description"] == "Referral from Dr. Smith"
-    assert body["uploaded_by_id"] == "sandbox-client"
-    assert body["uploaded_at"].endswith("Z")
     [doc] = sb.documents("nymbl")
-    assert doc.id == body["id"]
+    assert doc.id == doc_id
     assert doc.patient_id == "12345"
     assert doc.name == "referral.pdf"
     assert doc.title == "Referral from Dr. Smith"
     assert doc.doc_type == "Referral"
     assert doc.mime == "application/pdf"
-    assert doc.content == PDF
-    assert doc.size == len(PDF)
-    assert doc.sha256 == hashlib.sha256(PDF).hexdigest()
+    assert_holds(doc, PDF)
     assert doc.fields == {"document_type": "Referral", "description": "Referral from Dr. Smith"}
     assert sb.documents("leyr") == []
 

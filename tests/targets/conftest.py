@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,6 @@ from ingestd.targets import TargetSettings, make_target
 from ingestd.targets.base import Target, Upload
 
 UploadFactory = Callable[..., Upload]
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll `condition` until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)  # a poll interval, bounded by the deadline
 
 
 def pdf_bytes(size: int, seed: int = 1) -> bytes:

@@ -6,6 +6,7 @@ The `api` fixture is parametrised over the registry's kinds: a new kind joins by
 
 from __future__ import annotations
 
+import inspect
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,8 +21,10 @@ from ingestd import USER_AGENT
 from ingestd.retrying import Delivered, deliver
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import COMMON_OPTIONS, KINDS, TargetSettings, make_target
-from ingestd.targets.base import AuthError, PermanentError, TransientError, Upload
-from ingestd.targets.http import parse_retry_after, server_reason
+from ingestd.targets.base import AuthError, PermanentError, TargetError, TransientError, Upload
+from ingestd.targets.http import HttpTarget, parse_retry_after, server_reason
+from ingestd.targets.leyr import LeyrTarget
+from ingestd.targets.nymbl import NymblTarget
 
 from .conftest import TargetFactory, UploadFactory, pdf_bytes
 
@@ -34,7 +37,7 @@ class Kind:
     patient_id: str
     other_patient_id: str
     bad_patient_id: str
-    secret_option: str  # an option whose wrong value must give AuthError
+    credential_options: tuple[str, ...]  # options whose wrong value must give AuthError
 
     def check_metadata(self, doc: Any, up: Upload) -> None:
         assert doc.mime == up.mime
@@ -49,9 +52,13 @@ class Kind:
 
 KIND_CASES = {
     "leyr": Kind(
-        "leyr", "se_personal_number:191212121212", "emr_id:pat-2", "bad id!", "client_secret"
+        "leyr",
+        "se_personal_number:191212121212",
+        "emr_id:pat-2",
+        "bad id!",
+        ("client_secret", "client_id"),
     ),
-    "nymbl": Kind("nymbl", "12345", "67890", "12a45", "client_secret"),
+    "nymbl": Kind("nymbl", "12345", "67890", "12a45", ("client_secret", "api_key")),
 }
 
 
@@ -152,15 +159,31 @@ def test_an_acceptable_upload_is_not_refused(
     assert sb.requests() == []
 
 
-def test_400_is_permanent_rejected_with_status(
-    sb: Sandbox, api: Kind, target_for: TargetFactory, upload_for: Callable[..., Upload]
+@pytest.mark.parametrize(
+    ("status", "retry_after", "error", "expected"),
+    [
+        (400, None, PermanentError, {"kind": "rejected", "http_status": 400}),
+        (503, None, TransientError, {"http_status": 503, "sent": True, "outcome_unknown": False}),
+        (429, "7", TransientError, {"http_status": 429, "retry_after": 7.0}),
+    ],
+    ids=["400 is permanent", "503 is transient", "429 brings its Retry-After"],
+)
+def test_an_error_status_is_classified(
+    sb: Sandbox,
+    api: Kind,
+    target_for: TargetFactory,
+    upload_for: Callable[..., Upload],
+    status: int,
+    retry_after: str | None,
+    error: type[TargetError],
+    expected: dict[str, Any],
 ) -> None:
-    sb.add_fault(Fault(api=api.kind, route="upload", action="status", status=400))
-    with pytest.raises(PermanentError) as info:
+    sb.add_fault(Fault(api=api.kind, route="upload", status=status, retry_after=retry_after))
+    with pytest.raises(error) as info:
         target_for(sb, api.kind).send(upload_for())
-    assert info.value.kind == "rejected"
-    assert info.value.http_status == 400
-    assert "400" in info.value.message
+    assert {key: getattr(info.value, key) for key in expected} == expected
+    assert str(status) in info.value.message
+    assert sb.documents(api.kind) == []
 
 
 def test_unknown_patient_is_patient_not_found(
@@ -177,28 +200,6 @@ def test_unknown_patient_is_patient_not_found(
     assert info.value.http_status == 404
     assert api.other_patient_id not in info.value.message
     assert target.send(upload_for())  # the known one is taken
-
-
-def test_503_is_transient(
-    sb: Sandbox, api: Kind, target_for: TargetFactory, upload_for: Callable[..., Upload]
-) -> None:
-    sb.add_fault(Fault(api=api.kind, route="upload", action="status", status=503))
-    with pytest.raises(TransientError) as info:
-        target_for(sb, api.kind).send(upload_for())
-    assert info.value.http_status == 503
-    assert info.value.sent is True
-    assert info.value.outcome_unknown is False
-    assert sb.documents(api.kind) == []
-
-
-def test_429_retry_after_in_seconds(
-    sb: Sandbox, api: Kind, target_for: TargetFactory, upload_for: Callable[..., Upload]
-) -> None:
-    sb.add_fault(Fault(api=api.kind, route="upload", status=429, retry_after="7"))
-    with pytest.raises(TransientError) as info:
-        target_for(sb, api.kind).send(upload_for())
-    assert info.value.http_status == 429
-    assert info.value.retry_after == 7.0
 
 
 def test_429_retry_after_as_http_date(
@@ -297,10 +298,14 @@ def test_an_unreadable_descriptor_is_permanent_unreadable(
 def test_wrong_credentials_are_an_auth_error(
     sb: Sandbox, api: Kind, target_for: TargetFactory, upload_for: Callable[..., Upload]
 ) -> None:
-    target = target_for(sb, api.kind, options={api.secret_option: "wrong-secret"})
-    with pytest.raises(AuthError) as info:
-        target.send(upload_for())
-    assert "wrong-secret" not in info.value.message
+    for option in api.credential_options:
+        target = target_for(sb, api.kind, options={option: "wrong-secret"})
+        with pytest.raises(AuthError) as info:
+            target.send(upload_for())
+        assert info.value.http_status == 401
+        assert "wrong-secret" not in info.value.message
+        with pytest.raises(AuthError):
+            target.find(upload_for())
     assert sb.documents(api.kind) == []
 
 
@@ -349,6 +354,14 @@ def test_every_kind_is_registered_with_consistent_defaults() -> None:
         assert not ((kind.required | kind.optional) & COMMON_OPTIONS)
         assert kind.default_max_bytes > 0
         assert kind.default_accept
+
+
+@pytest.mark.parametrize("target_class", [LeyrTarget, NymblTarget])
+def test_every_option_of_a_kind_is_a_keyword_of_its_constructor(
+    target_class: type[HttpTarget],
+) -> None:
+    keywords = set(inspect.signature(target_class).parameters)
+    assert target_class.required | target_class.optional <= keywords
 
 
 def test_make_target_applies_defaults_and_overrides(sb: Sandbox, api: Kind) -> None:

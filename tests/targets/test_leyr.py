@@ -6,7 +6,6 @@ import pytest
 
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import KINDS
-from ingestd.targets.base import AuthError
 from ingestd.targets.leyr import DEFAULT_ACCEPT, DEFAULT_MAX_BYTES, luhn_valid, validate_patient_id
 
 from .conftest import TargetFactory, UploadFactory, pdf_bytes
@@ -125,17 +124,6 @@ def test_find_skips_a_document_deleted_between_list_and_get(
     target.send(up)
     sb.add_fault(Fault(api="leyr", route="get", status=404))
     assert target.find(up) is None
-
-
-def test_wrong_client_id_is_an_auth_error(
-    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
-) -> None:
-    target = target_for(sb, "leyr", options={"client_id": "nobody"})
-    with pytest.raises(AuthError) as info:
-        target.send(make_upload(patient_id="p1"))
-    assert info.value.http_status == 401
-    with pytest.raises(AuthError):
-        target.find(make_upload(patient_id="p1"))
 
 
 def test_a_2xx_without_an_id_leaves_the_outcome_unknown(
