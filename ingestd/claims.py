@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from ingestd.content import Snapshot
 from ingestd.journal import Journal, Row
 from ingestd.logs import Masker, event
 from ingestd.statefiles import read_or_create
@@ -43,6 +44,16 @@ def work_name(claim: str, rel: PurePosixPath) -> str:
     if len(whole) <= NAME_MAX:
         return whole
     return f"{claim}!{encoded[: NAME_MAX - len(claim) - 1]}"
+
+
+def _same_file(st: os.stat_result | None, snap: Snapshot) -> bool:
+    # ctime is left out: the rename itself changes it.
+    return st is not None and (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns) == (
+        snap.ino,
+        snap.dev,
+        snap.size,
+        snap.mtime_ns,
+    )
 
 
 def source_of(name: str) -> PurePosixPath | None:
@@ -99,32 +110,21 @@ class Claimer:
                     reason=exc.strerror,
                 )
             return None
+        try:
+            st: os.stat_result | None = os.lstat(work_path)
+        except OSError:
+            st = None
         # Replaced between the last look and the rename: give it back to settle again.
         if (
             ready.snapshot is not None
-            and not self._same_file(work_path, ready)
+            and not _same_file(st, ready.snapshot)
             and self._give_back(work_path, self.inbox / rel)
         ):
             self.journal.delete(row_id)
             return None
-        self.journal.update(row_id, state="claimed")
+        owner = st.st_uid if st is not None else None
+        self.journal.update(row_id, state="claimed", owner_uid=owner)
         return self.journal.get(row_id)
-
-    @staticmethod
-    def _same_file(path: Path, ready: Ready) -> bool:
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return False
-        snap = ready.snapshot
-        assert snap is not None
-        # ctime is left out: the rename itself changes it.
-        return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns) == (
-            snap.ino,
-            snap.dev,
-            snap.size,
-            snap.mtime_ns,
-        )
 
     def _give_back(self, work_path: Path, source: Path) -> bool:
         """Put a claimed file back at its inbox path, never over another file."""
@@ -185,15 +185,8 @@ class Claimer:
         for name in names:
             if name.startswith("."):
                 continue
-            source = source_of(name)
+            source = self._traceable(folder / name)
             if source is None:
-                event(
-                    log,
-                    logging.ERROR,
-                    "orphan_untraceable",
-                    work=self.masker.path(name),
-                    action="move it back into the patient folder by hand",
-                )
                 continue
             work = WORK_DIR / self.instance / work_name(secrets.token_hex(8), source)
             row_id = self.journal.add(source, work, iso_utc(time.time()), outcome_unknown=True)
@@ -209,6 +202,19 @@ class Claimer:
         if rows:
             event(log, logging.WARNING, "claims_taken_over", instance=other, files=len(rows))
         return rows
+
+    def _traceable(self, work: PurePosixPath) -> PurePosixPath | None:
+        """The inbox path a work file came from, or None (logged) when its name was cut."""
+        source = source_of(work.name)
+        if source is None:
+            event(
+                log,
+                logging.ERROR,
+                "orphan_untraceable",
+                work=self.masker.path(work),
+                action="move it back into the patient folder by hand",
+            )
+        return source
 
     def work_folder_present(self) -> bool:
         """False when the inbox (a share, say) is not there: claimed files are not lost then."""
@@ -254,15 +260,8 @@ class Claimer:
         Its upload outcome is unknown (the journal that knew it is gone), so a person should
         look: the log line says so. A cut name cannot be traced and stays where it is.
         """
-        source = source_of(work.name)
+        source = self._traceable(work)
         if source is None:
-            event(
-                log,
-                logging.ERROR,
-                "orphan_untraceable",
-                work=self.masker.path(work),
-                action="move it back into the patient folder by hand",
-            )
             return
         target = self.inbox / source
         try:

@@ -90,6 +90,36 @@ def run_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_retry(args: argparse.Namespace) -> int:
+    from ingestd.journal import Journal
+    from ingestd.retry import RetryError, failed_receipts, retry_one
+
+    if not (args.paths or args.patient or args.all):
+        raise UsageError("name failed files, --patient FOLDER or --all")
+    config = _load(args, in_service=False)
+    journal = Journal(config.paths.state)
+    try:
+        selected = list(failed_receipts(config, args.paths, args.patient or [], args.all))
+        back = [retry_one(config, journal, receipt) for receipt in selected]
+    except RetryError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        journal.close()
+    for item in back:
+        if item is not None:
+            print(f"failed/{item.failed} -> inbox/{item.inbox}")
+    print(f"{sum(1 for item in back if item is not None)} file(s) back in the inbox")
+    return EXIT_OK
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from ingestd.status import render, report
+
+    status = report(_load(args, in_service=False))
+    print(json.dumps(status, indent=2) if args.json else render(status))
+    return EXIT_OK
+
+
 def run_sandbox(args: argparse.Namespace) -> int:
     from ingestd.sandbox import serve_forever
 
@@ -140,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain = command("explain", run_explain, "what would happen to these inbox files, and why")
     explain.add_argument("paths", nargs="+", metavar="PATH", help="files or folders in the inbox")
     explain.add_argument("--json", action="store_true", help="one JSON list, for scripts")
+    status = command("status", run_status, "counts, oldest waiting file, targets, failures")
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    retry = command("retry", run_retry, "put failed files back in line")
+    retry.add_argument("paths", nargs="*", metavar="PATH", help="failed files (or their receipts)")
+    retry.add_argument(
+        "--patient", action="append", metavar="FOLDER", help="every failed file of this folder"
+    )
+    retry.add_argument("--all", action="store_true", help="every failed file")
     sandbox = command(
         "sandbox", run_sandbox, "serve a local stand-in EHR (both APIs)", config=False
     )

@@ -33,7 +33,8 @@ __all__ = [
     "load_config",
 ]
 
-TOP_KEYS = ("paths", "targets", "watch", "patients", "rules")
+TOP_KEYS = ("paths", "targets", "watch", "patients", "rules", "metrics")
+METRICS_KEYS = ("listen",)
 PATH_KEYS = ("inbox", "done", "failed", "state")
 WATCH_KEYS = (
     "settle_seconds",
@@ -124,6 +125,7 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     patients: PatientMap = field(default_factory=PatientMap)
     rules: tuple[Rule, ...] = ()
+    metrics_listen: tuple[str, int] | None = None  # loopback host and port; None: no metrics
     warnings: tuple[Problem, ...] = ()
 
     @property
@@ -189,9 +191,12 @@ def _build(report: Report, tree: MarkedDict) -> Config | None:
     rules = parse_rules(report, rules_node, names) if rules_node is not None else ()
     if rules_node is not None and not rules_node:
         report.warn(rules_node.mark, "rules is empty: every file will fail with no_rule")
+    metrics_node = report.mapping(tree, "metrics", "metrics")
+    listen = _metrics_listen(report, metrics_node) if metrics_node is not None else None
     if paths is None:
         return None
     return Config(
+        metrics_listen=listen,
         file=report.file,
         paths=paths,
         targets=MappingProxyType(targets),
@@ -362,6 +367,24 @@ def _url_ok(report: Report, node: MarkedDict, key: str, where: str) -> bool:
         )
         return False
     return True
+
+
+def _metrics_listen(report: Report, node: MarkedDict) -> tuple[str, int] | None:
+    """`listen: 127.0.0.1:9464` (or `[::1]:9464`, `localhost:9464`); loopback only."""
+    report.keys(node, "metrics", METRICS_KEYS, METRICS_KEYS)
+    if "listen" not in node:
+        return None
+    value = node["listen"]
+    at = node.value_mark("listen")
+    host, sep, port = str(value).rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not port.isdigit() or int(port) > 65535 or not host:
+        report.error(at, "metrics.listen must be HOST:PORT, e.g. 127.0.0.1:9464")
+        return None
+    if not _loopback(host):
+        report.error(at, "metrics.listen must be a loopback address (127.0.0.1, ::1, localhost)")
+        return None
+    return host, int(port)
 
 
 def _loopback(host: str) -> bool:

@@ -30,10 +30,13 @@ from ingestd.claims import WORK_DIR, Claimer, instance_id
 from ingestd.config import Config, ConfigError, load_config
 from ingestd.filing import make_folders
 from ingestd.health import TargetHealth
-from ingestd.journal import Journal, Row
+from ingestd.journal import ACTIVE_STATES, FINAL_STATES, Journal, Row
 from ingestd.logs import event, load_masker
+from ingestd.metrics import Metrics, MetricsServer, Snapshot, start_server
 from ingestd.names import is_ignored_path
+from ingestd.notify import watchdog_interval
 from ingestd.pipeline import Outcome, Pipeline
+from ingestd.status import publish
 from ingestd.targets import make_target
 from ingestd.targets.base import Target
 from ingestd.watcher import INBOX_ROOT, Hints, Observation, Ready, Settler, scan
@@ -41,7 +44,6 @@ from ingestd.watcher import INBOX_ROOT, Hints, Observation, Ready, Settler, scan
 log = logging.getLogger("ingestd.daemon")
 
 SCAN_SLICE = 500  # paths listed per loop turn, so uploads start while a big inbox is listed
-WATCHDOG_EVERY = 5.0
 SHUTDOWN_GRACE_SECONDS = 30.0
 CONFIG_CHECK_EVERY = 2.0
 LEASE_TOUCH_EVERY = 10.0  # well inside any sensible claim lease
@@ -75,6 +77,9 @@ class Daemon:
         self._reload_requested = False
         self._config_stamp = _stamp(config.file)
         self._config_checked_at = time.monotonic()
+        self.metrics = Metrics()
+        self.metrics.watch(self.snapshot)
+        self._metrics_server: MetricsServer | None = None
         self.hints = Hints()
         self.settler = Settler(
             paths.inbox,
@@ -92,14 +97,18 @@ class Daemon:
             masker=self.masker,
             stopping=self.stopping,
             target_up=self._target_up,
+            metrics=self.metrics,
         )
         self._work: queue.Queue[tuple[Row, bool] | None] = queue.Queue()
         self._finished: queue.Queue[Outcome] = queue.Queue()
         self._lock = threading.Lock()
+        self._watchdog_every = watchdog_interval()
         self._in_flight: set[int] = set()
         self._ready: collections.deque[Ready] = collections.deque()
         self._resumed: set[int] = set()
-        self._scans: list[Iterator[PurePosixPath]] = []
+        self._scans: list[tuple[Iterator[PurePosixPath], bool]] = []  # (scan, whole inbox)
+        self._last_full_scan: float | None = None  # wall clock when one last ended
+        self._started = time.time()
         self._polled: set[PurePosixPath] = set()
         self._journal_check_at = 0.0
         self.summary = Summary()
@@ -208,11 +217,16 @@ class Daemon:
             worker.start()
         if not self.once:
             self.observation.start()
-        self._scans.append(self._scan())
+            if self._config.metrics_listen is not None:
+                self._metrics_server = start_server(
+                    self._config.metrics_listen, self.metrics, self.snapshot
+                )
+        self._scans.append((self._scan(), True))
         next_scan = time.monotonic() + self._config.watch.scan_interval_seconds
         last_watchdog = 0.0
         next_poll = time.monotonic() + POLL_EVERY
         next_lease = 0.0
+        self._publish_status()
         notify.notify("READY=1", "STATUS=scanning the inbox")
         event(
             log,
@@ -237,10 +251,11 @@ class Daemon:
             if not self.once:
                 if now >= next_scan:
                     if self.observation.ensure_alive() or not self._scans:
-                        self._scans.append(self._scan())
+                        self._scans.append((self._scan(), True))
                     next_scan = now + self._config.watch.scan_interval_seconds
-                if now - last_watchdog >= WATCHDOG_EVERY:
+                if now - last_watchdog >= self._watchdog_every:
                     notify.notify("WATCHDOG=1", self._status_line())
+                    self._publish_status()
                     last_watchdog = now
                 if now >= next_poll:
                     self._poll_folders()
@@ -255,7 +270,8 @@ class Daemon:
 
     def _keep_lease(self) -> None:
         """Renew this instance's lease and take over claims of instances gone past theirs."""
-        self.observation.ensure_alive()
+        if self.observation.ensure_alive():
+            self._scans.append((self._scan(), True))  # what happened while it was down
         for other in self.claimer.stale_instances(self._config.watch.claim_lease_seconds):
             for row in self.claimer.take_over(other):
                 self._resumed.add(row.id)
@@ -288,7 +304,7 @@ class Daemon:
             if rel is None or is_ignored_path(rel):
                 continue
             if raw in folders:
-                self._scans.append(self._scan(rel))
+                self._scans.append((self._scan(rel), False))
             else:
                 self.settler.notice(rel)
 
@@ -296,9 +312,10 @@ class Daemon:
         budget = SCAN_SLICE
         while self._scans and budget > 0:
             try:
-                rel = next(self._scans[0])
+                rel = next(self._scans[0][0])
             except StopIteration:
-                self._scans.pop(0)
+                if self._scans.pop(0)[1]:
+                    self._last_full_scan = time.time()
                 continue
             self.settler.notice(rel)
             budget -= 1
@@ -327,6 +344,7 @@ class Daemon:
             if ready.empty_expired:
                 self.journal.update(
                     claimed.id,
+                    size=0,
                     state="rejected",
                     error={
                         "kind": "empty",
@@ -384,7 +402,7 @@ class Daemon:
         due = self.settler.next_due()
         if due is not None:
             deadline = min(deadline, due)
-        deadline = min(deadline, now + CONFIG_CHECK_EVERY)
+        deadline = min(deadline, now + CONFIG_CHECK_EVERY, now + self._watchdog_every)
         if self._free() > 0:
             # With every worker busy, a finishing worker wakes the loop; due rows wait for it.
             deadline = min(deadline, self._journal_check_at - time.time() + now)
@@ -400,6 +418,58 @@ class Daemon:
             if self._in_flight:
                 return False
         return not self.journal.due(time.time(), set())
+
+    def snapshot(self) -> Snapshot:
+        """The daemon's state for /metrics, /healthz and `ingestd status` (any thread)."""
+        now = time.time()
+        files: dict[str, int] = dict.fromkeys(("waiting", *ACTIVE_STATES, *FINAL_STATES), 0)
+        files.update(self.journal.counts())
+        files["waiting"] = len(self.settler) + len(self._ready)
+        oldest = [t for t in (self.settler.oldest_wall(), self.journal.oldest_active()) if t]
+        scan_age = None if self._last_full_scan is None else now - self._last_full_scan
+        limit = 2 * self._config.watch.scan_interval_seconds + 30
+        problem = ""
+        if not self.once and not self.observation.alive():
+            problem = "the inbox observer is not running"
+        elif (scan_age if scan_age is not None else now - self._started) > limit:
+            problem = "no full inbox scan finished recently"
+        targets = {
+            name: {
+                "up": health.up,
+                "misconfigured": health.misconfigured,
+                "paused_until": health.paused_until or None,
+                "reason": health.reason or None,
+            }
+            for name, health in self._health.items()
+            if name in self._targets
+        }
+        return Snapshot(
+            files=files,
+            oldest_waiting_seconds=now - min(oldest) if oldest else 0.0,
+            last_scan_age_seconds=scan_age,
+            targets=targets,
+            healthy=not problem,
+            problem=problem,
+        )
+
+    def _publish_status(self) -> None:
+        """status.json in the state folder, for `ingestd status` (another process)."""
+        snap = self.snapshot()
+        publish(
+            self._config.paths.state.parent,
+            {
+                "pid": os.getpid(),
+                "instance": self.claimer.instance,
+                "started_at": self._started,
+                "updated_at": time.time(),
+                "healthy": snap.healthy,
+                "problem": snap.problem or None,
+                "waiting": snap.files["waiting"],
+                "in_progress": len(self._in_flight),
+                "last_scan_age_seconds": snap.last_scan_age_seconds,
+                "targets": snap.targets,
+            },
+        )
 
     def _status_line(self) -> str:
         counts = self.journal.counts()
@@ -462,6 +532,8 @@ class Daemon:
     def _shutdown(self) -> Summary:
         notify.notify("STOPPING=1")
         self.observation.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         while time.monotonic() < deadline:
             with self._lock:

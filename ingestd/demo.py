@@ -75,6 +75,7 @@ def demo_config(root: Path, sandbox: Sandbox) -> tuple[Path, Path]:
                 client_id=nymbl["client_id"],
             )
     config.setdefault("watch", {}).update(settle_seconds=0.5)
+    config["metrics"] = {"listen": "127.0.0.1:0"}  # any free port: 9464 may be in use
     credentials = root / "credentials"
     credentials.mkdir(mode=0o700)
     for name, value in (

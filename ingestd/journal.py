@@ -25,10 +25,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,13 +57,24 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_by_state ON files (state, next_attempt_at);
 """
 
+# Each step takes a journal from version N to N+1, in one transaction with the version bump.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        # Who dropped the file (its owner when claimed), for the receipt's audit fields.
+        "ALTER TABLE files ADD COLUMN owner_uid INTEGER",
+        # Receipts of files `ingestd retry` put back, until the file is claimed again.
+        "CREATE TABLE IF NOT EXISTS retried (source BLOB NOT NULL, sha256 TEXT NOT NULL, "
+        "receipts TEXT NOT NULL, PRIMARY KEY (source, sha256))",
+    ),
+}
+
 ACTIVE_STATES = ("claiming", "claimed", "uploading", "uploaded", "rejected")
 FINAL_STATES = ("done", "failed")
 
 _COLUMNS = (
     "id", "source", "work", "state", "size", "sha256", "format", "patient_id", "decision",
     "attempts", "outcome_unknown", "document_id", "error", "dest", "history", "received_at",
-    "finished_at", "next_attempt_at",
+    "finished_at", "next_attempt_at", "owner_uid",
 )  # fmt: skip
 _PATH_COLUMNS = {"source", "work", "dest"}
 _JSON_COLUMNS = {"decision", "error", "history"}
@@ -90,6 +102,7 @@ class Row:
     received_at: str
     finished_at: str | None
     next_attempt_at: float
+    owner_uid: int | None
 
 
 def _to_db(column: str, value: Any) -> Any:
@@ -148,14 +161,21 @@ class Journal:
                     db.execute(statement)
             found = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if found is None:
-                db.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            elif int(found[0]) > SCHEMA_VERSION:
+                db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+                version = 1
+            else:
+                version = int(found[0])
+            if version > SCHEMA_VERSION:
                 raise JournalError(
-                    f"journal {self.path} has schema {found[0]}; this ingestd knows "
+                    f"journal {self.path} has schema {version}; this ingestd knows "
                     f"{SCHEMA_VERSION}: upgrade ingestd"
+                )
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)
+                version += 1
+                db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),)
                 )
 
     @contextmanager
@@ -267,6 +287,39 @@ class Journal:
 
     def by_source(self, source: PurePosixPath) -> list[Row]:
         return self._select("source = ? ORDER BY id", (os.fsencode(str(source)),))
+
+    def keep_for_retry(self, source: PurePosixPath, sha256: str, receipts: list[Any]) -> None:
+        """Remember the receipts of a file put back by `ingestd retry` until it is claimed."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO retried (source, sha256, receipts) VALUES (?, ?, ?)",
+                (os.fsencode(str(source)), sha256, json.dumps(receipts, ensure_ascii=True)),
+            )
+
+    def take_retried(self, source: PurePosixPath, sha256: str) -> list[dict[str, Any]] | None:
+        """The earlier receipts of this very file (same path and content), once."""
+        key = (os.fsencode(str(source)), sha256)
+        with self._transaction() as db:
+            found = db.execute(
+                "SELECT receipts FROM retried WHERE source = ? AND sha256 = ?", key
+            ).fetchone()
+            if found is None:
+                return None
+            db.execute("DELETE FROM retried WHERE source = ? AND sha256 = ?", key)
+        loaded = json.loads(found[0])
+        return loaded if isinstance(loaded, list) else None
+
+    def oldest_active(self) -> float | None:
+        """When the oldest unfinished row was received (epoch seconds)."""
+        marks = ", ".join("?" * len(ACTIVE_STATES))
+        with self._lock:
+            found = self._db.execute(
+                f"SELECT MIN(received_at) FROM files WHERE state IN ({marks})",  # noqa: S608
+                ACTIVE_STATES,
+            ).fetchone()
+        if not found or not found[0]:
+            return None
+        return datetime.fromisoformat(str(found[0]).replace("Z", "+00:00")).timestamp()
 
     def counts(self) -> dict[str, int]:
         with self._lock:

@@ -38,3 +38,9 @@ def display(rel: PurePosixPath | str) -> str:
     """A path made safe for one log line: control characters and non-printables escaped."""
     text = str(rel)
     return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+
+
+def valid_text(text: str) -> str:
+    """`text` as valid Unicode: bytes of a name that were not UTF-8 (kept by Python as lone
+    surrogates) become U+FFFD. For what is sent to an EHR; paths on disk keep their bytes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

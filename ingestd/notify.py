@@ -31,3 +31,13 @@ def notify(*lines: str) -> bool:
 def monotonic_usec() -> str:
     """MONOTONIC_USEC for RELOADING=1: CLOCK_MONOTONIC in microseconds."""
     return f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+
+
+def watchdog_interval(default: float = 5.0) -> float:
+    """How often to send WATCHDOG=1: half of systemd's WatchdogSec= ($WATCHDOG_USEC), at most
+    `default`."""
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+    except ValueError:
+        return default
+    return min(default, usec / 2_000_000) if usec > 0 else default

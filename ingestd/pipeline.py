@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+import pwd
 import threading
 import time
 from collections.abc import Callable
@@ -29,10 +30,19 @@ from ingestd.filing import free_name, place
 from ingestd.health import TargetHealth
 from ingestd.journal import Journal, Row
 from ingestd.logs import Masker, event
+from ingestd.metrics import Metrics
+from ingestd.names import valid_text
 from ingestd.receipts import receipt_path, utc_now, write_receipt
 from ingestd.retrying import Deferred, RetryPolicy, deliver
 from ingestd.rules import Decision
-from ingestd.targets.base import AuthError, PermanentError, Target, TargetError, Upload
+from ingestd.targets.base import (
+    AuthError,
+    PermanentError,
+    Target,
+    TargetError,
+    TransientError,
+    Upload,
+)
 
 log = logging.getLogger("ingestd.pipeline")
 
@@ -61,6 +71,7 @@ class Pipeline:
     target_up: Callable[[str], None] = lambda name: None  # the backlog of `name` may go now
     # Held by a reload while it swaps targets and makes waiting files due.
     reloading: threading.Lock = field(default_factory=threading.Lock)
+    metrics: Metrics = field(default_factory=Metrics)
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     _filing_trouble: threading.Event = field(default_factory=threading.Event)
 
@@ -135,6 +146,8 @@ class Pipeline:
                 format=fmt,
                 patient_id=patient_id,
                 decision=decision.to_dict(),
+                # Put back by `ingestd retry`: its earlier receipts travel with it.
+                history=self.journal.take_retried(row.source, sha256),
             )
         else:
             decision = Decision.from_dict(row.decision)
@@ -155,7 +168,7 @@ class Pipeline:
             return Outcome("deferred", row.source)
         upload = Upload(
             patient_id=patient_id,
-            file_name=row.source.name,
+            file_name=valid_text(row.source.name),
             mime=fmt,
             size=size,
             sha256=sha256,
@@ -180,7 +193,25 @@ class Pipeline:
             sends += 1
             self.journal.update(row.id, state="uploading", attempts=row.attempts + sends)
 
+        def retrying(error: TransientError, delay: float) -> None:
+            self.metrics.retried(target.name)
+            event(
+                log,
+                logging.WARNING,
+                "upload_retry",
+                file=self.masker.path(row.source),
+                target=target.name,
+                http_status=error.http_status,
+                reason=error.message,
+                retry_in=round(delay, 1),
+            )
+
         reconcile = resumed or row.state == "uploading" or row.outcome_unknown
+        started = time.monotonic()
+
+        def finished(outcome: str, size: int = 0) -> None:
+            self.metrics.finished(target.name, outcome, time.monotonic() - started, size)
+
         with health.slots:
             try:
                 delivered = deliver(
@@ -195,40 +226,28 @@ class Pipeline:
                     if probe
                     else lambda: self.stopping.is_set() or not health.up,
                     sleep=self._pause,
+                    on_retry=retrying,
                 )
             except Deferred as exc:
+                finished("deferred")
                 return self._wait(row, target, health, exc)
             except AuthError as exc:
-                if not self._current(target):
-                    health.released()  # the old credentials were refused; new ones are in
-                elif health.failed(0.0, exc.message, misconfigured=True):
-                    event(
-                        log,
-                        logging.ERROR,
-                        "target_misconfigured",
-                        target=target.name,
-                        reason=exc.message,
-                        action="check the target's credentials; files wait until they are accepted",
-                    )
-                # State and outcome_unknown stay: a refused look-up settles nothing.
-                with self.reloading:
-                    self.journal.update(
-                        row.id,
-                        attempts=row.attempts + _attempts(exc),
-                        next_attempt_at=self._retry_at(target, health.paused_until),
-                    )
-                return Outcome("deferred", row.source)
+                finished("credentials_refused")
+                return self._refused_credentials(row, target, health, exc)
             except PermanentError as exc:
+                finished("rejected")
                 self._target_answered(health)
                 self.journal.update(row.id, attempts=row.attempts + _attempts(exc))
                 fresh = self.journal.get(row.id) or row
                 kind = exc.kind if exc.kind in ("patient_not_found", "unreadable") else "rejected"
                 return self._reject(fresh, Rejected(kind, _rejection_message(exc), exc.http_status))
             except TargetError as exc:
+                finished("error")
                 health.released()
                 self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
                 event(log, logging.ERROR, "upload_error", target=target.name, reason=exc.message)
                 return Outcome("deferred", row.source)
+        finished("found" if delivered.found_existing else "done", upload.size)
         self._target_answered(health)
         self.journal.update(
             row.id,
@@ -240,6 +259,30 @@ class Pipeline:
         uploaded = self.journal.get(row.id)
         assert uploaded is not None
         return self.finish(uploaded)
+
+    def _refused_credentials(
+        self, row: Row, target: Target, health: TargetHealth, exc: AuthError
+    ) -> Outcome:
+        """401: the target pauses as misconfigured (one loud line); the file waits."""
+        if not self._current(target):
+            health.released()  # the old credentials were refused; new ones are in
+        elif health.failed(0.0, exc.message, misconfigured=True):
+            event(
+                log,
+                logging.ERROR,
+                "target_misconfigured",
+                target=target.name,
+                reason=exc.message,
+                action="check the target's credentials; files wait until they are accepted",
+            )
+        # State and outcome_unknown stay: a refused look-up settles nothing.
+        with self.reloading:
+            self.journal.update(
+                row.id,
+                attempts=row.attempts + _attempts(exc),
+                next_attempt_at=self._retry_at(target, health.paused_until),
+            )
+        return Outcome("deferred", row.source)
 
     def _current(self, target: Target) -> bool:
         """False when a reload replaced this target while a file was being sent with it."""
@@ -411,6 +454,7 @@ class Pipeline:
             type=decision.get("doc_type"),
             rule=decision.get("rule"),
             rule_line=decision.get("rule_line"),
+            dropped_by=_owner(row.owner_uid),
             attempts=row.attempts,
             received_at=row.received_at,
             finished_at=row.finished_at,
@@ -420,6 +464,17 @@ class Pipeline:
         if row.history:
             receipt["history"] = row.history
         return receipt
+
+
+def _owner(uid: int | None) -> dict[str, Any] | None:
+    """Who dropped the file: its owner when it was claimed."""
+    if uid is None:
+        return None
+    try:
+        user: str | None = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = None
+    return {"uid": uid, "user": user}
 
 
 def _attempts(exc: Exception) -> int:

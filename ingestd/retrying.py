@@ -98,15 +98,23 @@ def deliver(
     before_send: Callable[[], None] = _nothing,
     should_stop: Callable[[], bool] = _never_stop,
     sleep: Callable[[float], object] = time.sleep,  # e.g. a stop Event's wait: its bool is ignored
+    on_retry: Callable[[TransientError, float], None] = lambda error, delay: None,
 ) -> Delivered:
     """Send `upload` until it is stored, refused, or the trouble outlasts this call.
 
     Raises Deferred (transient trouble), PermanentError or AuthError (from the target, with an
     `attempts` attribute added); any other exception also gets `attempts` before it propagates.
+    `on_retry` hears of each transient error that is retried, with the delay before the retry.
     """
     progress = _Progress(unknown=reconcile_first)
+
+    def waiting(seconds: float) -> object:
+        if progress.last is not None:
+            on_retry(progress.last, seconds)
+        return sleep(seconds)
+
     try:
-        return _deliver(target, upload, policy, progress, before_send, should_stop, sleep)
+        return _deliver(target, upload, policy, progress, before_send, should_stop, waiting)
     except Deferred:
         raise
     except Exception as exc:

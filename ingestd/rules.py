@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
+from ingestd.names import valid_text
 from ingestd.yamlsource import Mark, MarkedDict, MarkedList, Report, did_you_mean, kind_of
 
 ACTIONS = ("upload", "ignore", "fail")
@@ -262,11 +263,12 @@ class Facts:
         return "/".join(self.rel_path.parts[1:])
 
     def values(self) -> dict[str, str | datetime | None]:
+        # Titles and descriptions go to the EHR: a name that is not UTF-8 must not break them.
         return {
-            "name": self.name,
-            "stem": self.stem,
-            "ext": self.ext,
-            "folder": self.folder,
+            "name": valid_text(self.name),
+            "stem": valid_text(self.stem),
+            "ext": valid_text(self.ext),
+            "folder": valid_text(self.folder),
             "patient_id": self.patient_id,
             "date": self.mtime,
             "received": self.received,

@@ -109,8 +109,10 @@ class Observation:
         self.hints = hints
         self.poll = poll
         self._observer: BaseObserver | None = None
+        self._failing = False  # a failure is logged once, not at every restart attempt
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start watching; False (logged) when the inbox cannot be watched right now."""
         fstype = filesystem_type(self.root)
         if not self.poll and needs_polling(fstype):
             event(
@@ -123,30 +125,48 @@ class Observation:
             self.poll = True
         observer: BaseObserver = PollingObserver(timeout=2) if self.poll else Observer()
         observer.daemon = True
-        observer.schedule(_Handler(self.hints), str(self.root), recursive=True)
         try:
+            observer.schedule(_Handler(self.hints), str(self.root), recursive=True)
             observer.start()
+        except FileNotFoundError:
+            # The inbox (a share?) is not there: the scans keep looking; restart later.
+            self._failed("the inbox folder is missing")
+            return False
         except OSError as exc:
             if self.poll:
-                raise
+                self._failed(exc.strerror or type(exc).__name__)
+                return False
             # Out of inotify watches or instances: polling still sees everything, slower.
             event(log, logging.ERROR, "watch_fallback_polling", reason=exc.strerror)
             self.poll = True
-            self.start()
-            return
+            return self.start()
         self._observer = observer
+        self._failing = False
+        return True
+
+    def _failed(self, reason: str) -> None:
+        if not self._failing:
+            event(log, logging.ERROR, "watch_failed", reason=reason)
+        self._failing = True
 
     def alive(self) -> bool:
-        return self._observer is not None and self._observer.is_alive()
+        """The dispatcher and every emitter run (an emitter dies with its watched folder while
+        the dispatcher goes on)."""
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        emitters = list(observer.emitters)
+        return bool(emitters) and all(emitter.is_alive() for emitter in emitters)
 
     def ensure_alive(self) -> bool:
         """Restart a dead observer; True when a restart happened (the caller rescans)."""
         if self.alive():
             return False
-        event(log, logging.ERROR, "watch_restarted")
         self.stop()
-        self.start()
-        return True
+        if self.start():
+            event(log, logging.WARNING, "watch_restarted")
+            return True
+        return False
 
     def stop(self) -> None:
         if self._observer is not None:

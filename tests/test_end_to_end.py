@@ -49,6 +49,9 @@ def test_a_file_reaches_each_api_with_identical_bytes(
     assert stored[leyr["document_id"]].sha256 == _sha(leyr_file) == leyr["sha256"]
     assert stored[leyr["document_id"]].patient_id == "p_100"
     assert leyr["format"] == "application/pdf" and leyr["size"] == len(leyr_file)
+    # Audit: who dropped it, and the rule's line in the config.
+    assert leyr["dropped_by"]["uid"] == os.getuid() and leyr["dropped_by"]["user"]
+    assert leyr["rule"] == "everything" and isinstance(leyr["rule_line"], int)
     assert (tree.done / "p_100" / "scan.pdf").read_bytes() == leyr_file
 
     nymbl = receipts["12345/nymbl/fax.tiff"]

@@ -289,3 +289,16 @@ def test_a_stop_during_the_backoff_defers_without_sending_again() -> None:
     assert target.calls == ["send"]
     assert info.value.attempts == 1
     assert info.value.http_status == 503
+
+
+def test_each_retry_is_reported_with_its_delay() -> None:
+    heard: list[tuple[int | None, float]] = []
+    sleeps = Sleeps()
+    result = deliver(
+        FakeTarget([busy(), busy(retry_after=2.0), "doc-1"]),
+        UPLOAD,
+        sleep=sleeps,
+        on_retry=lambda error, delay: heard.append((error.http_status, delay)),
+    )
+    assert result.attempts == 3
+    assert heard == [(503, sleeps[0]), (503, 2.0)]

@@ -270,7 +270,7 @@ def _list(ctx: Context, req: Request, where: _Where) -> Response:
 
 def _get(ctx: Context, req: Request, where: _Where) -> Response:
     doc = stored_document(ctx, _scope(ctx, req, where), where.document_id)
-    head = json.dumps(_summary(doc), ensure_ascii=False).encode("utf-8")
+    head = json.dumps(_summary(doc), ensure_ascii=True).encode("utf-8")
     # Spliced rather than json.dumps'd so the base64 exists once, as bytes, not also as str.
     body = b"".join([head[:-1], b', "content": "', base64.b64encode(doc.content), b'"}'])
     return Response(200, body, JSON_TYPE)

@@ -64,7 +64,7 @@ JSON_TYPE = "application/json; charset=utf-8"
 def json_response(
     status: int, payload: object, headers: Mapping[str, str] | None = None
 ) -> Response:
-    body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    body = json.dumps(payload, ensure_ascii=True).encode("utf-8")
     return Response(status, body, JSON_TYPE, dict(headers or {}))
 
 

@@ -55,3 +55,45 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     Journal(db)._db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     with pytest.raises(JournalError, match="upgrade ingestd"):
         Journal(db)
+
+
+SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+CREATE TABLE files (
+    id INTEGER PRIMARY KEY, source BLOB NOT NULL, work BLOB NOT NULL UNIQUE, state TEXT NOT NULL,
+    size INTEGER, sha256 TEXT, format TEXT, patient_id TEXT, decision TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, outcome_unknown INTEGER NOT NULL DEFAULT 0,
+    document_id TEXT, error TEXT, dest BLOB, history TEXT, received_at TEXT NOT NULL,
+    finished_at TEXT, next_attempt_at REAL NOT NULL DEFAULT 0, updated_at REAL NOT NULL
+);
+INSERT INTO files (source, work, state, received_at, updated_at)
+    VALUES (X'70312f612e706466', X'772f61', 'uploading', 't', 0);
+"""
+
+
+def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    with sqlite3.connect(db) as old:
+        old.executescript(SCHEMA_V1)
+    journal = Journal(db)
+    [row] = journal.active()
+    assert row.source == PurePosixPath("p1/a.pdf") and row.state == "uploading"
+    assert row.owner_uid is None
+    journal.update(row.id, owner_uid=1000)
+    assert journal.get(row.id).owner_uid == 1000  # type: ignore[union-attr]
+    version = journal._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    assert version == ("2",)
+
+
+def test_receipts_kept_for_a_retried_file_are_taken_once_and_only_for_that_content(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    source = PurePosixPath("p1/a.pdf")
+    journal.keep_for_retry(source, "abc", [{"status": "failed"}])
+    assert journal.take_retried(source, "other content") is None
+    assert journal.take_retried(source, "abc") == [{"status": "failed"}]
+    assert journal.take_retried(source, "abc") is None

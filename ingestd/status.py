@@ -1,0 +1,133 @@
+"""`ingestd status`: counts by state, the oldest waiting file, each target's health and recent
+failures — read from the journal, the inbox and the running daemon's status file.
+
+Nothing here prints a patient id, a file name or a document id: files appear as the same
+keyed hashes the log uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ingestd.config import Config
+from ingestd.journal import ACTIVE_STATES, FINAL_STATES, Journal
+from ingestd.logs import load_masker
+from ingestd.watcher import scan
+
+STATUS_FILE = "status.json"
+STALE_SECONDS = 30.0  # the daemon rewrites it at every watchdog tick (≤ 5 s)
+
+
+def publish(state_dir: Path, status: dict[str, Any]) -> None:
+    """Replace the status file atomically (it is ours alone, so replacing is right here)."""
+    path = state_dir / STATUS_FILE
+    tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(status, sort_keys=True))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # status is a convenience; never stop the daemon over it
+
+
+def _running(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        status = json.loads((state_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(status, dict) or time.time() - status.get("updated_at", 0) > STALE_SECONDS:
+        return None
+    try:
+        os.kill(int(status["pid"]), 0)
+    except (OSError, KeyError, ValueError):
+        return None
+    return status
+
+
+def report(config: Config) -> dict[str, Any]:
+    state_dir = config.paths.state.parent
+    journal = Journal(config.paths.state)
+    masker = load_masker(state_dir)
+    try:
+        counts = dict.fromkeys((*ACTIVE_STATES, *FINAL_STATES), 0)
+        counts.update(journal.counts())
+        failures = [
+            {
+                "file": masker.path(row.source),
+                "kind": (row.error or {}).get("kind"),
+                "http_status": (row.error or {}).get("http_status"),
+                "finished_at": row.finished_at,
+            }
+            for row in journal.recent("failed", 10)
+        ]
+        oldest_claimed = journal.oldest_active()
+    finally:
+        journal.close()
+    waiting, oldest_inbox = _inbox(config.paths.inbox)
+    now = time.time()
+    oldest = min((t for t in (oldest_claimed, oldest_inbox) if t), default=None)
+    daemon = _running(state_dir)
+    return {
+        "daemon": "running" if daemon else "not running",
+        "healthy": daemon.get("healthy") if daemon else None,
+        "problem": daemon.get("problem") if daemon else None,
+        "files": {"in_inbox": waiting, **counts},
+        "oldest_waiting_seconds": round(now - oldest, 1) if oldest else None,
+        "targets": daemon.get("targets", {}) if daemon else {},
+        "recent_failures": failures,
+    }
+
+
+def _inbox(inbox: Path) -> tuple[int, float | None]:
+    """Files waiting in the inbox, and the oldest one's modification time."""
+    count, oldest = 0, None
+    for rel in scan(inbox):
+        try:
+            mtime = os.lstat(inbox / rel).st_mtime
+        except OSError:
+            continue
+        count += 1
+        oldest = mtime if oldest is None else min(oldest, mtime)
+    return count, oldest
+
+
+def render(status: dict[str, Any]) -> str:
+    files = status["files"]
+    in_progress = sum(files.get(state, 0) for state in ACTIVE_STATES)
+    lines = [
+        f"daemon:      {status['daemon']}"
+        + (f" ({'healthy' if status['healthy'] else 'UNHEALTHY: ' + str(status['problem'])})"
+           if status["daemon"] == "running" else ""),
+        f"files:       {files['in_inbox']} in the inbox, {in_progress} in progress, "
+        f"{files.get('done', 0)} done, {files.get('failed', 0)} failed",
+    ]  # fmt: skip
+    oldest = status["oldest_waiting_seconds"]
+    lines.append(
+        f"oldest:      {_age(oldest)} waiting" if oldest else "oldest:      nothing waiting"
+    )
+    for name, health in sorted(status["targets"].items()):
+        if health["up"]:
+            state = "up"
+        elif health["misconfigured"]:
+            state = f"PAUSED, credentials refused: {health.get('reason')}"
+        else:
+            state = f"PAUSED, not answering: {health.get('reason')}"
+        lines.append(f"target {name}: {state}")
+    if status["recent_failures"]:
+        lines.append("recent failures:")
+        for failure in status["recent_failures"]:
+            http = f" (HTTP {failure['http_status']})" if failure.get("http_status") else ""
+            lines.append(f"  {failure['finished_at']}  {failure['file']}  {failure['kind']}{http}")
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
