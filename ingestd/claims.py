@@ -252,7 +252,8 @@ class Claimer:
             names = os.listdir(self.inbox / base)
         except FileNotFoundError:
             return []
-        return [base / name for name in names if base / name not in known]
+        # Hidden names are ours (the lease), not claims.
+        return [base / n for n in names if not n.startswith(".") and base / n not in known]
 
     def return_orphan(self, work: PurePosixPath) -> None:
         """Put an unknown work file back at its original inbox path, never over another file.

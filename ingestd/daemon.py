@@ -531,6 +531,17 @@ class Daemon:
 
     def _shutdown(self) -> Summary:
         notify.notify("STOPPING=1")
+        with self._lock:
+            in_flight = len(self._in_flight)
+        if in_flight and not self.once:
+            event(
+                log,
+                logging.INFO,
+                "stopping",
+                in_progress=in_flight,
+                grace_seconds=SHUTDOWN_GRACE_SECONDS,
+                action="a second signal stops at once",
+            )
         self.observation.stop()
         if self._metrics_server is not None:
             self._metrics_server.stop()

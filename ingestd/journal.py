@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -66,6 +66,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE TABLE IF NOT EXISTS retried (source BLOB NOT NULL, sha256 TEXT NOT NULL, "
         "receipts TEXT NOT NULL, PRIMARY KEY (source, sha256))",
     ),
+    2: (
+        # When the last upload request began: an unknown outcome is settled only after the EHR
+        # has had time to finish storing what it may still be working on.
+        "ALTER TABLE files ADD COLUMN sent_at REAL",
+    ),
 }
 
 ACTIVE_STATES = ("claiming", "claimed", "uploading", "uploaded", "rejected")
@@ -74,7 +79,7 @@ FINAL_STATES = ("done", "failed")
 _COLUMNS = (
     "id", "source", "work", "state", "size", "sha256", "format", "patient_id", "decision",
     "attempts", "outcome_unknown", "document_id", "error", "dest", "history", "received_at",
-    "finished_at", "next_attempt_at", "owner_uid",
+    "finished_at", "next_attempt_at", "owner_uid", "sent_at",
 )  # fmt: skip
 _PATH_COLUMNS = {"source", "work", "dest"}
 _JSON_COLUMNS = {"decision", "error", "history"}
@@ -103,6 +108,7 @@ class Row:
     finished_at: str | None
     next_attempt_at: float
     owner_uid: int | None
+    sent_at: float | None
 
 
 def _to_db(column: str, value: Any) -> Any:

@@ -49,6 +49,7 @@ log = logging.getLogger("ingestd.pipeline")
 FILING_RETRY_SECONDS = 5.0  # a full or read-only disk: one cheap try every few seconds
 MAX_NAME_TRIES = 100
 PROBE_POLICY = RetryPolicy(max_sends=1)
+UNKNOWN_OUTCOME_WAIT_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,9 @@ class Pipeline:
         def before_send() -> None:
             nonlocal sends
             sends += 1
-            self.journal.update(row.id, state="uploading", attempts=row.attempts + sends)
+            self.journal.update(
+                row.id, state="uploading", attempts=row.attempts + sends, sent_at=time.time()
+            )
 
         def retrying(error: TransientError, delay: float) -> None:
             self.metrics.retried(target.name)
@@ -207,6 +210,10 @@ class Pipeline:
             )
 
         reconcile = resumed or row.state == "uploading" or row.outcome_unknown
+        if reconcile and row.sent_at is not None:
+            early = self._too_early_to_resend(row, target, upload)
+            if early is not None:
+                return early
         started = time.monotonic()
 
         def finished(outcome: str, size: int = 0) -> None:
@@ -259,6 +266,26 @@ class Pipeline:
         uploaded = self.journal.get(row.id)
         assert uploaded is not None
         return self.finish(uploaded)
+
+    def _too_early_to_resend(self, row: Row, target: Target, upload: Upload) -> Outcome | None:
+        """A send whose outcome is unknown may still be in the EHR's hands (the process died
+        mid-request; the EHR may store it seconds later). Ask at once — usually it is there —
+        but if not, wait until that send must be over before asking again and sending."""
+        assert row.sent_at is not None
+        settled_at = row.sent_at + min(target.timeout_seconds, UNKNOWN_OUTCOME_WAIT_SECONDS)
+        if time.time() >= settled_at:
+            return None
+        try:
+            found = target.find(upload)
+        except TargetError:
+            found = None
+        if found is not None:
+            self.journal.update(row.id, state="uploaded", document_id=found, outcome_unknown=False)
+            uploaded = self.journal.get(row.id)
+            assert uploaded is not None
+            return self.finish(uploaded)
+        self.journal.update(row.id, next_attempt_at=settled_at)
+        return Outcome("deferred", row.source)
 
     def _refused_credentials(
         self, row: Row, target: Target, health: TargetHealth, exc: AuthError

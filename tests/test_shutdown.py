@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import sqlite3
+import time
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +14,11 @@ from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 from tests.samples import pdf
 
 pytestmark = pytest.mark.slow
+
+
+def _journal_states(tree: Tree) -> list[str]:
+    with sqlite3.connect(tree.state) as db:
+        return [state for (state,) in db.execute("SELECT state FROM files")]
 
 
 def _upload_requests(sandbox: Sandbox) -> int:
@@ -49,4 +57,32 @@ def test_sigterm_during_backoff_parks_the_file_and_a_restart_completes_it(
     [receipt] = tree.receipts()
     assert receipt["status"] == "done" and receipt["attempts"] >= 2
     assert len(sandbox.documents()) == 1
+    assert proc.stop() == 0
+
+
+def test_a_second_sigterm_stops_at_once_and_a_restart_completes_the_file(
+    tree: Tree, sandbox: Sandbox, daemon_process: Callable[..., DaemonProcess]
+) -> None:
+    # The EHR takes 8 s to store the upload: stopping at once leaves its outcome unknown, and
+    # the restart must not send it again while the EHR is still storing the first one.
+    sandbox.add_fault(Fault(api="leyr", route="upload", action="delay", delay_seconds=8.0))
+    config = make_config(tree, sandbox)
+    proc = daemon_process(config)
+    proc.wait_started()
+    tree.drop("p_1/impatient.pdf", pdf("impatient"))
+    wait_for(lambda: _journal_states(tree) == ["uploading"])
+    first_stored_by = time.monotonic() + 8.0  # when the EHR will have stored the first send
+    proc.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "event=stopping" in proc.output())  # finishing in-flight work...
+    proc.proc.send_signal(signal.SIGTERM)  # ... but the admin will not wait
+    assert proc.proc.wait(5) == 0  # did not wait for the EHR's answer
+    proc = daemon_process(config)
+    wait_for(lambda: tree.receipts(), timeout=60)
+    # Every upload sent so far has been answered by now (the delay applied to the first).
+    wait_for(lambda: time.monotonic() > first_stored_by + 1.0, timeout=15)
+    assert _upload_requests(sandbox) == 1
+    [receipt] = tree.receipts()
+    assert receipt["status"] == "done"
+    assert [d.id for d in sandbox.documents()] == [receipt["document_id"]]  # not sent twice
+    assert "orphan" not in proc.output()
     assert proc.stop() == 0

@@ -92,6 +92,7 @@ class Target(Protocol):
     kind: str
     max_bytes: int
     accept: frozenset[str]
+    timeout_seconds: float  # read timeout of one request
 
     def refusal(self, upload: Upload) -> Refusal | None:
         """Size, type and patient-id checks; sends nothing (not even a token request)."""

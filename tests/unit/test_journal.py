@@ -85,7 +85,8 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
     journal.update(row.id, owner_uid=1000)
     assert journal.get(row.id).owner_uid == 1000  # type: ignore[union-attr]
     version = journal._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    assert version == ("2",)
+    assert version == ("3",)
+    assert row.sent_at is None
 
 
 def test_receipts_kept_for_a_retried_file_are_taken_once_and_only_for_that_content(
