@@ -47,7 +47,8 @@ SCAN_SLICE = 500  # paths listed per loop turn, so uploads start while a big inb
 SHUTDOWN_GRACE_SECONDS = 30.0
 CONFIG_CHECK_EVERY = 2.0
 LEASE_TOUCH_EVERY = 10.0  # well inside any sensible claim lease
-POLL_EVERY = 2.0  # folders on network shares, listed this often
+POLL_EVERY = 2.0
+ONCE_PATIENCE_SECONDS = 30.0  # folders on network shares, listed this often
 
 
 @dataclass
@@ -109,6 +110,7 @@ class Daemon:
         self._scans: list[tuple[Iterator[PurePosixPath], bool]] = []  # (scan, whole inbox)
         self._last_full_scan: float | None = None  # wall clock when one last ended
         self._started = time.time()
+        self._last_progress = time.monotonic()  # `once` gives up on waits only after none
         self._polled: set[PurePosixPath] = set()
         self._journal_check_at = 0.0
         self.summary = Summary()
@@ -387,6 +389,8 @@ class Daemon:
             except queue.Empty:
                 return
             self._journal_check_at = 0.0  # a deferral may have set a new due time
+            if outcome.result in ("done", "failed"):
+                self._last_progress = time.monotonic()
             if outcome.result == "done":
                 self.summary.done += 1
             elif outcome.result == "failed":
@@ -417,7 +421,12 @@ class Daemon:
         with self._lock:
             if self._in_flight:
                 return False
-        return not self.journal.due(time.time(), set())
+        # A short wait (a retry backoff, a probe, an unknown outcome settling) is seen through;
+        # a longer one (an outage) leaves the file waiting for the next run.
+        next_due = self.journal.next_due_time(set())
+        if next_due is None or next_due > time.time() + ONCE_PATIENCE_SECONDS:
+            return True
+        return time.monotonic() - self._last_progress > ONCE_PATIENCE_SECONDS
 
     def snapshot(self) -> Snapshot:
         """The daemon's state for /metrics, /healthz and `ingestd status` (any thread)."""

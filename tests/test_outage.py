@@ -69,3 +69,26 @@ def test_refused_credentials_pause_the_target_once_and_a_fixed_config_drains_it(
     assert proc.output().count("event=target_misconfigured") == 1  # once, not per file
     assert tree.receipts("failed") == []
     assert proc.stop() == 0
+
+
+def test_once_sees_short_retries_through_and_gives_up_on_an_outage(
+    tree: Tree, sandbox: Sandbox
+) -> None:
+    import subprocess
+    import sys
+
+    config = str(make_config(tree, sandbox))
+    tree.drop("p_1/short.pdf", pdf("short"))
+    # 503 for longer than one delivery's own retries: the target pauses, then comes back.
+    sandbox.add_fault(Fault(api="leyr", route="upload", status=503, times=5))
+    run = [sys.executable, "-m", "ingestd", "once", "-c", config]
+    assert subprocess.run(run, capture_output=True, timeout=120).returncode == 0
+    assert [r["status"] for r in tree.receipts()] == ["done"]
+
+    tree.drop("p_1/outage.pdf", pdf("outage"))
+    sandbox.add_fault(Fault(api="leyr", route="upload", status=503, times=None))
+    started = time.monotonic()
+    result = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "waiting 1" in result.stdout
+    assert time.monotonic() - started < 90
+    assert tree.receipts("failed") == []  # waiting, not failed
