@@ -33,7 +33,20 @@ fmt: $(STAMP)  ## format and autofix
 	$(BIN)/ruff format ingestd tests bench
 	$(BIN)/ruff check --fix ingestd tests bench
 
-clean:  ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
+deb:  ## build the Debian package into dist/ (build dependencies: make deb-deps)
+	packaging/build-deb.sh
 
-.PHONY: help venv test demo bench fmt clean
+deb-deps:  ## install the Debian package's build dependencies with apt (as root)
+	packaging/build-deb.sh deps
+
+security:  ## rate the systemd unit's hardening (CI fails above 1.5)
+	systemd-analyze security --offline=true --threshold=15 systemd/ingestd.service
+
+man:  ## render docs/ingestd.8, failing on any groff warning
+	@out=$$(LC_ALL=C.UTF-8 groff -man -Tutf8 -ww -z docs/ingestd.8 2>&1); \
+	if [ -n "$$out" ]; then echo "$$out"; exit 1; fi; echo "docs/ingestd.8: no warnings"
+
+clean:  ## remove the virtual environment, caches and package builds
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info build dist
+
+.PHONY: help venv test demo bench fmt clean deb deb-deps security man

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import pwd
 import sys
 from collections.abc import Callable, Sequence
 
@@ -33,6 +34,25 @@ def _load(args: argparse.Namespace, in_service: bool = True) -> Config:
     return load_config(config_path(args), in_service=in_service)
 
 
+def _as_state_owner(config: Config) -> None:
+    """Run as the owner of the state folder when started as root (`sudo ingestd status`):
+    a journal, WAL or key file created by root would lock the service out of its own state."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(config.paths.state.parent)
+    except FileNotFoundError:
+        return
+    if st.st_uid == 0:
+        return
+    try:
+        os.initgroups(pwd.getpwuid(st.st_uid).pw_name, st.st_gid)
+    except KeyError:
+        os.setgroups([st.st_gid])
+    os.setgid(st.st_gid)
+    os.setuid(st.st_uid)
+
+
 def _warn(config: Config) -> None:
     for problem in config.warnings:
         print(problem, file=sys.stderr)
@@ -43,6 +63,7 @@ def run_run(args: argparse.Namespace) -> int:
 
     config = _load(args)
     _warn(config)
+    _as_state_owner(config)
     logs.setup(args.log_level)
     daemon = Daemon(config)
     daemon.install_signals()
@@ -55,6 +76,7 @@ def run_once(args: argparse.Namespace) -> int:
 
     config = _load(args)
     _warn(config)
+    _as_state_owner(config)
     logs.setup(args.log_level)
     daemon = Daemon(config, once=True)
     daemon.install_signals()
@@ -97,6 +119,7 @@ def run_retry(args: argparse.Namespace) -> int:
     if not (args.paths or args.patient or args.all):
         raise UsageError("name failed files, --patient FOLDER or --all")
     config = _load(args, in_service=False)
+    _as_state_owner(config)
     journal = Journal(config.paths.state)
     try:
         selected = list(failed_receipts(config, args.paths, args.patient or [], args.all))
@@ -115,7 +138,9 @@ def run_retry(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from ingestd.status import render, report
 
-    status = report(_load(args, in_service=False))
+    config = _load(args, in_service=False)
+    _as_state_owner(config)
+    status = report(config)
     print(json.dumps(status, indent=2) if args.json else render(status))
     return EXIT_OK
 

@@ -74,7 +74,9 @@ class Pipeline:
     reloading: threading.Lock = field(default_factory=threading.Lock)
     metrics: Metrics = field(default_factory=Metrics)
     policy: RetryPolicy = field(default_factory=RetryPolicy)
-    _filing_trouble: threading.Event = field(default_factory=threading.Event)
+    # Destination folders that failed: logged once per spell of trouble, under _filing_lock.
+    _filing_trouble: set[PurePosixPath] = field(default_factory=set)
+    _filing_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def inbox(self) -> Path:
@@ -392,25 +394,30 @@ class Pipeline:
     def finish(self, row: Row) -> Outcome:
         """Move the file to done/ or failed/ and write its receipt; safe to repeat."""
         status = "done" if row.state == "uploaded" else "failed"
+        folder = PurePosixPath(status) / row.source.parent
         try:
             row = self._file_away(row, status)
         except OSError as exc:
-            if not self._filing_trouble.is_set():
-                self._filing_trouble.set()
+            with self._filing_lock:
+                starting = folder not in self._filing_trouble
+                self._filing_trouble.add(folder)
+            if starting:
                 event(
                     log,
                     logging.ERROR,
                     "filing_failed",
-                    folder=status,
+                    folder=self.masker.path(folder),
                     reason=exc.strerror or type(exc).__name__,
                     action="check free space, permissions and the folder; files stay claimed "
                     "and are filed when it works again",
                 )
             self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
             return Outcome("deferred", row.source)
-        if self._filing_trouble.is_set():
-            self._filing_trouble.clear()
-            event(log, logging.INFO, "filing_recovered", folder=status)
+        with self._filing_lock:
+            recovered = folder in self._filing_trouble
+            self._filing_trouble.discard(folder)
+        if recovered:
+            event(log, logging.INFO, "filing_recovered", folder=self.masker.path(folder))
         self.journal.update(row.id, state=status)
         error = row.error or {}
         event(

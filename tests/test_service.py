@@ -104,6 +104,8 @@ def test_metrics_move_and_healthz_turns_503_when_the_observer_dies(
     for n in range(3):
         tree.drop(f"p_1/m-{n}.pdf", pdf(f"m-{n}"))
     wait_for(lambda: len(tree.receipts()) == 3)
+    # The journal says `done` just after the receipt is written: wait for the gauge.
+    wait_for(lambda: _counter(_get(base + "/metrics")[1], "ingestd_files", state="done") == 3)
     _, text = _get(base + "/metrics")
     assert _counter(text, "ingestd_uploads_total", target="leyr", outcome="done") == 3
     assert _counter(text, "ingestd_upload_retries_total", target="leyr") == 1
@@ -113,6 +115,7 @@ def test_metrics_move_and_healthz_turns_503_when_the_observer_dies(
     assert "ingestd_upload_seconds_bucket" in text and "p_1" not in text
     tree.drop("p_1/m-3.pdf", pdf("m-3"))
     wait_for(lambda: len(tree.receipts()) == 4)
+    wait_for(lambda: _counter(_get(base + "/metrics")[1], "ingestd_files", state="done") == 4)
     _, later = _get(base + "/metrics")
     assert _counter(later, "ingestd_uploads_total", target="leyr", outcome="done") == 4
 
