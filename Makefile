@@ -26,8 +26,13 @@ test: $(STAMP)  ## lint, type-check and run the whole test suite
 demo: $(STAMP)  ## sandbox EHR + daemon + sample files, end to end
 	$(BIN)/ingestd demo
 
-bench: $(STAMP)  ## run the benchmarks (figures go to stdout; see bench/RESULTS.md)
+bench: $(STAMP)  ## run the benchmarks, ~15 min (figures go to stdout; see bench/RESULTS.md)
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/daemon_memory.py
+	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/backlog.py
+	$(BIN)/python bench/idle.py
 
 fmt: $(STAMP)  ## format and autofix
 	$(BIN)/ruff format ingestd tests bench

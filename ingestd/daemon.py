@@ -106,6 +106,7 @@ class Daemon:
         self._watchdog_every = watchdog_interval()
         self._in_flight: set[int] = set()
         self._ready: collections.deque[Ready] = collections.deque()
+        self._ready_paths: set[PurePosixPath] = set()  # what _ready holds, so never twice
         self._resumed: set[int] = set()
         self._scans: list[tuple[Iterator[PurePosixPath], bool]] = []  # (scan, whole inbox)
         self._last_full_scan: float | None = None  # wall clock when one last ended
@@ -245,8 +246,9 @@ class Daemon:
             self._advance_scans()
             for rel in list(self.settler.due_paths()):
                 ready = self.settler.look(rel)
-                if ready is not None:
+                if ready is not None and rel not in self._ready_paths:
                     self._ready.append(ready)
+                    self._ready_paths.add(rel)
             self._dispatch()
             self._collect()
             now = time.monotonic()
@@ -336,6 +338,7 @@ class Daemon:
             self._journal_check_at = self.journal.next_due_time(busy) or now + 3600
         while self._ready and self._free() > 0 and not self.stopping.is_set():
             ready = self._ready.popleft()
+            self._ready_paths.discard(ready.rel)
             if self._ignores(ready):
                 self.settler.hold(ready.rel)
                 continue
@@ -388,7 +391,8 @@ class Daemon:
                 outcome = self._finished.get_nowait()
             except queue.Empty:
                 return
-            self._journal_check_at = 0.0  # a deferral may have set a new due time
+            if outcome.result in ("deferred", "released", "gone"):
+                self._journal_check_at = 0.0  # a new due time may have been set
             if outcome.result in ("done", "failed"):
                 self._last_progress = time.monotonic()
             if outcome.result == "done":

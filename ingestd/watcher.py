@@ -10,6 +10,7 @@ writing, it is not empty, and its content is recognised (or has been quiet for t
 from __future__ import annotations
 
 import heapq
+import inspect
 import logging
 import os
 import stat
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from watchdog import events as watchdog_events
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
@@ -60,10 +62,20 @@ class _Handler(FileSystemEventHandler):
 
     def on_any_event(self, fs_event: FileSystemEvent) -> None:
         try:
+            kind = fs_event.event_type
+            if kind in IGNORED_EVENT_TYPES:
+                return  # our own reads (opened, closed unwritten) must not wake us again
+            if fs_event.is_directory:
+                # A folder that appears (created, or moved in with its files) is scanned; a
+                # folder's own "modified" comes with every file event inside it anyway.
+                if kind in ("created", "moved"):
+                    path = getattr(fs_event, "dest_path", None) or fs_event.src_path
+                    self._hints.add(os.fsdecode(path), True)
+                return
             for attr in ("src_path", "dest_path"):
                 path = getattr(fs_event, attr, None)
                 if path:
-                    self._hints.add(os.fsdecode(path), bool(fs_event.is_directory))
+                    self._hints.add(os.fsdecode(path), False)
         except Exception as exc:  # noqa: BLE001 - must never escape into the observer thread
             # Only the type: an OS error's message can carry a path (patient data).
             event(log, logging.ERROR, "watch_handler_error", error=type(exc).__name__)
@@ -101,6 +113,30 @@ def needs_polling(fstype: str) -> bool:
     return fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse")
 
 
+# Events ingestd does not need. The daemon opens waiting files itself (the writer probe, the
+# type check): inotify would report those opens and closes, each one waking the settle cycle
+# again — a loop that kept a large inbox busy forever and overflowed the event queue.
+IGNORED_EVENT_TYPES = frozenset({"opened", "closed_no_write"})
+WANTED_EVENTS = tuple(
+    getattr(watchdog_events, name)
+    for name in (
+        "FileCreatedEvent", "FileModifiedEvent", "FileMovedEvent", "FileDeletedEvent",
+        "FileClosedEvent", "DirCreatedEvent", "DirMovedEvent", "DirDeletedEvent",
+    )
+    if hasattr(watchdog_events, name)
+)  # fmt: skip
+
+
+def _schedule(observer: BaseObserver, handler: FileSystemEventHandler, root: Path) -> None:
+    """Watch `root` recursively, asking inotify only for the events we use where this
+    watchdog can be told (event_filter, watchdog 4+); older ones deliver all and the handler
+    drops what it does not need."""
+    if "event_filter" in inspect.signature(observer.schedule).parameters:
+        observer.schedule(handler, str(root), recursive=True, event_filter=list(WANTED_EVENTS))  # type: ignore[call-arg]
+    else:
+        observer.schedule(handler, str(root), recursive=True)
+
+
 class Observation:
     """A supervised watchdog observer on the inbox root (inotify, or polling when asked)."""
 
@@ -126,7 +162,7 @@ class Observation:
         observer: BaseObserver = PollingObserver(timeout=2) if self.poll else Observer()
         observer.daemon = True
         try:
-            observer.schedule(_Handler(self.hints), str(self.root), recursive=True)
+            _schedule(observer, _Handler(self.hints), self.root)
             observer.start()
         except FileNotFoundError:
             # The inbox (a share?) is not there: the scans keep looking; restart later.
