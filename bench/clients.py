@@ -116,12 +116,17 @@ def raw(args: argparse.Namespace) -> int:
     threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
     wait_go()
     began = time.monotonic()
+    cpu = time.process_time()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     elapsed = time.monotonic() - began
-    print(f"ok {len(items) - len(errors)} errors {len(errors)} elapsed {elapsed:.3f}", flush=True)
+    cpu = time.process_time() - cpu
+    print(
+        f"ok {len(items) - len(errors)} errors {len(errors)} elapsed {elapsed:.3f} cpu {cpu:.3f}",
+        flush=True,
+    )
     return 1 if errors else 0
 
 

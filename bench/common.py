@@ -30,7 +30,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-sys.path.insert(0, str(ROOT))
+# INGESTD_SOURCE=/other/checkout measures that tree's ingestd (and sandbox) with these scripts:
+# an A/B between two commits on the same machine, minutes apart.
+SOURCE = Path(os.environ.get("INGESTD_SOURCE") or ROOT).resolve()
+sys.path.insert(0, str(SOURCE))
 
 from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox  # noqa: E402
 from ingestd.sandbox.store import Scope, Store, StoredDocument  # noqa: E402
@@ -257,7 +260,7 @@ class Daemon:
                 stdout=out,
                 stderr=out,
                 env=bench_env(),
-                cwd=ROOT,
+                cwd=SOURCE,
             )
 
     @property

@@ -54,7 +54,7 @@ def child(args: argparse.Namespace) -> None:
             file_name=path.name,
             mime="application/pdf",
             size=os.fstat(fd).st_size,
-            sha256=digest.hexdigest(),
+            known_sha256=digest.hexdigest(),
             title="Benchmark",
             doc_type="Scan",
             fd=fd,

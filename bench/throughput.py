@@ -4,7 +4,7 @@ against what an admin would script, all measured in the same run at equal concur
 Usage (from the repository root):
 
     .venv/bin/python bench/throughput.py [--files 1000] [--size 200000] [--patients 50]
-        [--concurrency 4,8] [--runs 3] [--latency-ms 50] [--settle 0.2]
+        [--concurrency 4,8,16] [--runs 3] [--latency-ms 50] [--settle 0.2]
         [--slow-files 200] [--slow-runs 1] [--skip-slow] [--deadline 300] [--keep]
 
 The sandbox EHR runs in this process (loopback, `--latency-ms` added to every upload) and stamps
@@ -53,6 +53,7 @@ from common import (
     Clinic,
     Daemon,
     StampedSandbox,
+    cpu_seconds,
     drop,
     fmt_runs,
     log,
@@ -84,9 +85,13 @@ class Batch:
 @dataclass
 class Results:
     rates: dict[str, list[float]] = field(default_factory=dict)
+    cpu_ms: dict[str, list[float]] = field(default_factory=dict)  # CPU ms per file
 
     def add(self, key: str, rate: float) -> None:
         self.rates.setdefault(key, []).append(rate)
+
+    def add_cpu(self, key: str, ms_per_file: float) -> None:
+        self.cpu_ms.setdefault(key, []).append(ms_per_file)
 
 
 def stage(root: Path, args: argparse.Namespace) -> Batch:
@@ -139,7 +144,8 @@ def copy_in(clinic: Clinic, batch: Batch, n: int) -> float:
 
 def run_ingestd(
     sb: StampedSandbox, batch: Batch, root: Path, args: argparse.Namespace, conc: int, run: int
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
+    """files/s until stored, files/s until every receipt, and the daemon's CPU ms per file."""
     sb.reset()
     n = len(batch.rels)
     clinic = new_clinic(root, f"ingestd-c{conc}-r{run}", args.patients)
@@ -148,6 +154,7 @@ def run_ingestd(
     try:
         daemon.wait_started()
         wait_quiet(daemon.pid)
+        cpu_before = cpu_seconds(daemon.pid)
         first = copy_in(clinic, batch, n)
         sb.wait_count(n, args.deadline, "ingestd: every file stored")
         wait_for(
@@ -156,6 +163,7 @@ def run_ingestd(
             "ingestd: every receipt",
             interval=0.05,
         )
+        cpu_ms = (cpu_seconds(daemon.pid) - cpu_before) * 1000 / n
     finally:
         code = daemon.stop()
     stored = check_stored(sb, batch, n, "ingestd")
@@ -167,12 +175,13 @@ def run_ingestd(
         raise RuntimeError(f"ingestd exited with {code}")
     if not args.keep:
         clinic.remove()
-    return n / (max(stored) - first), n / (last_receipt - first)
+    return n / (max(stored) - first), n / (last_receipt - first), cpu_ms
 
 
 def run_client(
     sb: StampedSandbox, root: Path, mode: str, listing: Path, n: int, conc: int, deadline: float
-) -> float:
+) -> tuple[float, float | None]:
+    """files/s, and the client's CPU ms per file when it reports it."""
     sb.reset()
     client = Client(
         [mode, "--base-url", sb.leyr_base_url, "--list", str(listing), "--concurrency", str(conc)],
@@ -187,7 +196,9 @@ def run_client(
     stored = [t for t, _ in sb.stamps()]
     if len(stored) != n:
         raise RuntimeError(f"{mode} client: the EHR holds {len(stored)}, expected {n}")
-    return n / (max(stored) - began)
+    words = summary.split()
+    cpu_ms = float(words[words.index("cpu") + 1]) * 1000 / n if "cpu" in words else None
+    return n / (max(stored) - began), cpu_ms
 
 
 def inotify_missing() -> str | None:
@@ -239,7 +250,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--size", type=int, default=200_000, help="bytes per file")
     parser.add_argument("--patients", type=int, default=50)
-    parser.add_argument("--concurrency", default="4,8", help="comma-separated levels")
+    parser.add_argument("--concurrency", default="4,8,16", help="comma-separated levels")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--settle", type=float, default=0.2, help="ingestd settle_seconds")
@@ -265,17 +276,23 @@ def main() -> int:
     try:
         for run in range(args.runs):
             for conc in levels:
-                stored, receipts = run_ingestd(sb, batch, root, args, conc, run)
+                stored, receipts, cpu = run_ingestd(sb, batch, root, args, conc, run)
                 results.add(f"ingestd-stored-{conc}", stored)
                 results.add(f"ingestd-receipts-{conc}", receipts)
+                results.add_cpu(f"ingestd-{conc}", cpu)
                 log(f"run {run + 1} c={conc}: ingestd {stored:.1f} files/s stored, "
-                    f"{receipts:.1f} with receipts")  # fmt: skip
-                raw = run_client(sb, root, "raw", batch.list_all, args.files, conc, args.deadline)
+                    f"{receipts:.1f} with receipts, {cpu:.2f} CPU ms/file")  # fmt: skip
+                raw, raw_cpu = run_client(
+                    sb, root, "raw", batch.list_all, args.files, conc, args.deadline
+                )
                 results.add(f"raw-{conc}", raw)
-                log(f"run {run + 1} c={conc}: raw client {raw:.1f} files/s")
+                if raw_cpu is not None:
+                    results.add_cpu(f"raw-{conc}", raw_cpu)
+                log(f"run {run + 1} c={conc}: raw client {raw:.1f} files/s, "
+                    f"{raw_cpu or 0:.2f} CPU ms/file")  # fmt: skip
         if not args.skip_slow:
             for run in range(args.slow_runs):
-                rate = run_client(
+                rate, _ = run_client(
                     sb, root, "snippet", batch.list_slow, batch.n_slow, 1, args.deadline
                 )
                 results.add("snippet", rate)
@@ -362,6 +379,18 @@ def report(
                 f"{conc} ÷ {args.latency_ms:g} ms = {conc / latency:.0f} files/s)"
             )
         print(f"| {conc} | {conc / latency:.0f} files/s | " + " | ".join(cells) + " |")
+    print()
+    print("CPU per file (user + system, all threads; median of the runs):")
+    print("| concurrency | ingestd run (whole daemon) ms | raw client ms | ratio |")
+    print("|---:|---:|---:|---:|")
+    for conc in levels:
+        mine = median(results.cpu_ms[f"ingestd-{conc}"])
+        theirs = results.cpu_ms.get(f"raw-{conc}")
+        if theirs:
+            ratio = f"{mine / median(theirs):.1f} ×"
+            print(f"| {conc} | {mine:.2f} | {median(theirs):.2f} | {ratio} |")
+        else:
+            print(f"| {conc} | {mine:.2f} | - | - |")
     print()
     for line in verdicts:
         print(line)

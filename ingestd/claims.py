@@ -93,14 +93,17 @@ class Claimer:
         or it changed since it was judged ready (the caller looks at it again)."""
         rel = ready.rel
         work = WORK_DIR / self.instance / work_name(secrets.token_hex(8), rel)
-        row_id = self.journal.add(rel, work, iso_utc(ready.received))
+        # The row stays `claiming` until a worker records its decision (one journal write fewer
+        # per file); a `claiming` row whose work file exists is a claimed file (see recover).
+        owner = ready.snapshot.uid if ready.snapshot is not None else None
+        row = self.journal.add(rel, work, iso_utc(ready.received), owner_uid=owner)
         work_path = self.inbox / work
         try:
             # No mkdir here: on a share that went away, claiming must fail rather than build
             # a work folder on the bare mount point (see work_folder_present).
             os.rename(self.inbox / rel, work_path)
         except OSError as exc:
-            self.journal.delete(row_id)
+            self.journal.delete(row.id)
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
                 event(
                     log,
@@ -120,11 +123,11 @@ class Claimer:
             and not _same_file(st, ready.snapshot)
             and self._give_back(work_path, self.inbox / rel)
         ):
-            self.journal.delete(row_id)
+            self.journal.delete(row.id)
             return None
-        owner = st.st_uid if st is not None else None
-        self.journal.update(row_id, state="claimed", owner_uid=owner)
-        return self.journal.get(row_id)
+        if st is not None and st.st_uid != row.owner_uid:  # not a regular file, or chowned
+            row = self.journal.change(row, owner_uid=st.st_uid)
+        return row
 
     def _give_back(self, work_path: Path, source: Path) -> bool:
         """Put a claimed file back at its inbox path, never over another file."""
@@ -189,16 +192,13 @@ class Claimer:
             if source is None:
                 continue
             work = WORK_DIR / self.instance / work_name(secrets.token_hex(8), source)
-            row_id = self.journal.add(source, work, iso_utc(time.time()), outcome_unknown=True)
+            row = self.journal.add(source, work, iso_utc(time.time()), outcome_unknown=True)
             try:
                 os.rename(self.inbox / folder / name, self.inbox / work)
             except OSError:
-                self.journal.delete(row_id)  # another instance took it first
+                self.journal.delete(row.id)  # another instance took it first
                 continue
-            self.journal.update(row_id, state="uploading")
-            taken = self.journal.get(row_id)
-            if taken is not None:
-                rows.append(taken)
+            rows.append(self.journal.change(row, state="uploading"))
         if rows:
             event(log, logging.WARNING, "claims_taken_over", instance=other, files=len(rows))
         return rows
@@ -233,15 +233,10 @@ class Claimer:
         rows = []
         for row in self.journal.active():
             if row.state == "claiming":
-                if os.path.lexists(self.inbox / row.work):
-                    self.journal.update(row.id, state="claimed")
-                else:
+                if not os.path.lexists(self.inbox / row.work):
                     self.journal.delete(row.id)  # never renamed: still in the inbox, or gone
                     continue
-                found = self.journal.get(row.id)
-                if found is None:
-                    continue
-                row = found
+                row = self.journal.change(row, state="claimed")
             rows.append(row)
         return rows
 

@@ -32,10 +32,11 @@ class Snapshot:
     ctime_ns: int
     ino: int
     dev: int
+    uid: int  # who dropped it (the receipt's dropped_by)
 
     @classmethod
     def of(cls, st: os.stat_result) -> Snapshot:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_uid)
 
 
 class UnsafeFile(Exception):
@@ -113,6 +114,44 @@ def sha256_of(fd: int) -> tuple[str, int]:
             return digest.hexdigest(), offset
         digest.update(chunk)
         offset += len(chunk)
+
+
+class StreamedDigest:
+    """SHA-256 of a file taken from the reads that upload it, so each byte is read once.
+
+    Reads are fed with their offsets; a read behind what is already hashed (a retry sending
+    the file again) adds nothing, so any number of sends hash the file once. `hexdigest`
+    reads whatever no send has read (none yet, or one cut short) and is then fixed.
+    """
+
+    def __init__(self, fd: int, known: str | None = None) -> None:
+        self._fd = fd
+        self._hash = hashlib.sha256()
+        self._hashed = 0  # bytes from offset 0 that are in _hash
+        self._known = known
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        chunk = os.pread(self._fd, length, offset)
+        self._feed(offset, chunk)
+        return chunk
+
+    def _feed(self, offset: int, chunk: bytes) -> None:
+        end = offset + len(chunk)
+        if self._known is None and offset <= self._hashed < end:
+            self._hash.update(memoryview(chunk)[self._hashed - offset :])
+            self._hashed = end
+
+    def hexdigest(self) -> str:
+        if self._known is None:
+            while chunk := os.pread(self._fd, CHUNK, self._hashed):
+                self._feed(self._hashed, chunk)
+            self._known = self._hash.hexdigest()
+        return self._known
+
+    @property
+    def hashed(self) -> int:
+        """How many bytes the digest covers (the file's length once `hexdigest` ran)."""
+        return self._hashed
 
 
 def detect_format(fd: int) -> str:

@@ -126,7 +126,10 @@ class Daemon:
 
     @property
     def capacity(self) -> int:
-        return sum(t.concurrency for t in self._config.targets.values()) + 2
+        # Twice the upload slots (TargetHealth.slots caps the sends): while some files are
+        # being sent, others are read, decided and filed (fsyncs), so an upload slot never
+        # waits for local work.
+        return 2 * sum(t.concurrency for t in self._config.targets.values()) + 2
 
     def _build_targets(self, config: Config) -> None:
         targets = {}
@@ -347,8 +350,8 @@ class Daemon:
                 self.settler.notice(ready.rel)
                 continue
             if ready.empty_expired:
-                self.journal.update(
-                    claimed.id,
+                claimed = self.journal.change(
+                    claimed,
                     size=0,
                     state="rejected",
                     error={
@@ -357,7 +360,6 @@ class Daemon:
                         "did not write it: scan the document again",
                     },
                 )
-                claimed = self.journal.get(claimed.id) or claimed
             self._submit(claimed)
 
     def _ignores(self, ready: Ready) -> bool:
@@ -572,7 +574,8 @@ class Daemon:
             parked = len(self._in_flight)
         counts = self.journal.counts()
         self.summary.waiting = parked + sum(
-            counts.get(state, 0) for state in ("claimed", "uploading", "uploaded", "rejected")
+            counts.get(state, 0)
+            for state in ("claiming", "claimed", "uploading", "uploaded", "rejected")
         )
         event(
             log,

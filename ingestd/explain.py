@@ -155,7 +155,7 @@ def _explain_open(
             "accept": sorted(target.accept),
         }
         upload = Upload(
-            patient_id=patient_id, file_name=rel.name, mime=fmt, size=st.st_size, sha256="",
+            patient_id=patient_id, file_name=rel.name, mime=fmt, size=st.st_size,
             title=decision.title, doc_type=decision.doc_type, fields=dict(decision.fields),
         )  # fmt: skip
         check_before_upload(target, upload)

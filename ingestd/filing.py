@@ -67,8 +67,11 @@ def make_folders(folder: Path) -> None:
         raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder") from None
 
 
-def place(src: Path, dest: Path) -> None:
-    """Move `src` to `dest` without ever overwriting `dest` (FileExistsError if it exists)."""
+def place(src: Path, dest: Path, sync: bool = True) -> None:
+    """Move `src` to `dest` without ever overwriting `dest` (FileExistsError if it exists).
+
+    sync=False leaves the fsync of dest's folder to the caller (who writes a receipt there next).
+    """
     make_folders(dest.parent)
     try:
         os.link(src, dest, follow_symlinks=False)
@@ -79,7 +82,8 @@ def place(src: Path, dest: Path) -> None:
             raise
         _copy_across(src, dest)
     os.unlink(src)
-    fsync_dir(dest.parent)
+    if sync:
+        fsync_dir(dest.parent)
 
 
 def _copy_across(src: Path, dest: Path) -> None:

@@ -7,7 +7,9 @@ is left to do:
     claiming → claimed → uploading → uploaded(document_id) → done
                       ↘ rejected(error) ─────────────────→ failed
 
-`claiming`: the rename into the work folder may or may not have happened; `uploading`: a request
+`claiming`: the rename into the work folder may or may not have happened (a running daemon
+hands the row to a worker as it is; after a crash the work folder says which); `claimed`: the
+rule's decision is recorded and the file waits to be sent; `uploading`: a request
 may have reached the EHR, so the outcome is unknown until the EHR is asked; `uploaded` and
 `rejected`: only the move to done/ or failed/ and the receipt are left.
 
@@ -17,6 +19,7 @@ restart finds them again. Paths are stored as bytes so odd names survive byte fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -111,6 +114,14 @@ class Row:
     sent_at: float | None
 
 
+def _new_row(row_id: int, columns: dict[str, Any]) -> Row:
+    """A freshly inserted row: the columns given, the schema's defaults for the rest."""
+    defaults: dict[str, Any] = dict.fromkeys(_COLUMNS)
+    defaults.update(attempts=0, outcome_unknown=False, next_attempt_at=0.0)
+    defaults.update(columns, id=row_id)
+    return Row(**defaults)
+
+
 def _to_db(column: str, value: Any) -> Any:
     if value is None:
         return None
@@ -140,14 +151,21 @@ class JournalError(Exception):
 
 
 class Journal:
-    """Thread-safe access to the journal file; every method is one committed transaction."""
+    """Thread-safe access to the journal file; every method is one committed transaction.
+
+    Writers share one connection under one lock. A single statement in autocommit mode is its
+    own transaction, so most writes are one call under the lock: with a dozen workers, each
+    extra call made while holding it (BEGIN, COMMIT, a re-read) is another wait for the GIL
+    that every other worker queues behind.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
         try:
-            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE … COMMIT).
+            # isolation_level=None: autocommit; multi-statement transactions say BEGIN IMMEDIATE.
             self._db = sqlite3.connect(
                 str(path), timeout=30, isolation_level=None, check_same_thread=False
             )
@@ -157,6 +175,11 @@ class Journal:
             # covered by asking the EHR before re-sending anything resumed (see pipeline).
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
+            # Reads on a connection of their own: in WAL mode they see every committed write
+            # and never wait for one in progress.
+            self._reader = sqlite3.connect(
+                str(path), timeout=30, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
 
@@ -196,25 +219,31 @@ class Journal:
             self._db.execute("COMMIT")
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
 
     # --- writing ----------------------------------------------------------------------------
 
+    def _write(self, sql: str, params: Any) -> sqlite3.Cursor:
+        """One statement, committed on its own (autocommit)."""
+        with self._lock:
+            return self._db.execute(sql, params)
+
     def add(
         self, source: PurePosixPath, work: PurePosixPath, received_at: str, **values: Any
-    ) -> int:
+    ) -> Row:
         """Record the intent to claim `source` into `work` (state `claiming`)."""
         columns = {"source": source, "work": work, "state": "claiming", "received_at": received_at}
         columns.update(values)
         names = [*list(columns), "updated_at"]
         params = [_to_db(name, columns[name]) for name in columns] + [time.time()]
-        with self._transaction() as db:
-            cursor = db.execute(
-                f"INSERT INTO files ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",  # noqa: S608
-                params,
-            )
-            return int(cursor.lastrowid or 0)
+        cursor = self._write(
+            f"INSERT INTO files ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",  # noqa: S608
+            params,
+        )
+        return _new_row(int(cursor.lastrowid or 0), columns)
 
     def update(self, row_id: int, **values: Any) -> None:
         """Set columns of one row in one transaction."""
@@ -223,34 +252,38 @@ class Journal:
             raise ValueError(f"unknown journal columns: {sorted(unknown)}")
         assignments = ", ".join(f"{name} = ?" for name in values)
         params = [_to_db(name, value) for name, value in values.items()]
-        with self._transaction() as db:
-            db.execute(
-                f"UPDATE files SET {assignments}, updated_at = ? WHERE id = ?",  # noqa: S608
-                [*params, time.time(), row_id],
-            )
+        self._write(
+            f"UPDATE files SET {assignments}, updated_at = ? WHERE id = ?",  # noqa: S608
+            [*params, time.time(), row_id],
+        )
+
+    def change(self, row: Row, **values: Any) -> Row:
+        """`update` a row the caller holds and return it as it now is, without reading it back."""
+        self.update(row.id, **values)
+        return dataclasses.replace(row, **values)
 
     def make_due(self) -> None:
         """Every waiting row is due now (after a reload that may have fixed what held it)."""
         marks = ", ".join("?" * len(ACTIVE_STATES))
-        with self._transaction() as db:
-            db.execute(
-                f"UPDATE files SET next_attempt_at = 0 WHERE state IN ({marks})",  # noqa: S608
-                ACTIVE_STATES,
-            )
+        self._write(
+            f"UPDATE files SET next_attempt_at = 0 WHERE state IN ({marks})",  # noqa: S608
+            ACTIVE_STATES,
+        )
 
     def delete(self, row_id: int) -> None:
-        with self._transaction() as db:
-            db.execute("DELETE FROM files WHERE id = ?", (row_id,))
+        self._write("DELETE FROM files WHERE id = ?", (row_id,))
 
     # --- reading ----------------------------------------------------------------------------
 
+    def _read(self, sql: str, params: Any = ()) -> list[Any]:
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchall()
+
     def _select(self, where: str, params: tuple[Any, ...] = ()) -> list[Row]:
-        with self._lock:
-            cursor = self._db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM files WHERE {where}",  # noqa: S608
-                params,
-            )
-            found = cursor.fetchall()
+        found = self._read(
+            f"SELECT {', '.join(_COLUMNS)} FROM files WHERE {where}",  # noqa: S608
+            params,
+        )
         return [
             Row(
                 **{
@@ -282,12 +315,11 @@ class Journal:
     def next_due_time(self, exclude: set[int]) -> float | None:
         """When the earliest active row not in hand becomes due."""
         marks = ", ".join("?" * len(ACTIVE_STATES))
-        with self._lock:
-            found = self._db.execute(
-                f"SELECT id, next_attempt_at FROM files WHERE state IN ({marks}) "  # noqa: S608
-                "ORDER BY next_attempt_at LIMIT ?",
-                (*ACTIVE_STATES, len(exclude) + 1),
-            ).fetchall()
+        found = self._read(
+            f"SELECT id, next_attempt_at FROM files WHERE state IN ({marks}) "  # noqa: S608
+            "ORDER BY next_attempt_at LIMIT ?",
+            (*ACTIVE_STATES, len(exclude) + 1),
+        )
         times = [when for row_id, when in found if row_id not in exclude]
         return min(times) if times else None
 
@@ -296,40 +328,39 @@ class Journal:
 
     def keep_for_retry(self, source: PurePosixPath, sha256: str, receipts: list[Any]) -> None:
         """Remember the receipts of a file put back by `ingestd retry` until it is claimed."""
-        with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO retried (source, sha256, receipts) VALUES (?, ?, ?)",
-                (os.fsencode(str(source)), sha256, json.dumps(receipts, ensure_ascii=True)),
-            )
+        self._write(
+            "INSERT OR REPLACE INTO retried (source, sha256, receipts) VALUES (?, ?, ?)",
+            (os.fsencode(str(source)), sha256, json.dumps(receipts, ensure_ascii=True)),
+        )
 
     def take_retried(self, source: PurePosixPath, sha256: str) -> list[dict[str, Any]] | None:
         """The earlier receipts of this very file (same path and content), once."""
         key = (os.fsencode(str(source)), sha256)
-        with self._transaction() as db:
-            found = db.execute(
-                "SELECT receipts FROM retried WHERE source = ? AND sha256 = ?", key
-            ).fetchone()
-            if found is None:
-                return None
-            db.execute("DELETE FROM retried WHERE source = ? AND sha256 = ?", key)
-        loaded = json.loads(found[0])
+        if not self._read("SELECT 1 FROM retried WHERE source = ? AND sha256 = ?", key):
+            return None  # nearly always: checked without waiting for the writers
+        with self._lock:
+            # fetchall: the statement (and so its transaction) ends only when it has been read.
+            found = self._db.execute(
+                "DELETE FROM retried WHERE source = ? AND sha256 = ? RETURNING receipts", key
+            ).fetchall()
+        if not found:
+            return None
+        loaded = json.loads(found[0][0])
         return loaded if isinstance(loaded, list) else None
 
     def oldest_active(self) -> float | None:
         """When the oldest unfinished row was received (epoch seconds)."""
         marks = ", ".join("?" * len(ACTIVE_STATES))
-        with self._lock:
-            found = self._db.execute(
-                f"SELECT MIN(received_at) FROM files WHERE state IN ({marks})",  # noqa: S608
-                ACTIVE_STATES,
-            ).fetchone()
-        if not found or not found[0]:
+        found = self._read(
+            f"SELECT MIN(received_at) FROM files WHERE state IN ({marks})",  # noqa: S608
+            ACTIVE_STATES,
+        )
+        if not found or not found[0][0]:
             return None
-        return datetime.fromisoformat(str(found[0]).replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(str(found[0][0]).replace("Z", "+00:00")).timestamp()
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            found = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
+        found = self._read("SELECT state, COUNT(*) FROM files GROUP BY state")
         return {state: count for state, count in found}
 
     def recent(self, state: str, limit: int = 10) -> list[Row]:

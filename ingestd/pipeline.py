@@ -109,7 +109,7 @@ class Pipeline:
         try:
             return self._process_open(row, fd, before, resumed)
         except Rejected as exc:
-            return self._reject(row, exc)
+            return self._reject(row, exc, content.StreamedDigest(fd))
         finally:
             os.close(fd)
 
@@ -123,14 +123,8 @@ class Pipeline:
             return None
 
     def _process_open(self, row: Row, fd: int, before: os.stat_result, resumed: bool) -> Outcome:
-        sha256, size = content.sha256_of(fd)
-        after = os.fstat(fd)
-        if (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
-            after.st_size,
-            after.st_mtime_ns,
-            after.st_ctime_ns,
-        ) or size != after.st_size:
-            return self._changed(row)
+        # The hash is taken while the upload reads the file (Upload.sha256), not beforehand.
+        size = before.st_size
         fmt = row.format if row.decision is not None and row.format else content.detect_format(fd)
         if row.decision is None:
             patient_id, verdict = evaluate(
@@ -138,28 +132,29 @@ class Pipeline:
                 row.source,
                 fmt,
                 size,
-                mtime=datetime.fromtimestamp(after.st_mtime, UTC),
+                mtime=datetime.fromtimestamp(before.st_mtime, UTC),
                 received=datetime.fromisoformat(row.received_at.replace("Z", "+00:00")),
             )
             decision = decision_of(verdict)
-            self.journal.update(
-                row.id,
+            row = self.journal.change(
+                row,
+                state="claimed",
                 size=size,
-                sha256=sha256,
                 format=fmt,
                 patient_id=patient_id,
                 decision=decision.to_dict(),
-                # Put back by `ingestd retry`: its earlier receipts travel with it.
-                history=self.journal.take_retried(row.source, sha256),
             )
         else:
             decision = Decision.from_dict(row.decision)
             patient_id = row.patient_id or ""
-            if row.sha256 and row.sha256 != sha256:
+            if row.sha256 and row.sha256 != content.StreamedDigest(fd).hexdigest():
+                # Resumed after the content was recorded, and it is not what it was.
                 event(
                     log, logging.WARNING, "claimed_file_changed", file=self.masker.path(row.source)
                 )
-                self.journal.update(row.id, sha256=sha256, size=size)
+                row = self.journal.change(row, sha256=None, size=size)
+        if _changed_since(before, fd):
+            return self._changed(row)
         if decision.action == "ignore":
             return self._ignore(row)
         if decision.action == "fail":
@@ -174,16 +169,18 @@ class Pipeline:
             file_name=valid_text(row.source.name),
             mime=fmt,
             size=size,
-            sha256=sha256,
+            known_sha256=row.sha256,
             title=decision.title,
             doc_type=decision.doc_type,
             fields=dict(decision.fields),
             fd=fd,
         )
         check_before_upload(target, upload)
-        return self._deliver(row, target, upload, resumed)
+        return self._deliver(row, target, upload, resumed, before)
 
-    def _deliver(self, row: Row, target: Target, upload: Upload, resumed: bool) -> Outcome:
+    def _deliver(
+        self, row: Row, target: Target, upload: Upload, resumed: bool, before: os.stat_result
+    ) -> Outcome:
         health = self.health(target.name)
         go, probe, wait_until = health.admit()
         if not go:
@@ -246,10 +243,10 @@ class Pipeline:
             except PermanentError as exc:
                 finished("rejected")
                 self._target_answered(health)
-                self.journal.update(row.id, attempts=row.attempts + _attempts(exc))
-                fresh = self.journal.get(row.id) or row
+                row = self.journal.change(row, attempts=row.attempts + _attempts(exc))
                 kind = exc.kind if exc.kind in ("patient_not_found", "unreadable") else "rejected"
-                return self._reject(fresh, Rejected(kind, _rejection_message(exc), exc.http_status))
+                rejected = Rejected(kind, _rejection_message(exc), exc.http_status)
+                return self._reject(row, rejected, upload.digest)
             except TargetError as exc:
                 finished("error")
                 health.released()
@@ -258,15 +255,25 @@ class Pipeline:
                 return Outcome("deferred", row.source)
         finished("found" if delivered.found_existing else "done", upload.size)
         self._target_answered(health)
-        self.journal.update(
-            row.id,
+        if _changed_since(before, upload.fd):
+            event(
+                log,
+                logging.WARNING,
+                "file_changed_while_sent",
+                file=self.masker.path(row.source),
+                target=target.name,
+                action="a writer still had the file; compare the EHR's document with the "
+                "file in done/ (the receipt's sha256 is that of the bytes sent)",
+            )
+        uploaded = self.journal.change(
+            row,
             state="uploaded",
             document_id=delivered.document_id,
             attempts=row.attempts + delivered.attempts,
             outcome_unknown=False,
+            **self._content_values(row, upload.sha256),
+            **self._destination(row, "done"),
         )
-        uploaded = self.journal.get(row.id)
-        assert uploaded is not None
         return self.finish(uploaded)
 
     def _too_early_to_resend(self, row: Row, target: Target, upload: Upload) -> Outcome | None:
@@ -282,9 +289,14 @@ class Pipeline:
         except TargetError:
             found = None
         if found is not None:
-            self.journal.update(row.id, state="uploaded", document_id=found, outcome_unknown=False)
-            uploaded = self.journal.get(row.id)
-            assert uploaded is not None
+            uploaded = self.journal.change(
+                row,
+                state="uploaded",
+                document_id=found,
+                outcome_unknown=False,
+                **self._content_values(row, upload.sha256),
+                **self._destination(row, "done"),
+            )
             return self.finish(uploaded)
         self.journal.update(row.id, next_attempt_at=settled_at)
         return Outcome("deferred", row.source)
@@ -385,11 +397,26 @@ class Pipeline:
         self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
         return Outcome("deferred", row.source)
 
-    def _reject(self, row: Row, exc: Rejected) -> Outcome:
-        self.journal.update(row.id, state="rejected", error=exc.error)
-        fresh = self.journal.get(row.id)
-        assert fresh is not None
-        return self.finish(fresh)
+    def _reject(
+        self, row: Row, exc: Rejected, digest: content.StreamedDigest | None = None
+    ) -> Outcome:
+        fresh = self.journal.get(row.id) or row  # `row` may predate the recorded decision
+        values: dict[str, Any] = {}
+        if fresh.sha256 is None and digest is not None:
+            with contextlib.suppress(OSError):  # an unreadable file's receipt says so
+                values = self._content_values(fresh, digest.hexdigest())
+        values.update(self._destination(fresh, "failed"))
+        return self.finish(self.journal.change(fresh, state="rejected", error=exc.error, **values))
+
+    def _content_values(self, row: Row, sha256: str) -> dict[str, Any]:
+        """Journal columns for a file's content once it is known. A file put back by
+        `ingestd retry` takes the receipts of its earlier tries along."""
+        values: dict[str, Any] = {"sha256": sha256}
+        if row.sha256 != sha256:
+            history = self.journal.take_retried(row.source, sha256)
+            if history is not None:
+                values["history"] = history
+        return values
 
     def finish(self, row: Row) -> Outcome:
         """Move the file to done/ or failed/ and write its receipt; safe to repeat."""
@@ -436,40 +463,48 @@ class Pipeline:
     def _file_away(self, row: Row, status: str) -> Row:
         """Place the work file under a free name and write the receipt beside it; every step
         is recorded first, so a crash anywhere repeats it without overwriting anything."""
-        paths = self.config().paths
-        root = paths.done if status == "done" else paths.failed
+        root = self._root(status)
         work = self.inbox / row.work
         for _ in range(MAX_NAME_TRIES):
             if row.dest is None:
-                parent = row.source.parent
-                name = free_name(root / parent, row.source.name)
-                self.journal.update(row.id, dest=parent / name, finished_at=utc_now())
-                row = self.journal.get(row.id) or row
+                row = self.journal.change(row, **self._destination(row, status))
             assert row.dest is not None
             dest = root / row.dest
             if os.path.lexists(work):
                 try:
-                    place(work, dest)
+                    # The receipt's write syncs the folder for both names.
+                    place(work, dest, sync=False)
                 except FileExistsError:  # the name was taken since it was chosen
-                    self.journal.update(row.id, dest=None)
-                    row = self.journal.get(row.id) or row
+                    row = self.journal.change(row, dest=None)
                     continue
             try:
                 write_receipt(receipt_path(dest), self.receipt(row, status, dest.name))
             except FileExistsError:
                 # Someone put a different receipt there by hand: keep ours beside it.
-                self._move_aside(row, dest, root)
-                row = self.journal.get(row.id) or row
+                row = self._move_aside(row, dest)
                 continue
             return row
         raise OSError(errno.EEXIST, "no free name in the folder")
 
-    def _move_aside(self, row: Row, dest: Path, root: Path) -> None:
+    def _root(self, status: str) -> Path:
+        paths = self.config().paths
+        return paths.done if status == "done" else paths.failed
+
+    def _destination(self, row: Row, status: str) -> dict[str, Any]:
+        """Journal columns naming where the file is filed: chosen with the outcome it is
+        recorded with, so filing needs no journal write of its own before the move."""
+        if row.dest is not None:
+            return {}
+        parent = row.source.parent
+        name = free_name(self._root(status) / parent, row.source.name)
+        return {"dest": parent / name, "finished_at": utc_now()}
+
+    def _move_aside(self, row: Row, dest: Path) -> Row:
         assert row.dest is not None
         name = free_name(dest.parent, row.source.name)
         with contextlib.suppress(FileNotFoundError):
             place(dest, dest.parent / name)
-        self.journal.update(row.id, dest=row.dest.parent / name)
+        return self.journal.change(row, dest=row.dest.parent / name)
 
     def receipt(self, row: Row, status: str, file_name: str) -> dict[str, Any]:
         decision = row.decision or {}
@@ -498,6 +533,15 @@ class Pipeline:
         if row.history:
             receipt["history"] = row.history
         return receipt
+
+
+def _changed_since(before: os.stat_result, fd: int) -> bool:
+    after = os.fstat(fd)
+    return (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    )
 
 
 def _owner(uid: int | None) -> dict[str, Any] | None:

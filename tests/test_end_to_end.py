@@ -110,6 +110,35 @@ def test_files_already_in_the_inbox_at_start_are_processed(
     assert proc.stop() == 0
 
 
+def _bytes_read(pid: int) -> int:
+    """Bytes the process has read with read/pread/recv (Linux /proc/PID/io `rchar`)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/PID/io")
+
+
+@pytest.mark.parametrize("api", ["leyr", "nymbl"])
+def test_each_file_is_read_once_hashed_while_it_is_sent(
+    tree: Tree, sandbox: Sandbox, daemon_process: Start, api: str
+) -> None:
+    """Issue 6: no separate hashing pass. The daemon reads an 8 MB file once (plus the small
+    heads its type and writer probes read); the receipt's hash is still the file's."""
+    proc = daemon_process(make_config(tree, sandbox))
+    proc.wait_started()
+    data = pdf("read-once", 8_000_000)
+    folder = "p_100" if api == "leyr" else "12345/nymbl"
+    before = _bytes_read(proc.proc.pid)
+    tree.drop(f"{folder}/big.pdf", data)
+    wait_for(lambda: len(tree.receipts()) == 1)
+    read = _bytes_read(proc.proc.pid) - before
+    receipt = tree.receipts()[0]
+    assert receipt["status"] == "done" and receipt["sha256"] == _sha(data)
+    assert sandbox.documents()[0].sha256 == _sha(data)
+    assert len(data) <= read < 1.25 * len(data), f"read {read:,} bytes for {len(data):,}"
+    assert proc.stop() == 0
+
+
 def test_too_large_and_refused_type_fail_without_any_request(
     tree: Tree, sandbox: Sandbox, daemon_process: Start
 ) -> None:

@@ -18,7 +18,7 @@ UPLOAD = Upload(
     file_name="scan.pdf",
     mime="application/pdf",
     size=3,
-    sha256="0" * 64,
+    known_sha256="0" * 64,
     title="Scan",
     doc_type="Referral",
 )

@@ -7,28 +7,42 @@ every target is retried by the same rules.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Protocol
+
+from ingestd.content import StreamedDigest
 
 
 @dataclass(frozen=True)
 class Upload:
-    """One document to send: its bytes are read with os.pread from `fd`, always from offset 0."""
+    """One document to send: its bytes are read with os.pread from `fd`, always from offset 0.
+
+    Its SHA-256 is taken from the bytes a send reads (`known_sha256` when already known), so
+    a file is read once, not once to hash and once to send.
+    """
 
     patient_id: str
     file_name: str  # the original file name (non-ASCII kept)
     mime: str  # detected from content
     size: int
-    sha256: str  # hex digest of the whole content
     title: str
     doc_type: str
     fields: Mapping[str, str] = field(default_factory=dict)  # description, created_by_id
     fd: int = -1
+    known_sha256: InitVar[str | None] = None
+    digest: StreamedDigest = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self, known_sha256: str | None) -> None:
+        object.__setattr__(self, "digest", StreamedDigest(self.fd, known_sha256))
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of the whole content (reads what no send has read yet)."""
+        return self.digest.hexdigest()
 
     def read_at(self, offset: int, length: int) -> bytes:
-        return os.pread(self.fd, length, offset)
+        return self.digest.read_at(offset, length)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
 """Streaming request bodies with an exact length, read from the upload's descriptor.
 
 Owns `LeyrJsonBody` (JSON with the file as base64) and `MultipartBody` (multipart/form-data).
-Both are plain classes with `read(n)` and `__len__`, not `io.IOBase` subclasses: for those,
-requests' `super_len` sees a length of 0 and switches to chunked encoding. Bytes are read with
+Both are plain iterables of chunks with `__len__` (see StreamingBody for why). Bytes are read with
 `upload.read_at` (os.pread) in chunks of about 64 KiB, so memory does not grow with the file and
 a new body built for each attempt starts again from offset 0. A body is used up by one send.
 """
@@ -62,36 +61,25 @@ def file_chunks(upload: Upload, chunk_size: int = CHUNK) -> Iterator[bytes]:
 
 
 class StreamingBody:
-    """A one-shot body: pulls chunks from an iterator as `read` asks for bytes."""
+    """A one-shot body: an iterable of chunks with an exact length, sent as they are made.
+
+    Deliberately not file-like: given `read`, urllib3 and http.client pull 8–16 KiB at a time,
+    a Python call and a wait for the GIL per block; given an iterable, they send each chunk
+    (about 64 KiB) with one sendall. Not an io.IOBase either: requests' super_len would see a
+    length of 0 and switch to chunked encoding.
+    """
 
     content_type = "application/octet-stream"
 
     def __init__(self, length: int, chunks: Iterator[bytes]) -> None:
         self._length = length
         self._chunks = chunks
-        self._current = b""
-        self._pos = 0
 
     def __len__(self) -> int:
         return self._length
 
-    def read(self, n: int | None = -1) -> bytes:
-        if n is None or n < 0:
-            rest = [self._current[self._pos :], *self._chunks]
-            self._current, self._pos = b"", 0
-            return b"".join(rest)
-        out = bytearray()
-        while len(out) < n:
-            if self._pos >= len(self._current):
-                nxt = next(self._chunks, None)
-                if nxt is None:
-                    break
-                self._current, self._pos = nxt, 0
-                continue
-            take = min(n - len(out), len(self._current) - self._pos)
-            out += self._current[self._pos : self._pos + take]
-            self._pos += take
-        return bytes(out)
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
 
 
 class LeyrJsonBody(StreamingBody):

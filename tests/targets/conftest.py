@@ -49,7 +49,7 @@ def make_upload(tmp_path: Path) -> Iterator[UploadFactory]:
             file_name=file_name,
             mime=mime,
             size=len(data) if size is None else size,
-            sha256=hashlib.sha256(data).hexdigest(),
+            known_sha256=hashlib.sha256(data).hexdigest(),
             title=title,
             doc_type=doc_type,
             fields=dict(fields or {}),

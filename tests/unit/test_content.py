@@ -1,5 +1,6 @@
 """Safe reading and content-based type detection on real files."""
 
+import hashlib
 import io
 import os
 import socket
@@ -72,9 +73,57 @@ def test_hash_and_length(tmp_path: Path) -> None:
         digest, size = content.sha256_of(fd)
     finally:
         os.close(fd)
-    import hashlib
-
     assert digest == hashlib.sha256(b"abc" * 1000).hexdigest() and size == 3000
+
+
+def _chunks(digest: content.StreamedDigest, size: int, step: int, stop: int | None = None) -> None:
+    """Read like a request body does: from offset 0, `step` bytes at a time."""
+    for offset in range(0, size if stop is None else stop, step):
+        digest.read_at(offset, step)
+
+
+def test_streamed_digest_reads_each_byte_once_across_resends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(300_001)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    read = 0
+    real_pread = os.pread
+
+    def counting_pread(fd: int, n: int, offset: int) -> bytes:
+        nonlocal read
+        chunk = real_pread(fd, n, offset)
+        read += len(chunk)
+        return chunk
+
+    monkeypatch.setattr(os, "pread", counting_pread)
+    try:
+        digest = content.StreamedDigest(fd)
+        _chunks(digest, len(data), 65536, stop=131072)  # a send cut short after 128 KiB
+        _chunks(digest, len(data), 49152)  # the resend, in other chunks, all the way
+        sent = read
+        assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert read == sent  # the sends read it all: hexdigest read nothing more
+        assert digest.hashed == len(data)
+    finally:
+        os.close(fd)
+
+
+def test_streamed_digest_reads_what_no_send_read(tmp_path: Path) -> None:
+    data = os.urandom(200_000)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        cut = content.StreamedDigest(fd)
+        _chunks(cut, len(data), 65536, stop=65536)  # the connection dropped mid-body
+        assert cut.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert content.StreamedDigest(fd).hexdigest() == hashlib.sha256(data).hexdigest()
+        assert content.StreamedDigest(fd, known="ab" * 32).hexdigest() == "ab" * 32
+    finally:
+        os.close(fd)
 
 
 def test_writer_probe_sees_an_open_writer(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ def test_rows_round_trip_and_survive_reopening(tmp_path: Path) -> None:
     source = PurePosixPath("p1/ärende\udce4.pdf")
     row_id = journal.add(
         source, PurePosixPath(".ingestd/work/i/c") / source, "2026-01-01T00:00:00Z"
-    )
+    ).id
     journal.update(row_id, state="claimed")
     journal.update(row_id, decision={"rule": "r", "target": "leyr"}, sha256="ab", size=3)
     journal.update(row_id, state="uploading", attempts=1)
@@ -34,14 +34,38 @@ def test_rows_round_trip_and_survive_reopening(tmp_path: Path) -> None:
 
 def test_due_respects_next_attempt_and_rows_in_hand(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
-    a = journal.add(PurePosixPath("p/a"), PurePosixPath("w/a"), "t")
-    b = journal.add(PurePosixPath("p/b"), PurePosixPath("w/b"), "t")
+    a = journal.add(PurePosixPath("p/a"), PurePosixPath("w/a"), "t").id
+    b = journal.add(PurePosixPath("p/b"), PurePosixPath("w/b"), "t").id
     journal.update(a, state="claimed", next_attempt_at=100.0)
     journal.update(b, state="claimed", next_attempt_at=50.0)
     assert [r.id for r in journal.due(75.0, set())] == [b]
     assert journal.due(75.0, {b}) == []
     assert journal.next_due_time(set()) == 50.0
     assert journal.next_due_time({b}) == 100.0
+
+
+def test_rows_held_in_memory_match_what_is_stored(tmp_path: Path) -> None:
+    """`add` and `change` return rows without reading them back: they must be what a re-read
+    would give, or the pipeline would act on a state that is not the journal's."""
+    journal = Journal(tmp_path / "j.sqlite")
+    row = journal.add(PurePosixPath("p/a b.pdf"), PurePosixPath("w/x~p%2Fa"), "t", owner_uid=7)
+    assert row == journal.get(row.id)
+    row = journal.change(row, state="claimed", decision={"target": "leyr"}, outcome_unknown=True)
+    row = journal.change(row, dest=PurePosixPath("p/a b (1).pdf"), history=[{"status": "failed"}])
+    assert row == journal.get(row.id)
+    assert row.state == "claimed" and row.dest == PurePosixPath("p/a b (1).pdf")
+
+
+def test_retried_receipts_are_taken_once(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    source = PurePosixPath("p/a.pdf")
+    journal.keep_for_retry(source, "ab" * 32, [{"status": "failed"}])
+    assert journal.take_retried(source, "cd" * 32) is None  # other content: not this file
+    assert journal.take_retried(source, "ab" * 32) == [{"status": "failed"}]
+    assert journal.take_retried(source, "ab" * 32) is None
+    # The delete committed: a reopened journal has no such receipts either.
+    journal.close()
+    assert Journal(tmp_path / "j.sqlite").take_retried(source, "ab" * 32) is None
 
 
 def test_unknown_columns_are_refused(tmp_path: Path) -> None:
