@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import pwd
@@ -548,11 +549,16 @@ def _owner(uid: int | None) -> dict[str, Any] | None:
     """Who dropped the file: its owner when it was claimed."""
     if uid is None:
         return None
+    return {"uid": uid, "user": _user_name(uid)}
+
+
+@functools.lru_cache(maxsize=256)
+def _user_name(uid: int) -> str | None:
+    # Cached: getpwuid reads /etc/passwd (or asks NSS) each time, for every file filed.
     try:
-        user: str | None = pwd.getpwuid(uid).pw_name
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        user = None
-    return {"uid": uid, "user": user}
+        return None
 
 
 def _attempts(exc: Exception) -> int:
