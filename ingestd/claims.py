@@ -96,7 +96,9 @@ class Claimer:
         # The row stays `claiming` until a worker records its decision (one journal write fewer
         # per file); a `claiming` row whose work file exists is a claimed file (see recover).
         owner = ready.snapshot.uid if ready.snapshot is not None else None
-        row = self.journal.add(rel, work, iso_utc(ready.received), owner_uid=owner)
+        row = self.journal.add(
+            rel, work, iso_utc(ready.received), owner_uid=owner, format=ready.format
+        )
         work_path = self.inbox / work
         try:
             # No mkdir here: on a share that went away, claiming must fail rather than build

@@ -373,8 +373,9 @@ class Daemon:
         except (OSError, content.UnsafeFile):
             return False
         try:
+            fmt = ready.format if ready.format is not None else content.detect_format(fd)
             _, verdict = evaluate(
-                config, ready.rel, content.detect_format(fd), st.st_size,
+                config, ready.rel, fmt, st.st_size,
                 mtime=datetime.fromtimestamp(st.st_mtime, UTC),
                 received=datetime.fromtimestamp(ready.received, UTC),
             )  # fmt: skip

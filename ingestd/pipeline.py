@@ -126,7 +126,8 @@ class Pipeline:
     def _process_open(self, row: Row, fd: int, before: os.stat_result, resumed: bool) -> Outcome:
         # The hash is taken while the upload reads the file (Upload.sha256), not beforehand.
         size = before.st_size
-        fmt = row.format if row.decision is not None and row.format else content.detect_format(fd)
+        # Detected when the file settled (same inode, size and mtime), or now.
+        fmt = row.format if row.format is not None else content.detect_format(fd)
         if row.decision is None:
             patient_id, verdict = evaluate(
                 self.config(),

@@ -263,6 +263,7 @@ class Ready:
     received: float  # wall clock when first seen
     snapshot: content.Snapshot | None  # None for non-regular paths
     empty_expired: bool = False
+    format: str | None = None  # the MIME type the last look detected (None: not looked for)
 
 
 @dataclass
@@ -371,7 +372,8 @@ class Settler:
         if content.writer_active(path):
             self._later(rel, entry, now + settle)
             return None
-        if quiet < self.unknown_type_grace_seconds and not _recognised(path):
+        fmt = _format_of(path) if quiet < self.unknown_type_grace_seconds else None
+        if fmt == "":
             # A preallocated file may still be all zeros: look again before calling it unknown.
             self._later(
                 rel,
@@ -380,7 +382,9 @@ class Settler:
             )
             return None
         del self._pending[rel]
-        return Ready(rel, entry.first_seen, snap)
+        # The type travels with the claim (the claim checks it is still this inode, size and
+        # mtime), so the pipeline does not detect it a second time.
+        return Ready(rel, entry.first_seen, snap, format=fmt)
 
 
 def _snapshot(path: Path) -> content.Snapshot | None:
@@ -390,12 +394,14 @@ def _snapshot(path: Path) -> content.Snapshot | None:
         return None
 
 
-def _recognised(path: Path) -> bool:
+def _format_of(path: Path) -> str | None:
+    """The detected MIME type, "" when not recognised, None when it cannot be read (the
+    pipeline reports why)."""
     try:
         fd, _ = content.open_regular(path)
     except (OSError, content.UnsafeFile):
-        return True  # the pipeline reports why it cannot be read
+        return None
     try:
-        return bool(content.detect_format(fd))
+        return content.detect_format(fd)
     finally:
         os.close(fd)

@@ -64,6 +64,7 @@ def test_a_file_is_ready_after_two_equal_looks_a_settle_time_apart(tmp_path: Pat
     clock.now += 1.0
     ready = settler.look(rel)
     assert ready is not None and ready.rel == rel and ready.snapshot is not None
+    assert ready.format == "application/pdf"  # detected once, carried with the claim
     assert len(settler) == 0
 
 
