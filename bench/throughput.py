@@ -4,7 +4,7 @@ against what an admin would script, all measured in the same run at equal concur
 Usage (from the repository root):
 
     .venv/bin/python bench/throughput.py [--files 1000] [--size 200000] [--patients 50]
-        [--concurrency 4,8,16] [--runs 3] [--latency-ms 50] [--settle 0.2]
+        [--concurrency 4,8,10,16] [--runs 3] [--latency-ms 50] [--settle 0.2]
         [--slow-files 200] [--slow-runs 1] [--skip-slow] [--deadline 300] [--keep]
 
 The sandbox EHR runs in this process (loopback, `--latency-ms` added to every upload) and stamps
@@ -250,7 +250,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--size", type=int, default=200_000, help="bytes per file")
     parser.add_argument("--patients", type=int, default=50)
-    parser.add_argument("--concurrency", default="4,8,16", help="comma-separated levels")
+    parser.add_argument("--concurrency", default="4,8,10,16", help="comma-separated levels")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--settle", type=float, default=0.2, help="ingestd settle_seconds")
