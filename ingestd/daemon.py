@@ -338,7 +338,10 @@ class Daemon:
                 self._submit(row)
             with self._lock:
                 busy = set(self._in_flight)
-            self._journal_check_at = self.journal.next_due_time(busy) or now + 3600
+            # `is None`, not `or`: 0.0 (due since always: taken over, resumed, made due by a
+            # reload or a target coming back) is a time, and the most urgent one.
+            next_due = self.journal.next_due_time(busy)
+            self._journal_check_at = now + 3600 if next_due is None else next_due
         while self._ready and self._free() > 0 and not self.stopping.is_set():
             ready = self._ready.popleft()
             self._ready_paths.discard(ready.rel)

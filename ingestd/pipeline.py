@@ -188,6 +188,23 @@ class Pipeline:
         if not go:
             self.journal.update(row.id, next_attempt_at=wait_until)
             return Outcome("deferred", row.source)
+        try:
+            return self._send(row, target, upload, resumed, before, health, probe)
+        except BaseException:
+            if probe:
+                health.released()  # never leave a paused target with a probe nobody holds
+            raise
+
+    def _send(
+        self,
+        row: Row,
+        target: Target,
+        upload: Upload,
+        resumed: bool,
+        before: os.stat_result,
+        health: TargetHealth,
+        probe: bool,
+    ) -> Outcome:
         sends = 0
 
         def before_send() -> None:
@@ -212,8 +229,12 @@ class Pipeline:
 
         reconcile = resumed or row.state == "uploading" or row.outcome_unknown
         if reconcile and row.sent_at is not None:
-            early = self._too_early_to_resend(row, target, upload)
+            early = self._too_early_to_resend(row, target, upload, health)
             if early is not None:
+                if probe and not health.up:
+                    # It was the probe but sent nothing and heard nothing: let another file
+                    # probe, or the target's whole backlog waits for a probe that never ends.
+                    health.released()
                 return early
         started = time.monotonic()
 
@@ -278,7 +299,9 @@ class Pipeline:
         )
         return self.finish(uploaded)
 
-    def _too_early_to_resend(self, row: Row, target: Target, upload: Upload) -> Outcome | None:
+    def _too_early_to_resend(
+        self, row: Row, target: Target, upload: Upload, health: TargetHealth
+    ) -> Outcome | None:
         """A send whose outcome is unknown may still be in the EHR's hands (the process died
         mid-request; the EHR may store it seconds later). Ask at once — usually it is there —
         but if not, wait until that send must be over before asking again and sending."""
@@ -290,6 +313,8 @@ class Pipeline:
             found = target.find(upload)
         except TargetError:
             found = None
+        else:
+            self._target_answered(health)  # an answer, found or not: the EHR is up
         if found is not None:
             uploaded = self.journal.change(
                 row,

@@ -4,12 +4,18 @@ than hammered, and the backlog drains when it answers again."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import PurePosixPath
 
 import pytest
 
+from ingestd.config import load_config
+from ingestd.content import Snapshot
+from ingestd.daemon import Daemon
 from ingestd.sandbox import Fault, Sandbox
+from ingestd.watcher import Ready
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 from tests.samples import pdf
 
@@ -92,3 +98,67 @@ def test_once_sees_short_retries_through_and_gives_up_on_an_outage(
     assert result.returncode == 1 and "waiting 1" in result.stdout
     assert time.monotonic() - started < 90
     assert tree.receipts("failed") == []  # waiting, not failed
+
+
+def test_a_probe_that_only_looks_up_a_recent_send_lets_the_next_file_probe(
+    tree: Tree, sandbox: Sandbox
+) -> None:
+    """The soak found this: after a restart during an outage, the file chosen to probe the
+    paused target was one whose last send (before the kill) was seconds old, so it only asked
+    the EHR and waited. It must not keep the probe: every other file of that target waited
+    for a probe that never ended, for as long as the process ran."""
+    daemon = Daemon(load_config(str(make_config(tree, sandbox))))
+    try:
+        health = daemon._health_of("leyr")
+        path = tree.inbox / "p_1" / "recent.pdf"
+        path.parent.mkdir()
+        path.write_bytes(pdf("recent"))
+        ready = Ready(PurePosixPath("p_1/recent.pdf"), time.time(), Snapshot.of(path.stat()))
+        claimed = daemon.claimer.claim(ready)
+        assert claimed is not None
+        # Sent a second ago by the killed process; the EHR does not hold it (yet).
+        row = daemon.journal.change(claimed, state="uploading", attempts=1, sent_at=time.time())
+        sandbox.add_fault(Fault(api="leyr", route="list", status=503, times=None))
+        health.failed(0.0, "HTTP 503")  # the outage paused the target ...
+        health.paused_until = 0.0  # ... and its pause is over: the next file probes
+
+        outcome = daemon.pipeline.process(row, resumed=True)
+
+        assert outcome.result == "deferred"  # it waits for its earlier send to settle
+        assert not health.probing  # and another file may probe meanwhile
+        assert daemon.pipeline.health("leyr").admit()[:2] == (True, True)
+        assert [r.route for r in sandbox.requests()] == ["list"]  # asked; sent nothing
+    finally:
+        daemon.journal.close()
+
+
+def test_a_backlog_made_due_at_once_drains_without_waiting_for_a_timer(
+    tree: Tree, sandbox: Sandbox, daemon_process: Callable[..., DaemonProcess]
+) -> None:
+    """The soak found this: rows made due "now" (next attempt 0: the target answered again,
+    a reload, a takeover) beyond the free workers were read as "nothing due for an hour", so
+    the backlog drained a few files per 10 s lease tick instead of at once."""
+    sandbox.add_fault(Fault(api="leyr", route="upload", status=503, times=None))
+    config = make_config(tree, sandbox)
+    text = config.read_text()
+    # One upload at a time per target: 6 workers in all, far fewer than the files waiting.
+    text = text.replace("kind: leyr\n", "kind: leyr\n    concurrency: 1\n")
+    config.write_text(text.replace("kind: nymbl\n", "kind: nymbl\n    concurrency: 1\n"))
+    proc = daemon_process(config)
+    proc.wait_started()
+    for n in range(24):
+        tree.drop(f"p_{n % 4}/due-{n}.pdf", pdf(f"due-{n}"))
+
+    def all_claimed_and_waiting() -> bool:
+        with sqlite3.connect(tree.state) as db:
+            (count,) = db.execute("SELECT COUNT(*) FROM files WHERE state = 'claimed'").fetchone()
+        return count == 24
+
+    wait_for(all_claimed_and_waiting, timeout=60, interval=0.2)
+    sandbox.clear_faults()
+    wait_for(lambda: sandbox.documents(), timeout=30)  # the probe got through: all due now
+    # 24 uploads of a few KB at one at a time take well under a second here; waiting for
+    # lease ticks (6 files per 10 s) would take 30 s.
+    wait_for(lambda: len(tree.receipts()) == 24, timeout=8)
+    assert len(sandbox.documents()) == 24
+    assert proc.stop() == 0
