@@ -32,12 +32,19 @@ PROXY_VARIABLES = (
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_the_environment_is_read_as_requests_reads_it(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
-) -> None:
+@pytest.fixture
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """None of the variables set (Debian's package build sets http_proxy and no_proxy)."""
     for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_environment_is_read_as_requests_reads_it(
+    no_proxy_settings: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    monkeypatch = no_proxy_settings
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     ours = EnvironmentOnceSession()
@@ -49,7 +56,8 @@ def test_the_environment_is_read_as_requests_reads_it(
             ) == theirs.merge_environment_settings(url, {}, False, verify, None), (url, verify)
 
 
-def test_the_environment_is_read_once_per_host(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_is_read_once_per_host(no_proxy_settings: pytest.MonkeyPatch) -> None:
+    monkeypatch = no_proxy_settings
     monkeypatch.setenv("https_proxy", "http://first:1")
     session = EnvironmentOnceSession()
     first = session.merge_environment_settings(URLS[0], {}, False, None, None)
@@ -61,8 +69,9 @@ def test_the_environment_is_read_once_per_host(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_a_netrc_entry_never_replaces_the_targets_credentials(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox
+    tmp_path: Path, no_proxy_settings: pytest.MonkeyPatch, sandbox: Sandbox
 ) -> None:
+    monkeypatch = no_proxy_settings
     netrc = tmp_path / "netrc"
     netrc.write_text("machine 127.0.0.1 login stranger password s3cret\n")
     netrc.chmod(0o600)
