@@ -35,21 +35,17 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
+from common import RECEIPT, SOURCE, Clinic
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from ingestd.claims import source_of
+from ingestd.samples import docx, pdf, png, tiff
+from ingestd.sandbox import SANDBOX_CREDENTIALS, Fault, Sandbox
 
-from ingestd.claims import source_of  # noqa: E402
-from ingestd.samples import docx, pdf, png, tiff  # noqa: E402
-from ingestd.sandbox import SANDBOX_CREDENTIALS, Fault, Sandbox  # noqa: E402
-
-RECEIPT = ".receipt.json"
 LEYR_MAKERS = (("pdf", pdf), ("png", png), ("docx", docx))
 NYMBL_MAKERS = (("pdf", pdf), ("tiff", tiff), ("png", png))
 
@@ -80,20 +76,10 @@ def log(message: str) -> None:
 # --- the clinic tree and the configs --------------------------------------------------------
 
 
-@dataclass
-class Clinic:
-    root: Path
-    inbox: Path = field(init=False)
-    done: Path = field(init=False)
-    failed: Path = field(init=False)
+class SoakClinic(Clinic):
+    """bench/common.py's clinic tree, shared by several instances with two targets each."""
 
-    def __post_init__(self) -> None:
-        self.inbox = self.root / "inbox"
-        self.done = self.root / "done"
-        self.failed = self.root / "failed"
-        self.inbox.mkdir(parents=True)
-
-    def config(self, sandbox: Sandbox, n: int) -> Path:
+    def instance_config(self, sandbox: Sandbox, n: int) -> Path:
         leyr, nymbl = SANDBOX_CREDENTIALS["leyr"], SANDBOX_CREDENTIALS["nymbl"]
         data: dict[str, Any] = {
             "paths": {
@@ -138,7 +124,8 @@ class Clinic:
         path.chmod(0o600)
         return path
 
-    def receipts(self) -> list[dict[str, Any]]:
+    def receipt_data(self) -> list[dict[str, Any]]:
+        """Every whole receipt in done/ and failed/, parsed."""
         found = []
         for base in (self.done, self.failed):
             if not base.exists():
@@ -179,7 +166,7 @@ class Instance:
                 stdout=out,
                 stderr=out,
                 env=self.env,
-                cwd=ROOT,
+                cwd=SOURCE,
             )
         self.starts += 1
 
@@ -254,14 +241,14 @@ def main() -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="ingestd-soak-"))
-    clinic = Clinic(root / "clinic")
+    clinic = SoakClinic(root / "clinic")
     sandbox = Sandbox(port=0, latency_seconds=args.latency_ms / 1000).start()
     env = dict(os.environ)
     env["SOAK_LEYR_SECRET"] = SANDBOX_CREDENTIALS["leyr"]["client_secret"]
     env["SOAK_NYMBL_KEY"] = SANDBOX_CREDENTIALS["nymbl"]["api_key"]
     env["SOAK_NYMBL_SECRET"] = SANDBOX_CREDENTIALS["nymbl"]["client_secret"]
     instances = [
-        Instance(n, clinic.config(sandbox, n), clinic.root / f"instance-{n}.log", env)
+        Instance(n, clinic.instance_config(sandbox, n), clinic.root / f"instance-{n}.log", env)
         for n in range(args.instances)
     ]
     files = plan_files(args, rng)
@@ -315,7 +302,7 @@ def main() -> int:
         for instance in instances:
             instance.check()
         if not events and not writer.is_alive():
-            filed = {r.get("source") for r in clinic.receipts()}
+            filed = {r.get("source") for r in clinic.receipt_data()}
             if set(contents) <= filed:
                 break
         if time.monotonic() > deadline:
@@ -329,7 +316,7 @@ def main() -> int:
     wall = finished - began
 
     # --- figures ----------------------------------------------------------------------------
-    receipts = clinic.receipts()
+    receipts = clinic.receipt_data()
     per_source = collections.Counter(r.get("source") for r in receipts)
     stored = sandbox.documents()
     stored_ids = {d.id for d in stored}

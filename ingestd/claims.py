@@ -22,6 +22,7 @@ import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from ingestd.content import Snapshot
 from ingestd.journal import Journal, Row
@@ -119,17 +120,18 @@ class Claimer:
             st: os.stat_result | None = os.lstat(work_path)
         except OSError:
             st = None
-        # Replaced between the last look and the rename: give it back to settle again.
-        if (
-            ready.snapshot is not None
-            and not _same_file(st, ready.snapshot)
-            and self._give_back(work_path, self.inbox / rel)
-        ):
-            self.journal.delete(row.id)
-            return None
+        fixes: dict[str, Any] = {}
+        if ready.snapshot is not None and not _same_file(st, ready.snapshot):
+            # Replaced between the last look and the rename: give it back to settle again.
+            if self._give_back(work_path, self.inbox / rel):
+                self.journal.delete(row.id)
+                return None
+            # Kept (its inbox path is taken again): the type seen at the last look was
+            # another file's, so the pipeline detects it anew.
+            fixes["format"] = None
         if st is not None and st.st_uid != row.owner_uid:  # not a regular file, or chowned
-            row = self.journal.change(row, owner_uid=st.st_uid)
-        return row
+            fixes["owner_uid"] = st.st_uid
+        return self.journal.change(row, **fixes) if fixes else row
 
     def _give_back(self, work_path: Path, source: Path) -> bool:
         """Put a claimed file back at its inbox path, never over another file."""

@@ -190,10 +190,12 @@ class Pipeline:
             return Outcome("deferred", row.source)
         try:
             return self._send(row, target, upload, resumed, before, health, probe)
-        except BaseException:
+        finally:
             if probe:
-                health.released()  # never leave a paused target with a probe nobody holds
-            raise
+                # Whatever happened — an answer (succeeded/failed already ended the probe), a
+                # look-up too early to resend, an error of ours — this file's probe is over;
+                # a probe nobody holds would hold the target's whole backlog for good.
+                health.released()
 
     def _send(
         self,
@@ -231,10 +233,6 @@ class Pipeline:
         if reconcile and row.sent_at is not None:
             early = self._too_early_to_resend(row, target, upload, health)
             if early is not None:
-                if probe and not health.up:
-                    # It was the probe but sent nothing and heard nothing: let another file
-                    # probe, or the target's whole backlog waits for a probe that never ends.
-                    health.released()
                 return early
         started = time.monotonic()
 
