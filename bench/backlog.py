@@ -48,7 +48,7 @@ from common import (
     wait_for,
 )
 
-from ingestd.samples import pdf
+from ingestd.sandbox.samples import pdf
 
 GOAL_START_SECONDS = 2.0
 GOAL_RAW = 0.9

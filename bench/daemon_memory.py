@@ -39,7 +39,7 @@ from common import (
     now_utc,
 )
 
-from ingestd.samples import pdf
+from ingestd.sandbox.samples import pdf
 
 GOAL_MB = 5.0
 PATIENT = {"leyr": "pat_0001", "nymbl": "12345"}

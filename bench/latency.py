@@ -48,7 +48,7 @@ from common import (
     wait_quiet,
 )
 
-from ingestd.samples import pdf
+from ingestd.sandbox.samples import pdf
 
 GOAL_P50_MS = 20.0
 GOAL_P99_MS = 100.0

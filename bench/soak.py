@@ -42,9 +42,9 @@ from typing import Any
 import yaml
 from common import RECEIPT, SOURCE, Clinic
 
-from ingestd.claims import source_of
-from ingestd.samples import docx, pdf, png, tiff
+from ingestd.inbox.claims import source_of
 from ingestd.sandbox import SANDBOX_CREDENTIALS, Fault, Sandbox
+from ingestd.sandbox.samples import docx, pdf, png, tiff
 
 LEYR_MAKERS = (("pdf", pdf), ("png", png), ("docx", docx))
 NYMBL_MAKERS = (("pdf", pdf), ("tiff", tiff), ("png", png))

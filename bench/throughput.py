@@ -64,7 +64,7 @@ from common import (
     wait_quiet,
 )
 
-from ingestd.samples import pdf
+from ingestd.sandbox.samples import pdf
 
 GOAL_RAW = 0.9
 GOAL_BASELINES = 8.0

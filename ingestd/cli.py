@@ -11,9 +11,10 @@ import pwd
 import sys
 from collections.abc import Callable, Sequence
 
-from ingestd import __version__, logs
-from ingestd.config import Config, ConfigError, load_config
+from ingestd import __version__
+from ingestd.config.load import Config, ConfigError, load_config
 from ingestd.journal import JournalError
+from ingestd.observe import logs
 
 DEFAULT_CONFIG = "/etc/ingestd/ingestd.yaml"
 
@@ -59,7 +60,7 @@ def _warn(config: Config) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from ingestd.daemon import Daemon
+    from ingestd.daemon.loop import Daemon
 
     config = _load(args)
     _warn(config)
@@ -72,7 +73,7 @@ def run_run(args: argparse.Namespace) -> int:
 
 
 def run_once(args: argparse.Namespace) -> int:
-    from ingestd.daemon import Daemon
+    from ingestd.daemon.loop import Daemon
 
     config = _load(args)
     _warn(config)
@@ -97,7 +98,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from ingestd.explain import NotInInbox, explain, inbox_paths, offline_targets, render
+    from ingestd.commands.explain import NotInInbox, explain, inbox_paths, offline_targets, render
 
     config = _load(args, in_service=False)
     targets = offline_targets(config)
@@ -113,8 +114,8 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_retry(args: argparse.Namespace) -> int:
+    from ingestd.commands.retry import RetryError, failed_receipts, retry_one
     from ingestd.journal import Journal
-    from ingestd.retry import RetryError, failed_receipts, retry_one
 
     if not (args.paths or args.patient or args.all):
         raise UsageError("name failed files, --patient FOLDER or --all")
@@ -136,7 +137,7 @@ def run_retry(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from ingestd.status import render, report
+    from ingestd.commands.status import render, report
 
     config = _load(args, in_service=False)
     _as_state_owner(config)
@@ -156,7 +157,7 @@ def run_sandbox(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ingestd.demo import run_demo as demo
+    from ingestd.commands.demo import run_demo as demo
 
     return demo(keep=args.keep)
 

@@ -1,5 +1,5 @@
 """Re-export of the package's sample documents for tests."""
 
-from ingestd.samples import SAMPLES, docx, gif, jpeg, pdf, png, tiff
+from ingestd.sandbox.samples import SAMPLES, docx, gif, jpeg, pdf, png, tiff
 
 __all__ = ["SAMPLES", "docx", "gif", "jpeg", "pdf", "png", "tiff"]

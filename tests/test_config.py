@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from ingestd.config import Config, ConfigError, SourceConfig, WatchConfig, load_config
+from ingestd.config.load import Config, ConfigError, SourceConfig, WatchConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-do-not-print"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.credentials import (
+from ingestd.config.secrets import (
     has_literal,
     is_secret_key,
     readable_by_others,

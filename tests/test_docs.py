@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ingestd.cli import build_parser
-from ingestd.config import load_config
+from ingestd.config.load import load_config
 from ingestd.yamlsource import Report
 
 ROOT = Path(__file__).resolve().parent.parent

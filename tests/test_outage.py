@@ -11,11 +11,11 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from ingestd.config import load_config
+from ingestd.config.load import load_config
 from ingestd.content import Snapshot
-from ingestd.daemon import Daemon
+from ingestd.daemon.loop import Daemon
+from ingestd.inbox.watch import Ready
 from ingestd.sandbox import Fault, Sandbox
-from ingestd.watcher import Ready
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 from tests.samples import pdf
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from ingestd.patients import PatientMap, PatientPattern, luhn_ok, parse_patients
-from ingestd.rules import parse_template
+from ingestd.rules.language import parse_template
+from ingestd.rules.patients import PatientMap, PatientPattern, luhn_ok, parse_patients
 from ingestd.yamlsource import MarkedDict, Report, load
 
 PNR = PatientPattern(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from ingestd.config import load_config
-from ingestd.daemon import Daemon
+from ingestd.config.load import load_config
+from ingestd.daemon.loop import Daemon
 from ingestd.sandbox import Sandbox
 from tests.conftest import Tree, make_config
 from tests.samples import pdf

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from ingestd.retrying import Deferred, Delivered, RetryPolicy, backoff_delay, deliver
+from ingestd.delivery.retrying import Deferred, Delivered, RetryPolicy, backoff_delay, deliver
 from ingestd.targets.base import AuthError, PermanentError, Refusal, TransientError, Upload
 from ingestd.targets.nymbl import TokenRefused
 

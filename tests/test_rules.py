@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from ingestd.rules import (
+from ingestd.rules.language import (
     Decision,
     Facts,
     Match,

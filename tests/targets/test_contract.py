@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from ingestd import USER_AGENT
-from ingestd.retrying import Delivered, deliver
+from ingestd.delivery.retrying import Delivered, deliver
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import COMMON_OPTIONS, KINDS, TargetSettings, make_target
 from ingestd.targets.base import AuthError, PermanentError, TargetError, TransientError, Upload

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from ingestd.retrying import Delivered, deliver
+from ingestd.delivery.retrying import Delivered, deliver
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import KINDS
 from ingestd.targets.base import AuthError, Target, TransientError, Upload

@@ -8,11 +8,11 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from ingestd.claims import Claimer
 from ingestd.content import Snapshot
+from ingestd.inbox.claims import Claimer
+from ingestd.inbox.watch import Ready
 from ingestd.journal import Journal
-from ingestd.logs import Masker
-from ingestd.watcher import Ready
+from ingestd.observe.logs import Masker
 from tests.samples import pdf, png
 
 REL = PurePosixPath("p_1/scan.pdf")

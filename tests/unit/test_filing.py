@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from pyfakefs.fake_filesystem_unittest import Patcher
 
-from ingestd.filing import candidate, free_name, place, split_name
-from ingestd.receipts import SUFFIX
+from ingestd.filing.places import candidate, free_name, place, split_name
+from ingestd.filing.receipts import SUFFIX
 
 
 def test_split_name() -> None:

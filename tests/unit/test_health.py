@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingestd.health import PROBE_MAX_SECONDS, TargetHealth
+from ingestd.delivery.health import PROBE_MAX_SECONDS, TargetHealth
 
 
 class Clock:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.receipts import read_receipt, receipt_path, utc_now, write_receipt
+from ingestd.filing.receipts import read_receipt, receipt_path, utc_now, write_receipt
 
 
 def test_receipt_is_written_whole_with_a_restrictive_mode(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from ingestd.watcher import Settler, filesystem_type, needs_polling, scan
+from ingestd.inbox.watch import Settler, filesystem_type, needs_polling, scan
 from tests.samples import pdf
 
 MOUNTINFO = """\

@@ -25,10 +25,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingestd.content import Snapshot
+from ingestd.inbox.watch import Ready
 from ingestd.journal import Journal, Row
-from ingestd.logs import Masker, event
-from ingestd.statefiles import read_or_create
-from ingestd.watcher import Ready
+from ingestd.observe.logs import Masker, event
+from ingestd.observe.statefiles import read_or_create
 
 log = logging.getLogger("ingestd.claims")
 

@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ingestd.statefiles import read_or_create
+from ingestd.observe.statefiles import read_or_create
 
 LOGGER_NAME = "ingestd"
 _KEY_FILE = "log.key"

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ingestd.config import Config
+from ingestd.config.load import Config
+from ingestd.inbox.watch import scan
 from ingestd.journal import ACTIVE_STATES, FINAL_STATES, Journal
-from ingestd.logs import load_masker
-from ingestd.watcher import scan
+from ingestd.observe.logs import load_masker
 
 STATUS_FILE = "status.json"
 STALE_SECONDS = 30.0  # the daemon rewrites it at every watchdog tick (≤ 5 s)

@@ -22,8 +22,7 @@ from typing import Any
 
 import yaml
 
-from ingestd import samples
-from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox
+from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox, samples
 
 # Patient folders as the example config maps them; the last patient is unknown to the EHR, so
 # the EHR refuses that file (HTTP 404) and it goes to failed/ with a receipt saying why.

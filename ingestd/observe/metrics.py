@@ -23,7 +23,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from ingestd.logs import event
+from ingestd.observe.logs import event
 
 log = logging.getLogger("ingestd.metrics")
 

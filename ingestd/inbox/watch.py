@@ -27,8 +27,8 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from ingestd import content
-from ingestd.logs import event
 from ingestd.names import is_ignored_name, is_ignored_path
+from ingestd.observe.logs import event
 
 log = logging.getLogger("ingestd.watcher")
 

@@ -15,7 +15,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from ingestd.receipts import SUFFIX, fsync_dir
+from ingestd.filing.receipts import SUFFIX, fsync_dir
 
 NAME_MAX = 255
 FOLDER_MODE = 0o750

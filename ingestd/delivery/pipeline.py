@@ -24,18 +24,24 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingestd import content
-from ingestd.assess import Rejected, check_before_upload, decision_of, evaluate, rule_failure
-from ingestd.claims import Claimer
-from ingestd.config import Config
-from ingestd.filing import free_name, place
-from ingestd.health import TargetHealth
+from ingestd.config.load import Config
+from ingestd.delivery.decide import (
+    Rejected,
+    check_before_upload,
+    decision_of,
+    evaluate,
+    rule_failure,
+)
+from ingestd.delivery.health import TargetHealth
+from ingestd.delivery.retrying import Deferred, RetryPolicy, deliver
+from ingestd.filing.places import free_name, place
+from ingestd.filing.receipts import receipt_path, utc_now, write_receipt
+from ingestd.inbox.claims import Claimer
 from ingestd.journal import Journal, Row
-from ingestd.logs import Masker, event
-from ingestd.metrics import Metrics
 from ingestd.names import valid_text
-from ingestd.receipts import receipt_path, utc_now, write_receipt
-from ingestd.retrying import Deferred, RetryPolicy, deliver
-from ingestd.rules import Decision
+from ingestd.observe.logs import Masker, event
+from ingestd.observe.metrics import Metrics
+from ingestd.rules.language import Decision
 from ingestd.targets.base import (
     AuthError,
     PermanentError,

@@ -24,22 +24,23 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from types import FrameType
 
-from ingestd import content, notify
-from ingestd.assess import Rejected, evaluate
-from ingestd.claims import WORK_DIR, Claimer, instance_id
-from ingestd.config import Config, ConfigError, load_config
-from ingestd.filing import make_folders
-from ingestd.health import TargetHealth
+from ingestd import content
+from ingestd.commands.status import publish
+from ingestd.config.load import Config, ConfigError, load_config
+from ingestd.delivery.decide import Rejected, evaluate
+from ingestd.delivery.health import TargetHealth
+from ingestd.delivery.pipeline import Outcome, Pipeline
+from ingestd.filing.places import make_folders
+from ingestd.inbox.claims import WORK_DIR, Claimer, instance_id
+from ingestd.inbox.watch import INBOX_ROOT, Hints, Observation, Ready, Settler, scan
 from ingestd.journal import ACTIVE_STATES, FINAL_STATES, Journal, Row
-from ingestd.logs import event, load_masker
-from ingestd.metrics import Metrics, MetricsServer, Snapshot, start_server
 from ingestd.names import is_ignored_path
-from ingestd.notify import watchdog_interval
-from ingestd.pipeline import Outcome, Pipeline
-from ingestd.status import publish
+from ingestd.observe import notify
+from ingestd.observe.logs import event, load_masker
+from ingestd.observe.metrics import Metrics, MetricsServer, Snapshot, start_server
+from ingestd.observe.notify import watchdog_interval
 from ingestd.targets import make_target
 from ingestd.targets.base import Target
-from ingestd.watcher import INBOX_ROOT, Hints, Observation, Ready, Settler, scan
 
 log = logging.getLogger("ingestd.daemon")
 

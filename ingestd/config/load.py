@@ -17,9 +17,9 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from ingestd.credentials import readable_by_others, resolve_tree
-from ingestd.patients import PatientMap, parse_patients
-from ingestd.rules import MIME, Rule, parse_rules, parse_size, path_regex
+from ingestd.config.secrets import readable_by_others, resolve_tree
+from ingestd.rules.language import MIME, Rule, parse_rules, parse_size, path_regex
+from ingestd.rules.patients import PatientMap, parse_patients
 from ingestd.targets import KINDS, TargetSettings
 from ingestd.yamlsource import START, MarkedDict, MarkedList, Problem, Report, kind_of, load
 

@@ -10,9 +10,9 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
-from ingestd.config import Config
+from ingestd.config.load import Config
 from ingestd.names import patient_folder
-from ingestd.rules import Decision, Facts, Verdict, decide
+from ingestd.rules.language import Decision, Facts, Verdict, decide
 from ingestd.targets.base import Target, Upload
 
 RECOGNISED = "PDF, TIFF, JPEG, PNG, DOCX, DICOM or text"

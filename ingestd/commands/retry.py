@@ -16,10 +16,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingestd import content
-from ingestd.config import Config
-from ingestd.filing import free_name, place
+from ingestd.config.load import Config
+from ingestd.filing.places import free_name, place
+from ingestd.filing.receipts import SUFFIX, read_receipt
 from ingestd.journal import Journal
-from ingestd.receipts import SUFFIX, read_receipt
 
 
 class RetryError(Exception):

@@ -16,14 +16,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingestd import content
-from ingestd.assess import (
+from ingestd.config.load import Config
+from ingestd.delivery.decide import (
     Rejected,
     check_before_upload,
     decision_of,
     evaluate,
     rule_failure,
 )
-from ingestd.config import Config
 from ingestd.names import is_ignored_path
 from ingestd.targets import KINDS, make_target
 from ingestd.targets.base import Target, Upload

@@ -1,0 +1,1 @@
+"""The YAML config: loading it with file:line:col problems, secret references."""

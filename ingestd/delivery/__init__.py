@@ -1,0 +1,3 @@
+"""Delivering one claimed file: read and decide, the live targets and their health, retrying, the
+pipeline.
+"""

@@ -1,0 +1,1 @@
+"""Filing: free names in done/ and failed/, moves that never overwrite, receipts."""

@@ -1,0 +1,1 @@
+"""The inbox: watching, settling, which names count, claiming by rename."""

@@ -1,0 +1,1 @@
+"""Observing the daemon: logs, metrics, systemd notify, status.json."""

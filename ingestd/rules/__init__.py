@@ -1,0 +1,1 @@
+"""The rules language and templates; patient folder to patient id."""
