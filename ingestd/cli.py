@@ -1,165 +1,24 @@
-"""The command line: one `run_<action>()` per command, and the one place that turns errors into
-a message and an exit code (nothing below it calls sys.exit)."""
+"""The command line: the parser, each command's `run_<name>` from `ingestd.commands`, and the one
+place that turns errors into a message and an exit code (nothing below it calls sys.exit)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import pwd
 import sys
 from collections.abc import Callable, Sequence
 
 from ingestd import __version__
-from ingestd.config.load import Config, ConfigError, load_config
+from ingestd.commands.check import run_check
+from ingestd.commands.common import DEFAULT_CONFIG, EXIT_CONFIG, EXIT_FAILED, UsageError
+from ingestd.commands.demo import run_demo
+from ingestd.commands.explain import run_explain
+from ingestd.commands.retry import run_retry
+from ingestd.commands.run import run_once, run_run
+from ingestd.commands.sandbox import run_sandbox
+from ingestd.commands.status import run_status
+from ingestd.config.load import ConfigError
 from ingestd.journal import JournalError
-from ingestd.observe import logs
-
-DEFAULT_CONFIG = "/etc/ingestd/ingestd.yaml"
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-
-
-class UsageError(Exception):
-    """A command was used wrongly; the message says how to use it."""
-
-
-def config_path(args: argparse.Namespace) -> str:
-    return args.config or os.environ.get("INGESTD_CONFIG") or DEFAULT_CONFIG
-
-
-def _load(args: argparse.Namespace, in_service: bool = True) -> Config:
-    return load_config(config_path(args), in_service=in_service)
-
-
-def _as_state_owner(config: Config) -> None:
-    """Run as the owner of the state folder when started as root (`sudo ingestd status`):
-    a journal, WAL or key file created by root would lock the service out of its own state."""
-    if os.geteuid() != 0:
-        return
-    try:
-        st = os.stat(config.paths.state.parent)
-    except FileNotFoundError:
-        return
-    if st.st_uid == 0:
-        return
-    try:
-        os.initgroups(pwd.getpwuid(st.st_uid).pw_name, st.st_gid)
-    except KeyError:
-        os.setgroups([st.st_gid])
-    os.setgid(st.st_gid)
-    os.setuid(st.st_uid)
-
-
-def _warn(config: Config) -> None:
-    for problem in config.warnings:
-        print(problem, file=sys.stderr)
-
-
-def run_run(args: argparse.Namespace) -> int:
-    from ingestd.daemon.loop import Daemon
-
-    config = _load(args)
-    _warn(config)
-    _as_state_owner(config)
-    logs.setup(args.log_level)
-    daemon = Daemon(config)
-    daemon.install_signals()
-    daemon.run()
-    return EXIT_OK
-
-
-def run_once(args: argparse.Namespace) -> int:
-    from ingestd.daemon.loop import Daemon
-
-    config = _load(args)
-    _warn(config)
-    _as_state_owner(config)
-    logs.setup(args.log_level)
-    daemon = Daemon(config, once=True)
-    daemon.install_signals()
-    summary = daemon.run()
-    print(f"done {summary.done}, failed {summary.failed}, waiting {summary.waiting}")
-    return EXIT_FAILED if summary.failed or summary.waiting else EXIT_OK
-
-
-def run_check(args: argparse.Namespace) -> int:
-    config = _load(args, in_service=False)
-    _warn(config)
-    print(f"{config.file}: ok")
-    for name, target in config.targets.items():
-        print(f"  target {name}: {target.kind}, {target.concurrency} at once")
-    for rule in config.rules:
-        print(f"  rule {rule.name!r} (line {rule.line})")
-    return EXIT_OK
-
-
-def run_explain(args: argparse.Namespace) -> int:
-    from ingestd.commands.explain import NotInInbox, explain, inbox_paths, offline_targets, render
-
-    config = _load(args, in_service=False)
-    targets = offline_targets(config)
-    try:
-        items = [explain(config, targets, rel) for rel in inbox_paths(config, args.paths)]
-    except NotInInbox as exc:
-        raise UsageError(str(exc)) from None
-    if args.json:
-        print(json.dumps([item.to_dict() for item in items], indent=2, ensure_ascii=False))
-    else:
-        print("\n\n".join(render(item) for item in items))
-    return EXIT_OK
-
-
-def run_retry(args: argparse.Namespace) -> int:
-    from ingestd.commands.retry import RetryError, failed_receipts, retry_one
-    from ingestd.journal import Journal
-
-    if not (args.paths or args.patient or args.all):
-        raise UsageError("name failed files, --patient FOLDER or --all")
-    config = _load(args, in_service=False)
-    _as_state_owner(config)
-    journal = Journal(config.paths.state)
-    try:
-        selected = list(failed_receipts(config, args.paths, args.patient or [], args.all))
-        back = [retry_one(config, journal, receipt) for receipt in selected]
-    except RetryError as exc:
-        raise UsageError(str(exc)) from None
-    finally:
-        journal.close()
-    for item in back:
-        if item is not None:
-            print(f"failed/{item.failed} -> inbox/{item.inbox}")
-    print(f"{sum(1 for item in back if item is not None)} file(s) back in the inbox")
-    return EXIT_OK
-
-
-def run_status(args: argparse.Namespace) -> int:
-    from ingestd.commands.status import render, report
-
-    config = _load(args, in_service=False)
-    _as_state_owner(config)
-    status = report(config)
-    print(json.dumps(status, indent=2) if args.json else render(status))
-    return EXIT_OK
-
-
-def run_sandbox(args: argparse.Namespace) -> int:
-    from ingestd.sandbox import serve_forever
-
-    def announce(text: str) -> None:
-        print(text, flush=True)
-
-    serve_forever(args.host, args.port, latency_seconds=args.latency_ms / 1000.0, announce=announce)
-    return EXIT_OK
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from ingestd.commands.demo import run_demo as demo
-
-    return demo(keep=args.keep)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -109,7 +109,7 @@ def test_a_probe_that_only_looks_up_a_recent_send_lets_the_next_file_probe(
     for a probe that never ended, for as long as the process ran."""
     daemon = Daemon(load_config(str(make_config(tree, sandbox))))
     try:
-        health = daemon._health_of("leyr")
+        health = daemon.fleet.health("leyr")
         path = tree.inbox / "p_1" / "recent.pdf"
         path.parent.mkdir()
         path.write_bytes(pdf("recent"))
@@ -126,7 +126,7 @@ def test_a_probe_that_only_looks_up_a_recent_send_lets_the_next_file_probe(
 
         assert outcome.result == "deferred"  # it waits for its earlier send to settle
         assert not health.probing  # and another file may probe meanwhile
-        assert daemon.pipeline.health("leyr").admit()[:2] == (True, True)
+        assert daemon.fleet.health("leyr").admit()[:2] == (True, True)
         assert [r.route for r in sandbox.requests()] == ["list"]  # asked; sent nothing
     finally:
         daemon.journal.close()

@@ -6,8 +6,9 @@ import re
 
 import pytest
 
+from ingestd.identifiers import luhn_ok
 from ingestd.rules.language import parse_template
-from ingestd.rules.patients import PatientMap, PatientPattern, luhn_ok, parse_patients
+from ingestd.rules.patients import PatientMap, PatientPattern, parse_patients
 from ingestd.yamlsource import MarkedDict, Report, load
 
 PNR = PatientPattern(

@@ -23,16 +23,16 @@ def test_polled_folders_are_found_by_scans_and_listed_each_cycle(
         (tree.inbox / folder).mkdir(parents=True)
     daemon = Daemon(config)
     try:
-        list(daemon._scan())
+        list(daemon.intake._scan())
         # A subfolder of a polled folder is listed with it, not on its own.
-        assert daemon._polled == {PurePosixPath("p_1/fax"), PurePosixPath("p_2/fax")}
+        assert daemon.intake._polled == {PurePosixPath("p_1/fax"), PurePosixPath("p_2/fax")}
         assert config.watch.settle_for(PurePosixPath("p_1/lab/x.pdf")) == 9
         (tree.inbox / "p_1/fax/old/from-smb.pdf").write_bytes(pdf("smb"))
         (tree.inbox / "p_1/lab/not-polled.pdf").write_bytes(pdf("lab"))
-        daemon._poll_folders()
-        assert len(daemon.settler) == 1
+        daemon.intake.poll_folders()
+        assert len(daemon.intake.settler) == 1
         (tree.inbox / "p_2/fax").rmdir()
-        daemon._poll_folders()
-        assert daemon._polled == {PurePosixPath("p_1/fax")}
+        daemon.intake.poll_folders()
+        assert daemon.intake._polled == {PurePosixPath("p_1/fax")}
     finally:
         daemon.journal.close()

@@ -9,7 +9,15 @@ from collections.abc import Iterable
 
 import pytest
 
-from ingestd.delivery.retrying import Deferred, Delivered, RetryPolicy, backoff_delay, deliver
+from ingestd.delivery.retrying import (
+    Deferred,
+    Delivered,
+    Refused,
+    RetryPolicy,
+    SendCrashed,
+    backoff_delay,
+    deliver,
+)
 from ingestd.targets.base import AuthError, PermanentError, Refusal, TransientError, Upload
 from ingestd.targets.nymbl import TokenRefused
 
@@ -102,9 +110,9 @@ def test_retry_after_is_honoured() -> None:
 
 def test_exhausting_max_sends_defers() -> None:
     target, sleeps = FakeTarget([busy()] * 10), Sleeps()
-    with pytest.raises(Deferred) as info:
-        deliver(target, UPLOAD, policy=RetryPolicy(max_sends=3), sleep=sleeps)
-    deferred = info.value
+    info = deliver(target, UPLOAD, policy=RetryPolicy(max_sends=3), sleep=sleeps)
+    assert isinstance(info, Deferred)
+    deferred = info
     assert deferred.attempts == 3
     assert target.calls == ["send"] * 3
     assert len(sleeps) == 2
@@ -116,11 +124,11 @@ def test_exhausting_max_sends_defers() -> None:
 
 def test_a_long_retry_after_defers_without_sleeping() -> None:
     target, sleeps = FakeTarget([busy(retry_after=120), "doc-1"]), Sleeps()
-    with pytest.raises(Deferred) as info:
-        deliver(target, UPLOAD, sleep=sleeps)
+    info = deliver(target, UPLOAD, sleep=sleeps)
+    assert isinstance(info, Deferred)
     assert sleeps == []
-    assert info.value.retry_in == 120
-    assert info.value.attempts == 1
+    assert info.retry_in == 120
+    assert info.attempts == 1
     assert target.calls == ["send"]
 
 
@@ -146,57 +154,61 @@ def test_unknown_outcome_not_found_is_sent_again() -> None:
 
 def test_unknown_outcome_left_when_sends_run_out_is_reported() -> None:
     target = FakeTarget([lost()] * 5)
-    with pytest.raises(Deferred) as info:
-        deliver(target, UPLOAD, policy=RetryPolicy(max_sends=2), sleep=Sleeps())
-    assert info.value.outcome_unknown is True
-    assert info.value.attempts == 2
+    info = deliver(target, UPLOAD, policy=RetryPolicy(max_sends=2), sleep=Sleeps())
+    assert isinstance(info, Deferred)
+    assert info.outcome_unknown is True
+    assert info.attempts == 2
     assert target.calls == ["send", "find", "send"]
 
 
 def test_a_settled_unknown_outcome_is_not_reported_unknown() -> None:
     target = FakeTarget([lost(), busy()], finds=[None])
-    with pytest.raises(Deferred) as info:
-        deliver(target, UPLOAD, policy=RetryPolicy(max_sends=2), sleep=Sleeps())
-    assert info.value.outcome_unknown is False
+    info = deliver(target, UPLOAD, policy=RetryPolicy(max_sends=2), sleep=Sleeps())
+    assert isinstance(info, Deferred)
+    assert info.outcome_unknown is False
 
 
 def test_find_failing_transiently_defers_with_unknown_outcome() -> None:
     target = FakeTarget([lost()], finds=[busy(retry_after=3)])
-    with pytest.raises(Deferred) as info:
-        deliver(target, UPLOAD, sleep=Sleeps())
-    assert info.value.outcome_unknown is True
-    assert info.value.attempts == 1
-    assert info.value.retry_in == 3
+    info = deliver(target, UPLOAD, sleep=Sleeps())
+    assert isinstance(info, Deferred)
+    assert info.outcome_unknown is True
+    assert info.attempts == 1
+    assert info.retry_in == 3
     assert target.calls == ["send", "find"]
 
 
 def test_permanent_error_after_exactly_one_attempt() -> None:
     target, sleeps = FakeTarget([PermanentError("refused: HTTP 400", 400), "doc-1"]), Sleeps()
-    with pytest.raises(PermanentError) as info:
-        deliver(target, UPLOAD, sleep=sleeps)
-    assert info.value.attempts == 1  # type: ignore[attr-defined]
-    assert info.value.http_status == 400
+    info = deliver(target, UPLOAD, sleep=sleeps)
+    assert isinstance(info, Refused)
+    assert isinstance(info.error, PermanentError)
+    assert info.attempts == 1
+    assert info.error.http_status == 400
     assert target.calls == ["send"]
     assert sleeps == []
 
 
 def test_permanent_error_after_retries_carries_all_attempts() -> None:
     target = FakeTarget([busy(), PermanentError("refused", 422)])
-    with pytest.raises(PermanentError) as info:
-        deliver(target, UPLOAD, sleep=Sleeps())
-    assert info.value.attempts == 2  # type: ignore[attr-defined]
+    info = deliver(target, UPLOAD, sleep=Sleeps())
+    assert isinstance(info, Refused)
+    assert isinstance(info.error, PermanentError)
+    assert info.attempts == 2
 
 
 def test_auth_error_propagates_with_attempts() -> None:
-    with pytest.raises(AuthError) as info:
-        deliver(FakeTarget([AuthError("refused", 401)]), UPLOAD, sleep=Sleeps())
-    assert info.value.attempts == 1  # type: ignore[attr-defined]
+    info = deliver(FakeTarget([AuthError("refused", 401)]), UPLOAD, sleep=Sleeps())
+    assert isinstance(info, Refused)
+    assert isinstance(info.error, AuthError)
+    assert info.attempts == 1
 
 
 def test_token_refused_counts_no_attempt() -> None:
-    with pytest.raises(AuthError) as info:
-        deliver(FakeTarget([TokenRefused("token refused", 400)]), UPLOAD, sleep=Sleeps())
-    assert info.value.attempts == 0  # type: ignore[attr-defined]
+    info = deliver(FakeTarget([TokenRefused("token refused", 400)]), UPLOAD, sleep=Sleeps())
+    assert isinstance(info, Refused)
+    assert isinstance(info.error, AuthError)
+    assert info.attempts == 0
 
 
 def test_unsent_errors_are_not_counted() -> None:
@@ -206,10 +218,10 @@ def test_unsent_errors_are_not_counted() -> None:
 
 def test_a_target_that_never_connects_is_deferred_with_no_attempts() -> None:
     target = FakeTarget([refused()] * 100)
-    with pytest.raises(Deferred) as info:
-        deliver(target, UPLOAD, policy=RetryPolicy(max_sends=2), sleep=Sleeps())
-    assert info.value.attempts == 0
-    assert info.value.outcome_unknown is False
+    info = deliver(target, UPLOAD, policy=RetryPolicy(max_sends=2), sleep=Sleeps())
+    assert isinstance(info, Deferred)
+    assert info.attempts == 0
+    assert info.outcome_unknown is False
     assert target.calls == ["send"] * 4
 
 
@@ -247,17 +259,18 @@ def test_before_send_runs_before_every_send() -> None:
 
 def test_should_stop_defers_instead_of_sleeping() -> None:
     target, sleeps = FakeTarget([busy(), "doc-1"]), Sleeps()
-    with pytest.raises(Deferred) as info:
-        deliver(target, UPLOAD, should_stop=lambda: True, sleep=sleeps)
+    info = deliver(target, UPLOAD, should_stop=lambda: True, sleep=sleeps)
+    assert isinstance(info, Deferred)
     assert sleeps == []
-    assert info.value.attempts == 1
+    assert info.attempts == 1
     assert target.calls == ["send"]
 
 
 def test_an_unexpected_exception_carries_attempts() -> None:
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(SendCrashed) as info:
         deliver(FakeTarget([busy(), RuntimeError("bug")]), UPLOAD, sleep=Sleeps())
-    assert info.value.attempts == 2  # type: ignore[attr-defined]
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert info.value.attempts == 2
 
 
 @pytest.mark.parametrize("failures", range(1, 12))
@@ -284,11 +297,11 @@ def test_a_stop_during_the_backoff_defers_without_sending_again() -> None:
         stopping.append(True)  # the stop event fired while waiting
         return True
 
-    with pytest.raises(Deferred) as info:
-        deliver(target, UPLOAD, should_stop=lambda: bool(stopping), sleep=interrupted_sleep)
+    info = deliver(target, UPLOAD, should_stop=lambda: bool(stopping), sleep=interrupted_sleep)
+    assert isinstance(info, Deferred)
     assert target.calls == ["send"]
-    assert info.value.attempts == 1
-    assert info.value.http_status == 503
+    assert info.attempts == 1
+    assert info.http_status == 503
 
 
 def test_each_retry_is_reported_with_its_delay() -> None:

@@ -8,6 +8,7 @@ the sandbox's own list of stored documents.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -102,7 +103,7 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def run_demo(keep: bool = False) -> int:
+def demo(keep: bool = False) -> int:
     root = Path(tempfile.mkdtemp(prefix="ingestd-demo-"))
     sandbox = Sandbox(port=0, known_patients=KNOWN_PATIENTS).start()
     daemon: subprocess.Popen[bytes] | None = None
@@ -184,3 +185,7 @@ def run_demo(keep: bool = False) -> int:
             _say(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    return demo(keep=args.keep)

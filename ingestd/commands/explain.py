@@ -6,7 +6,9 @@ same decisions (`ingestd.assess`), but claims, uploads and moves nothing.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import os
 import stat
 from collections.abc import Iterator, Mapping
@@ -16,12 +18,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingestd import content
+from ingestd.commands.common import EXIT_OK, UsageError, load
 from ingestd.config.load import Config
 from ingestd.delivery.decide import (
+    Reading,
     Rejected,
     check_before_upload,
     decision_of,
-    evaluate,
+    judge,
+    reading,
     rule_failure,
 )
 from ingestd.names import is_ignored_path
@@ -99,27 +104,23 @@ def explain(config: Config, targets: Mapping[str, Target], rel: PurePosixPath) -
     if not stat.S_ISREG(mode):
         return _failed(result, Rejected("not_a_regular_file", f"is {content.kind_of(mode)}"))
     try:
-        fd, st = content.open_regular(path)
+        with reading(path) as read:
+            return _explain_open(config, targets, rel, read, result)
     except FileNotFoundError:
         result.verdict, result.reason = "skip", "no such file"
         return result
     except content.UnsafeFile as exc:
         return _failed(result, Rejected(exc.kind, exc.message))
-    try:
-        return _explain_open(config, targets, rel, fd, st, result)
-    finally:
-        os.close(fd)
 
 
 def _explain_open(
     config: Config,
     targets: Mapping[str, Target],
     rel: PurePosixPath,
-    fd: int,
-    st: os.stat_result,
+    read: Reading,
     result: Explanation,
 ) -> Explanation:
-    fmt = content.detect_format(fd)
+    fmt, st = read.format, read.stat
     result.format, result.size = fmt or "not recognised", st.st_size
     if st.st_size == 0:
         result.verdict = "wait"
@@ -129,10 +130,7 @@ def _explain_open(
         )
         return result
     try:
-        patient_id, verdict = evaluate(
-            config, rel, fmt, st.st_size,
-            mtime=datetime.fromtimestamp(st.st_mtime, UTC), received=datetime.now(UTC),
-        )  # fmt: skip
+        patient_id, verdict = judge(config, rel, read, received=datetime.now(UTC))
         result.patient_id = patient_id
         lines = config.rule_lines
         result.rules = [
@@ -202,3 +200,17 @@ def render(item: Explanation) -> str:
         )
     lines.append(f"  verdict:    {item.verdict.upper()}: {item.reason}")
     return "\n".join(lines)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    config = load(args, in_service=False)
+    targets = offline_targets(config)
+    try:
+        items = [explain(config, targets, rel) for rel in inbox_paths(config, args.paths)]
+    except NotInInbox as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps([item.to_dict() for item in items], indent=2, ensure_ascii=False))
+    else:
+        print("\n\n".join(render(item) for item in items))
+    return EXIT_OK

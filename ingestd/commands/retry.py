@@ -8,17 +8,19 @@ point: history first, then the file, then the old receipt.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from ingestd import content
+from ingestd.commands.common import EXIT_OK, UsageError, as_state_owner, load
 from ingestd.config.load import Config
 from ingestd.filing.places import free_name, place
-from ingestd.filing.receipts import SUFFIX, read_receipt
+from ingestd.filing.receipts import SUFFIX, Receipt
 from ingestd.journal import Journal
 
 
@@ -56,19 +58,18 @@ def failed_receipts(
 
 def retry_one(config: Config, journal: Journal, receipt_file: Path) -> Retried | None:
     """Put one failed file back; None when its file is already gone (the receipt is removed)."""
-    receipt = read_receipt(receipt_file)
+    receipt = Receipt.read(receipt_file)
     stored = receipt_file.with_name(receipt_file.name[: -len(SUFFIX)])
     if not os.path.lexists(stored):
         receipt_file.unlink()
         return None
-    source = PurePosixPath(str(receipt["source"]))
-    earlier = receipt.pop("history", None) or []
-    history: list[dict[str, Any]] = [*earlier, receipt]
+    source = PurePosixPath(receipt.source)
+    history = [*receipt.history, dataclasses.replace(receipt, history=[]).to_dict()]
     inbox = config.paths.inbox
     folder = inbox / source.parent
     name = source.name if not os.path.lexists(inbox / source) else free_name(folder, source.name)
     back = source.parent / name
-    journal.keep_for_retry(back, _sha256(stored) or str(receipt.get("sha256") or ""), history)
+    journal.keep_for_retry(back, _sha256(stored) or receipt.sha256 or "", history)
     place(stored, inbox / back)
     with contextlib.suppress(FileNotFoundError):
         receipt_file.unlink()
@@ -86,3 +87,23 @@ def _sha256(path: Path) -> str | None:
         return content.sha256_of(fd)[0]
     finally:
         os.close(fd)
+
+
+def run_retry(args: argparse.Namespace) -> int:
+    if not (args.paths or args.patient or args.all):
+        raise UsageError("name failed files, --patient FOLDER or --all")
+    config = load(args, in_service=False)
+    as_state_owner(config)
+    journal = Journal(config.paths.state)
+    try:
+        selected = list(failed_receipts(config, args.paths, args.patient or [], args.all))
+        back = [retry_one(config, journal, receipt) for receipt in selected]
+    except RetryError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        journal.close()
+    for item in back:
+        if item is not None:
+            print(f"failed/{item.failed} -> inbox/{item.inbox}")
+    print(f"{sum(1 for item in back if item is not None)} file(s) back in the inbox")
+    return EXIT_OK

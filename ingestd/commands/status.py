@@ -7,45 +7,19 @@ keyed hashes the log uses.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from ingestd.commands.common import EXIT_OK, as_state_owner, load
 from ingestd.config.load import Config
 from ingestd.inbox.watch import scan
 from ingestd.journal import ACTIVE_STATES, FINAL_STATES, Journal
 from ingestd.observe.logs import load_masker
-
-STATUS_FILE = "status.json"
-STALE_SECONDS = 30.0  # the daemon rewrites it at every watchdog tick (≤ 5 s)
-
-
-def publish(state_dir: Path, status: dict[str, Any]) -> None:
-    """Replace the status file atomically (it is ours alone, so replacing is right here)."""
-    path = state_dir / STATUS_FILE
-    tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(status, sort_keys=True))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # status is a convenience; never stop the daemon over it
-
-
-def _running(state_dir: Path) -> dict[str, Any] | None:
-    try:
-        status = json.loads((state_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(status, dict) or time.time() - status.get("updated_at", 0) > STALE_SECONDS:
-        return None
-    try:
-        os.kill(int(status["pid"]), 0)
-    except (OSError, KeyError, ValueError):
-        return None
-    return status
+from ingestd.observe.statusfile import read_running
 
 
 def report(config: Config) -> dict[str, Any]:
@@ -70,7 +44,7 @@ def report(config: Config) -> dict[str, Any]:
     waiting, oldest_inbox = _inbox(config.paths.inbox)
     now = time.time()
     oldest = min((t for t in (oldest_claimed, oldest_inbox) if t), default=None)
-    daemon = _running(state_dir)
+    daemon = read_running(state_dir)
     return {
         "daemon": "running" if daemon else "not running",
         "healthy": daemon.get("healthy") if daemon else None,
@@ -131,3 +105,11 @@ def _age(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def run_status(args: argparse.Namespace) -> int:
+    config = load(args, in_service=False)
+    as_state_owner(config)
+    status = report(config)
+    print(json.dumps(status, indent=2) if args.json else render(status))
+    return EXIT_OK

@@ -1,8 +1,9 @@
 """The daemon: the main loop that turns hints and scans into claimed files for the workers.
 
-One thread (the caller's) owns the watcher state, the scans and the claiming; worker threads run
-the pipeline for one journal row at a time. `run` is `ingestd run`; `once=True` is `ingestd once`
-(process what is in the inbox now, then return).
+One thread (the caller's) runs the loop: intake (hints, scans, polling, claims), dispatching due
+journal rows to the worker pool, leases and takeover from dead instances, reload, and the
+status it reports (sd_notify, status.json, /metrics). `run` is `ingestd run`; `once=True` is
+`ingestd once` (process what is in the inbox now, then return).
 
 Signals: SIGTERM/SIGINT stop claiming, let in-flight uploads finish within the grace period and
 leave the rest parked in the journal; a second one exits at once (the journal is crash-safe).
@@ -11,45 +12,35 @@ SIGHUP reloads the config: an invalid one is logged and the old one keeps runnin
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
-import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
 from types import FrameType
 
-from ingestd import content
-from ingestd.commands.status import publish
-from ingestd.config.load import Config, ConfigError, load_config
-from ingestd.delivery.decide import Rejected, evaluate
-from ingestd.delivery.health import TargetHealth
-from ingestd.delivery.pipeline import Outcome, Pipeline
+from ingestd.config.load import Config
+from ingestd.daemon.intake import Intake
+from ingestd.daemon.reload import CONFIG_CHECK_EVERY, ConfigWatch, load_new
+from ingestd.daemon.report import publish_status, snapshot, status_line
+from ingestd.daemon.workers import WorkerPool
+from ingestd.delivery.fleet import Fleet
+from ingestd.delivery.pipeline import Pipeline
 from ingestd.filing.places import make_folders
-from ingestd.inbox.claims import WORK_DIR, Claimer, instance_id
-from ingestd.inbox.watch import INBOX_ROOT, Hints, Observation, Ready, Settler, scan
-from ingestd.journal import ACTIVE_STATES, FINAL_STATES, Journal, Row
-from ingestd.names import is_ignored_path
+from ingestd.inbox.claims import Claimer, instance_id
+from ingestd.journal import Journal, Row
 from ingestd.observe import notify
 from ingestd.observe.logs import event, load_masker
 from ingestd.observe.metrics import Metrics, MetricsServer, Snapshot, start_server
-from ingestd.observe.notify import watchdog_interval
-from ingestd.targets import make_target
-from ingestd.targets.base import Target
 
 log = logging.getLogger("ingestd.daemon")
 
-SCAN_SLICE = 500  # paths listed per loop turn, so uploads start while a big inbox is listed
 SHUTDOWN_GRACE_SECONDS = 30.0
-CONFIG_CHECK_EVERY = 2.0
 LEASE_TOUCH_EVERY = 10.0  # well inside any sensible claim lease
-POLL_EVERY = 2.0
-ONCE_PATIENCE_SECONDS = 30.0  # folders on network shares, listed this often
+POLL_EVERY = 2.0  # folders on network shares, listed this often
+ONCE_PATIENCE_SECONDS = 30.0
+PARKED_STATES = ("claiming", "claimed", "uploading", "uploaded", "rejected")
 
 
 @dataclass
@@ -71,55 +62,41 @@ class Daemon:
         self.masker = load_masker(state_dir)
         self.claimer = Claimer(paths.inbox, self.journal, instance_id(state_dir), self.masker)
         self.claimer.prepare()
-        self._targets: dict[str, Target] = {}
-        self._health: dict[str, TargetHealth] = {}
-        self._build_targets(config)
+        self.fleet = Fleet(on_up=self._target_up)
+        self.fleet.build(config.targets)
         self.stopping = threading.Event()
         self._stop_requests = 0
         self._reload_requested = False
-        self._config_stamp = _stamp(config.file)
-        self._config_checked_at = time.monotonic()
+        self._config_watch = ConfigWatch(config.file)
         self.metrics = Metrics()
         self.metrics.watch(self.snapshot)
         self._metrics_server: MetricsServer | None = None
-        self.hints = Hints()
-        self.settler = Settler(
-            paths.inbox,
-            settle_for=lambda rel: self._config.watch.settle_for(rel),
-            empty_fail_seconds=config.watch.empty_fail_seconds,
-            unknown_type_grace_seconds=config.watch.unknown_type_grace_seconds,
+        self.intake = Intake(
+            lambda: self._config, self.claimer, self.journal, self.masker, config.watch.poll
         )
-        self.observation = Observation(paths.inbox, self.hints, poll=config.watch.poll)
         self.pipeline = Pipeline(
             config=lambda: self._config,
             journal=self.journal,
             claimer=self.claimer,
-            targets=lambda: self._targets,
-            health=self._health_of,
+            fleet=self.fleet,
             masker=self.masker,
             stopping=self.stopping,
-            target_up=self._target_up,
             metrics=self.metrics,
         )
-        self._work: queue.Queue[tuple[Row, bool] | None] = queue.Queue()
-        self._finished: queue.Queue[Outcome] = queue.Queue()
-        self._lock = threading.Lock()
-        self._watchdog_every = watchdog_interval()
-        self._in_flight: set[int] = set()
-        self._ready: collections.deque[Ready] = collections.deque()
-        self._ready_paths: set[PurePosixPath] = set()  # what _ready holds, so never twice
+        self.workers = WorkerPool(
+            self.capacity,
+            lambda: self.capacity,
+            self.pipeline.process,
+            self.journal,
+            self.masker,
+            self.intake.hints.wake,
+        )
+        self._watchdog_every = notify.watchdog_interval()
         self._resumed: set[int] = set()
-        self._scans: list[tuple[Iterator[PurePosixPath], bool]] = []  # (scan, whole inbox)
-        self._last_full_scan: float | None = None  # wall clock when one last ended
-        self._started = time.time()
+        self.started = time.time()
         self._last_progress = time.monotonic()  # `once` gives up on waits only after none
-        self._polled: set[PurePosixPath] = set()
         self._journal_check_at = 0.0
         self.summary = Summary()
-        self._workers = [
-            threading.Thread(target=self._worker, name=f"ingestd-worker-{n}", daemon=True)
-            for n in range(self.capacity)
-        ]
 
     @property
     def config(self) -> Config:
@@ -132,26 +109,11 @@ class Daemon:
         # waits for local work.
         return 2 * sum(t.concurrency for t in self._config.targets.values()) + 2
 
-    def _build_targets(self, config: Config) -> None:
-        targets = {}
-        for name, settings in config.targets.items():
-            current = self._targets.get(name)
-            if current is not None and self._config.targets.get(name) == settings:
-                targets[name] = current
-                continue
-            # New or changed (fixed credentials, say): a fresh start, not the old pause.
-            targets[name] = make_target(settings)
-            self._health[name] = TargetHealth(name, settings.concurrency)
-        self._targets = targets
-
-    def _health_of(self, name: str) -> TargetHealth:
-        return self._health[name]
-
     def _target_up(self, name: str) -> None:
         """A target answers again (worker thread): its waiting files may go at once."""
         self.journal.make_due()
         self._journal_check_at = 0.0
-        self.hints.wake.set()
+        self.intake.hints.wake.set()
 
     # --- signals ---------------------------------------------------------------------------
 
@@ -166,51 +128,14 @@ class Daemon:
             # Second signal: leave now. Every claimed file is parked in the journal.
             os._exit(0)
         self.stopping.set()
-        self.hints.wake.set()
+        self.intake.hints.wake.set()
 
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:
         self._reload_requested = True
-        self.hints.wake.set()
+        self.intake.hints.wake.set()
 
     def request_stop(self) -> None:
         self._on_stop(signal.SIGTERM, None)
-
-    # --- workers ---------------------------------------------------------------------------
-
-    def _worker(self) -> None:
-        while True:
-            item = self._work.get()
-            if item is None:
-                return
-            row, resumed = item
-            try:
-                outcome = self.pipeline.process(row, resumed=resumed)
-            except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker
-                # Only the type: messages of OS errors can carry a path (patient data).
-                event(
-                    log,
-                    logging.ERROR,
-                    "worker_error",
-                    file=self.masker.path(row.source),
-                    error=type(exc).__name__,
-                )
-                self.journal.update(row.id, next_attempt_at=time.time() + 30)
-                outcome = Outcome("deferred", row.source)
-            self._finished.put(outcome)
-            with self._lock:
-                self._in_flight.discard(row.id)
-            self.hints.wake.set()
-
-    def _submit(self, row: Row) -> None:
-        with self._lock:
-            self._in_flight.add(row.id)
-        resumed = row.id in self._resumed
-        self._resumed.discard(row.id)
-        self._work.put((row, resumed))
-
-    def _free(self) -> int:
-        with self._lock:
-            return self.capacity - len(self._in_flight)
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -220,15 +145,14 @@ class Daemon:
         known = {row.work for row in self.journal.active()}
         for orphan in self.claimer.orphans(known):
             self.claimer.return_orphan(orphan)
-        for worker in self._workers:
-            worker.start()
+        self.workers.start()
         if not self.once:
-            self.observation.start()
+            self.intake.observation.start()
             if self._config.metrics_listen is not None:
                 self._metrics_server = start_server(
                     self._config.metrics_listen, self.metrics, self.snapshot
                 )
-        self._scans.append((self._scan(), True))
+        self.intake.scan_all()
         next_scan = time.monotonic() + self._config.watch.scan_interval_seconds
         last_watchdog = 0.0
         next_poll = time.monotonic() + POLL_EVERY
@@ -240,33 +164,28 @@ class Daemon:
             logging.INFO,
             "started",
             mode="once" if self.once else "run",
-            targets=len(self._targets),
+            targets=len(self.fleet),
             rules=len(self._config.rules),
         )
         while not self.stopping.is_set():
-            if self._reload_requested or self._config_changed():
+            if self._reload_requested or self._config_watch.changed():
                 self._reload()
-            self._take_hints()
-            self._advance_scans()
-            for rel in list(self.settler.due_paths()):
-                ready = self.settler.look(rel)
-                if ready is not None and rel not in self._ready_paths:
-                    self._ready.append(ready)
-                    self._ready_paths.add(rel)
+            self.intake.take_hints()
+            self.intake.advance_scans()
+            self.intake.look()
             self._dispatch()
             self._collect()
             now = time.monotonic()
             if not self.once:
                 if now >= next_scan:
-                    if self.observation.ensure_alive() or not self._scans:
-                        self._scans.append((self._scan(), True))
+                    self.intake.periodic_scan()
                     next_scan = now + self._config.watch.scan_interval_seconds
                 if now - last_watchdog >= self._watchdog_every:
                     notify.notify("WATCHDOG=1", self._status_line())
                     self._publish_status()
                     last_watchdog = now
                 if now >= next_poll:
-                    self._poll_folders()
+                    self.intake.poll_folders()
                     next_poll = now + POLL_EVERY
                 if now >= next_lease:
                     self._keep_lease()
@@ -278,126 +197,31 @@ class Daemon:
 
     def _keep_lease(self) -> None:
         """Renew this instance's lease and take over claims of instances gone past theirs."""
-        if self.observation.ensure_alive():
-            self._scans.append((self._scan(), True))  # what happened while it was down
+        self.intake.rescan_if_restarted()
         for other in self.claimer.stale_instances(self._config.watch.claim_lease_seconds):
             for row in self.claimer.take_over(other):
                 self._resumed.add(row.id)
         self._journal_check_at = 0.0
 
-    def _scan(self, start: PurePosixPath = INBOX_ROOT) -> Iterator[PurePosixPath]:
-        return scan(self._config.paths.inbox, start, on_folder=self._saw_folder)
-
-    def _saw_folder(self, rel: PurePosixPath) -> None:
-        """Remember folders that must be polled (a share written by other machines)."""
-        if self._config.watch.poll_for(rel) and not any(p in self._polled for p in rel.parents):
-            self._polled.add(rel)
-
-    def _poll_folders(self) -> None:
-        """inotify sees nothing that other clients of an NFS/SMB mount write: list those folders
-        every POLL_EVERY seconds instead."""
-        inbox = self._config.paths.inbox
-        for folder in sorted(self._polled):
-            if not self._config.watch.poll_for(folder) or not (inbox / folder).is_dir():
-                self._polled.discard(folder)  # gone, or no longer polled after a reload
-                continue
-            for rel in scan(inbox, folder):
-                self.settler.notice(rel)
-
-    def _take_hints(self) -> None:
-        inbox = self._config.paths.inbox
-        paths, folders = self.hints.drain()
-        for raw in paths | folders:
-            rel = _relative(inbox, raw)
-            if rel is None or is_ignored_path(rel):
-                continue
-            if raw in folders:
-                self._scans.append((self._scan(rel), False))
-            else:
-                self.settler.notice(rel)
-
-    def _advance_scans(self) -> None:
-        budget = SCAN_SLICE
-        while self._scans and budget > 0:
-            try:
-                rel = next(self._scans[0][0])
-            except StopIteration:
-                if self._scans.pop(0)[1]:
-                    self._last_full_scan = time.time()
-                continue
-            self.settler.notice(rel)
-            budget -= 1
-        if self._scans:
-            self.hints.wake.set()  # more to list: come straight back
-
     def _dispatch(self) -> None:
         now = time.time()
         if now >= self._journal_check_at:
-            with self._lock:
-                busy = set(self._in_flight)
-            for row in self.journal.due(now, busy)[: max(self._free(), 0)]:
+            for row in self.journal.due(now, self.workers.busy())[: max(self.workers.free(), 0)]:
                 self._submit(row)
-            with self._lock:
-                busy = set(self._in_flight)
             # `is None`, not `or`: 0.0 (due since always: taken over, resumed, made due by a
             # reload or a target coming back) is a time, and the most urgent one.
-            next_due = self.journal.next_due_time(busy)
+            next_due = self.journal.next_due_time(self.workers.busy())
             self._journal_check_at = now + 3600 if next_due is None else next_due
-        while self._ready and self._free() > 0 and not self.stopping.is_set():
-            ready = self._ready.popleft()
-            self._ready_paths.discard(ready.rel)
-            if self._ignores(ready):
-                self.settler.hold(ready.rel)
-                continue
-            claimed = self.claimer.claim(ready)
-            if claimed is None:
-                self.settler.notice(ready.rel)
-                continue
-            if ready.empty_expired:
-                claimed = self.journal.change(
-                    claimed,
-                    size=0,
-                    state="rejected",
-                    error={
-                        "kind": "empty",
-                        "message": "the file stayed empty (0 bytes); the scanner or fax software "
-                        "did not write it: scan the document again",
-                    },
-                )
+        for claimed in self.intake.claim(self.workers.free, self.stopping.is_set):
             self._submit(claimed)
 
-    def _ignores(self, ready: Ready) -> bool:
-        """Whether a rule says to leave this file alone: judged before claiming, so an
-        ignored file is never moved. Anything else (including errors) is the pipeline's."""
-        config = self._config
-        if ready.snapshot is None or not any(rule.action == "ignore" for rule in config.rules):
-            return False
-        try:
-            fd, st = content.open_regular(config.paths.inbox / ready.rel)
-        except (OSError, content.UnsafeFile):
-            return False
-        try:
-            fmt = ready.format if ready.format is not None else content.detect_format(fd)
-            _, verdict = evaluate(
-                config, ready.rel, fmt, st.st_size,
-                mtime=datetime.fromtimestamp(st.st_mtime, UTC),
-                received=datetime.fromtimestamp(ready.received, UTC),
-            )  # fmt: skip
-        except Rejected:
-            return False
-        finally:
-            os.close(fd)
-        ignored = verdict.decision is not None and verdict.decision.action == "ignore"
-        if ignored:
-            event(log, logging.INFO, "file_ignored", file=self.masker.path(ready.rel))
-        return ignored
+    def _submit(self, row: Row) -> None:
+        resumed = row.id in self._resumed
+        self._resumed.discard(row.id)
+        self.workers.submit(row, resumed)
 
     def _collect(self) -> None:
-        while True:
-            try:
-                outcome = self._finished.get_nowait()
-            except queue.Empty:
-                return
+        for outcome in self.workers.outcomes():
             if outcome.result in ("deferred", "released", "gone"):
                 self._journal_check_at = 0.0  # a new due time may have been set
             if outcome.result in ("done", "failed"):
@@ -407,31 +231,29 @@ class Daemon:
             elif outcome.result == "failed":
                 self.summary.failed += 1
             elif outcome.result == "ignored":
-                self.settler.hold(outcome.rel)
+                self.intake.hold(outcome.rel)
             elif outcome.result == "released":
-                self.settler.notice(outcome.rel)
+                self.intake.notice(outcome.rel)
 
     def _sleep(self, next_scan: float) -> None:
         now = time.monotonic()
         deadline = next_scan if not self.once else now + 1.0
-        due = self.settler.next_due()
+        due = self.intake.settler.next_due()
         if due is not None:
             deadline = min(deadline, due)
         deadline = min(deadline, now + CONFIG_CHECK_EVERY, now + self._watchdog_every)
-        if self._free() > 0:
+        if self.workers.free() > 0:
             # With every worker busy, a finishing worker wakes the loop; due rows wait for it.
             deadline = min(deadline, self._journal_check_at - time.time() + now)
-            if self._ready:
+            if self.intake.has_ready():
                 deadline = now
-        self.hints.wake.wait(max(0.0, deadline - now))
-        self.hints.wake.clear()
+        wake = self.intake.hints.wake
+        wake.wait(max(0.0, deadline - now))
+        wake.clear()
 
     def _once_finished(self) -> bool:
-        if self._scans or self._ready or self.settler.busy():
+        if self.intake.busy() or len(self.workers):
             return False
-        with self._lock:
-            if self._in_flight:
-                return False
         # A short wait (a retry backoff, a probe, an unknown outcome settling) is seen through;
         # a longer one (an outage) leaves the file waiting for the next run.
         next_due = self.journal.next_due_time(set())
@@ -439,110 +261,32 @@ class Daemon:
             return True
         return time.monotonic() - self._last_progress > ONCE_PATIENCE_SECONDS
 
+    # --- what it reports -------------------------------------------------------------------
+
     def snapshot(self) -> Snapshot:
         """The daemon's state for /metrics, /healthz and `ingestd status` (any thread)."""
-        now = time.time()
-        files: dict[str, int] = dict.fromkeys(("waiting", *ACTIVE_STATES, *FINAL_STATES), 0)
-        files.update(self.journal.counts())
-        files["waiting"] = len(self.settler) + len(self._ready)
-        oldest = [t for t in (self.settler.oldest_wall(), self.journal.oldest_active()) if t]
-        scan_age = None if self._last_full_scan is None else now - self._last_full_scan
-        limit = 2 * self._config.watch.scan_interval_seconds + 30
-        problem = ""
-        if not self.once and not self.observation.alive():
-            problem = "the inbox observer is not running"
-        elif (scan_age if scan_age is not None else now - self._started) > limit:
-            problem = "no full inbox scan finished recently"
-        targets = {
-            name: {
-                "up": health.up,
-                "misconfigured": health.misconfigured,
-                "paused_until": health.paused_until or None,
-                "reason": health.reason or None,
-            }
-            for name, health in self._health.items()
-            if name in self._targets
-        }
-        return Snapshot(
-            files=files,
-            oldest_waiting_seconds=now - min(oldest) if oldest else 0.0,
-            last_scan_age_seconds=scan_age,
-            targets=targets,
-            healthy=not problem,
-            problem=problem,
-        )
+        return snapshot(self)
 
     def _publish_status(self) -> None:
-        """status.json in the state folder, for `ingestd status` (another process)."""
-        snap = self.snapshot()
-        publish(
-            self._config.paths.state.parent,
-            {
-                "pid": os.getpid(),
-                "instance": self.claimer.instance,
-                "started_at": self._started,
-                "updated_at": time.time(),
-                "healthy": snap.healthy,
-                "problem": snap.problem or None,
-                "waiting": snap.files["waiting"],
-                "in_progress": len(self._in_flight),
-                "last_scan_age_seconds": snap.last_scan_age_seconds,
-                "targets": snap.targets,
-            },
-        )
+        publish_status(self)
 
     def _status_line(self) -> str:
-        counts = self.journal.counts()
-        waiting = len(self.settler) + len(self._ready)
-        return (
-            f"STATUS=waiting {waiting}, in progress {len(self._in_flight)}, "
-            f"done {counts.get('done', 0)}, failed {counts.get('failed', 0)}"
-        )
+        return status_line(self)
 
-    def _config_changed(self) -> bool:
-        """Whether the config file changed since it was last loaded (looked at every 2 s)."""
-        now = time.monotonic()
-        if now < self._config_checked_at + CONFIG_CHECK_EVERY:
-            return False
-        self._config_checked_at = now
-        stamp = _stamp(self._config.file)
-        if stamp == self._config_stamp:
-            return False
-        self._config_stamp = stamp
-        return True
+    # --- reload and shutdown ---------------------------------------------------------------
 
     def _reload(self) -> None:
         self._reload_requested = False
-        self._config_stamp = _stamp(self._config.file)
+        self._config_watch.loading()
         notify.notify("RELOADING=1", notify.monotonic_usec())
-        try:
-            config = load_config(self._config.file)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("event=reload_refused problem=%s", _one_line(str(problem)))
-            event(
-                log,
-                logging.ERROR,
-                "reload_refused",
-                problems=len(exc.problems),
-                action="the previous config keeps running; fix the file and reload again",
-            )
-        else:
-            if config.paths != self._config.paths:
-                event(
-                    log,
-                    logging.WARNING,
-                    "reload_paths_ignored",
-                    action="changing paths needs a restart",
-                )
-                config = _with_paths(config, self._config)
-            with self.pipeline.reloading:
-                self._build_targets(config)
+        config = load_new(self._config)
+        if config is not None:
+            with self.fleet.reloading:
+                self.fleet.build(config.targets)
                 self._config = config
                 # Waiting files get another chance at once under the new config.
                 self.journal.make_due()
-            self.settler.empty_fail_seconds = config.watch.empty_fail_seconds
-            self.settler.unknown_type_grace_seconds = config.watch.unknown_type_grace_seconds
+            self.intake.reconfigure(config)
             self._journal_check_at = 0.0
             event(
                 log, logging.INFO, "reloaded", targets=len(config.targets), rules=len(config.rules)
@@ -551,8 +295,7 @@ class Daemon:
 
     def _shutdown(self) -> Summary:
         notify.notify("STOPPING=1")
-        with self._lock:
-            in_flight = len(self._in_flight)
+        in_flight = len(self.workers)
         if in_flight and not self.once:
             event(
                 log,
@@ -562,26 +305,17 @@ class Daemon:
                 grace_seconds=SHUTDOWN_GRACE_SECONDS,
                 action="a second signal stops at once",
             )
-        self.observation.stop()
+        self.intake.observation.stop()
         if self._metrics_server is not None:
             self._metrics_server.stop()
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._in_flight:
-                    break
-            self.hints.wake.wait(0.2)
+        while time.monotonic() < deadline and len(self.workers):
+            self.intake.hints.wake.wait(0.2)
             self._collect()
         self._collect()
-        for _ in self._workers:
-            self._work.put(None)
-        with self._lock:
-            parked = len(self._in_flight)
+        self.workers.stop()
         counts = self.journal.counts()
-        self.summary.waiting = parked + sum(
-            counts.get(state, 0)
-            for state in ("claiming", "claimed", "uploading", "uploaded", "rejected")
-        )
+        self.summary.waiting = len(self.workers) + sum(counts.get(s, 0) for s in PARKED_STATES)
         event(
             log,
             logging.INFO,
@@ -590,36 +324,5 @@ class Daemon:
             failed=self.summary.failed,
             waiting=self.summary.waiting,
         )
-        for target in self._targets.values():
-            target.close()
+        self.fleet.close()
         return self.summary
-
-
-def _stamp(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _relative(inbox: Path, raw: str) -> PurePosixPath | None:
-    try:
-        rel = PurePosixPath(os.path.relpath(raw, inbox))
-    except ValueError:
-        return None
-    if rel.parts and (rel.parts[0] == ".." or rel == PurePosixPath(".")):
-        return None
-    if rel.parts[: len(WORK_DIR.parts)] == WORK_DIR.parts:
-        return None
-    return rel
-
-
-def _one_line(text: str) -> str:
-    return text.replace("\n", " ")
-
-
-def _with_paths(config: Config, old: Config) -> Config:
-    import dataclasses
-
-    return dataclasses.replace(config, paths=old.paths)

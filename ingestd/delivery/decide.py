@@ -1,15 +1,21 @@
-"""What ingestd decides about one file: its patient, its rule, and the checks before any upload.
+"""What ingestd decides about one file: reading it (one descriptor, typed by content), its
+patient, its rule, and the checks before any upload.
 
-Shared by the pipeline (a real upload) and `ingestd explain` (no side effects), so what explain
-shows is what an upload then does.
+Shared by the daemon's intake (an `ignore` rule is judged before claiming), the pipeline (a real
+upload) and `ingestd explain` (no side effects), so what explain shows is what an upload does.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from pathlib import PurePosixPath
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ingestd import content
 from ingestd.config.load import Config
 from ingestd.names import patient_folder
 from ingestd.rules.language import Decision, Facts, Verdict, decide
@@ -63,6 +69,46 @@ def evaluate(
         rel_path=rel, patient_id=patient_id, format=fmt, size=size, mtime=mtime, received=received
     )
     return patient_id, decide(config.rules, facts)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A file opened for deciding: its one descriptor, what `fstat` said, its detected type."""
+
+    fd: int
+    stat: os.stat_result
+    format: str
+
+
+def open_reading(path: Path, known_format: str | None = None) -> Reading:
+    """Open `path` safely (content.open_regular: raises OSError or UnsafeFile) and type it by
+    content, unless the type is already known (detected when the file settled). The caller
+    closes `fd`."""
+    fd, st = content.open_regular(path)
+    try:
+        fmt = known_format if known_format is not None else content.detect_format(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Reading(fd, st, fmt)
+
+
+@contextlib.contextmanager
+def reading(path: Path, known_format: str | None = None) -> Iterator[Reading]:
+    """`open_reading` for a `with` block that closes the descriptor."""
+    read = open_reading(path, known_format)
+    try:
+        yield read
+    finally:
+        os.close(read.fd)
+
+
+def judge(
+    config: Config, rel: PurePosixPath, read: Reading, received: datetime
+) -> tuple[str, Verdict]:
+    """`evaluate` for a file being read: its size and mtime from the descriptor."""
+    mtime = datetime.fromtimestamp(read.stat.st_mtime, UTC)
+    return evaluate(config, rel, read.format, read.stat.st_size, mtime=mtime, received=received)
 
 
 def decision_of(verdict: Verdict) -> Decision:

@@ -1,7 +1,7 @@
 """The pipeline: what happens to one claimed file, from reading it to its receipt.
 
     read (one descriptor) → decide (rules, recorded in the journal) → local checks →
-    deliver (retrying) → file into done/ or failed/ with a receipt
+    send (delivery.send) → file into done/ or failed/ with a receipt (filing.filer)
 
 Each step commits its state to the journal before the side effect that follows, so `process`
 can be called again on any row after a crash and carries on where it stopped.
@@ -10,53 +10,40 @@ can be called again on any row after a crash and carries on where it stopped.
 from __future__ import annotations
 
 import contextlib
-import errno
-import functools
 import logging
 import os
-import pwd
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 from ingestd import content
 from ingestd.config.load import Config
 from ingestd.delivery.decide import (
+    Reading,
     Rejected,
     check_before_upload,
     decision_of,
-    evaluate,
+    judge,
+    open_reading,
     rule_failure,
 )
-from ingestd.delivery.health import TargetHealth
-from ingestd.delivery.retrying import Deferred, RetryPolicy, deliver
-from ingestd.filing.places import free_name, place
-from ingestd.filing.receipts import receipt_path, utc_now, write_receipt
+from ingestd.delivery.fleet import Fleet
+from ingestd.delivery.retrying import Delivered, RetryPolicy
+from ingestd.delivery.send import RETRY_SOON_SECONDS, Sender
+from ingestd.filing.filer import Filer
 from ingestd.inbox.claims import Claimer
 from ingestd.journal import Journal, Row
 from ingestd.names import valid_text
 from ingestd.observe.logs import Masker, event
 from ingestd.observe.metrics import Metrics
 from ingestd.rules.language import Decision
-from ingestd.targets.base import (
-    AuthError,
-    PermanentError,
-    Target,
-    TargetError,
-    TransientError,
-    Upload,
-)
+from ingestd.targets.base import Upload
 
 log = logging.getLogger("ingestd.pipeline")
-
-FILING_RETRY_SECONDS = 5.0  # a full or read-only disk: one cheap try every few seconds
-MAX_NAME_TRIES = 100
-PROBE_POLICY = RetryPolicy(max_sends=1)
-UNKNOWN_OUTCOME_WAIT_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -67,29 +54,30 @@ class Outcome:
     rel: PurePosixPath
 
 
-@dataclass
 class Pipeline:
-    config: Callable[[], Config]
-    journal: Journal
-    claimer: Claimer
-    targets: Callable[[], dict[str, Target]]
-    health: Callable[[str], TargetHealth]
-    masker: Masker
-    stopping: threading.Event
-    target_up: Callable[[str], None] = lambda name: None  # the backlog of `name` may go now
-    # Held by a reload while it swaps targets and makes waiting files due.
-    reloading: threading.Lock = field(default_factory=threading.Lock)
-    metrics: Metrics = field(default_factory=Metrics)
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-    # Destination folders that failed: logged once per spell of trouble, under _filing_lock.
-    _filing_trouble: set[PurePosixPath] = field(default_factory=set)
-    _filing_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def inbox(self) -> Path:
-        return self.config().paths.inbox
-
-    # --- one file --------------------------------------------------------------------------
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        journal: Journal,
+        claimer: Claimer,
+        fleet: Fleet,
+        masker: Masker,
+        stopping: threading.Event,
+        metrics: Metrics,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.claimer = claimer
+        self.fleet = fleet
+        self.masker = masker
+        self.sender = Sender(journal, fleet, masker, metrics, stopping, policy or RetryPolicy())
+        self.filer = Filer(
+            inbox=lambda: config().paths.inbox,
+            roots=lambda: (config().paths.done, config().paths.failed),
+            journal=journal,
+            masker=masker,
+        )
 
     def process(self, row: Row, resumed: bool = False) -> Outcome:
         if row.state in ("uploaded", "rejected"):
@@ -97,16 +85,13 @@ class Pipeline:
         wait = self._target_wait(row)
         if wait is not None:
             # Its target is paused: do not even read the file (an outage can hold thousands).
-            self.journal.update(row.id, next_attempt_at=wait)
-            return Outcome("deferred", row.source)
-        work = self.inbox / row.work
+            return self._defer(row, wait)
         try:
-            fd, before = content.open_regular(work)
+            read = open_reading(self.config().paths.inbox / row.work, row.format)
         except FileNotFoundError:
             if not self.claimer.work_folder_present():
                 # The inbox share is gone (unmounted, offline): wait for it, forget nothing.
-                self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
-                return Outcome("deferred", row.source)
+                return self._defer(row, time.time() + RETRY_SOON_SECONDS)
             # Taken over by another instance after our lease ran out, or removed by hand.
             event(log, logging.WARNING, "claimed_file_missing", file=self.masker.path(row.source))
             self.journal.delete(row.id)
@@ -114,41 +99,33 @@ class Pipeline:
         except content.UnsafeFile as exc:
             return self._reject(row, Rejected(exc.kind, f"{row.source.name} {exc.message}"))
         try:
-            return self._process_open(row, fd, before, resumed)
+            return self._process_open(row, read, resumed)
         except Rejected as exc:
-            return self._reject(row, exc, content.StreamedDigest(fd))
+            return self._reject(row, exc, content.StreamedDigest(read.fd))
         finally:
-            os.close(fd)
+            os.close(read.fd)
 
     def _target_wait(self, row: Row) -> float | None:
         name = (row.decision or {}).get("target")
         if not name or row.decision is None or row.decision.get("action") != "upload":
             return None
         try:
-            return self.health(str(name)).waiting_until()
+            return self.fleet.health(str(name)).waiting_until()
         except KeyError:
             return None
 
-    def _process_open(self, row: Row, fd: int, before: os.stat_result, resumed: bool) -> Outcome:
+    def _process_open(self, row: Row, read: Reading, resumed: bool) -> Outcome:
         # The hash is taken while the upload reads the file (Upload.sha256), not beforehand.
-        size = before.st_size
-        # Detected when the file settled (same inode, size and mtime), or now.
-        fmt = row.format if row.format is not None else content.detect_format(fd)
+        before, fd = read.stat, read.fd
         if row.decision is None:
-            patient_id, verdict = evaluate(
-                self.config(),
-                row.source,
-                fmt,
-                size,
-                mtime=datetime.fromtimestamp(before.st_mtime, UTC),
-                received=datetime.fromisoformat(row.received_at.replace("Z", "+00:00")),
-            )
+            received = datetime.fromisoformat(row.received_at.replace("Z", "+00:00"))
+            patient_id, verdict = judge(self.config(), row.source, read, received)
             decision = decision_of(verdict)
             row = self.journal.change(
                 row,
                 state="claimed",
-                size=size,
-                format=fmt,
+                size=before.st_size,
+                format=read.format,
                 patient_id=patient_id,
                 decision=decision.to_dict(),
             )
@@ -160,23 +137,22 @@ class Pipeline:
                 event(
                     log, logging.WARNING, "claimed_file_changed", file=self.masker.path(row.source)
                 )
-                row = self.journal.change(row, sha256=None, size=size)
+                row = self.journal.change(row, sha256=None, size=before.st_size)
         if _changed_since(before, fd):
             return self._changed(row)
         if decision.action == "ignore":
             return self._ignore(row)
         if decision.action == "fail":
             raise rule_failure(decision)
-        target = self.targets().get(decision.target)
+        target = self.fleet.get(decision.target)
         if target is None:
             event(log, logging.ERROR, "target_missing", target=decision.target)
-            self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
-            return Outcome("deferred", row.source)
+            return self._defer(row, time.time() + RETRY_SOON_SECONDS)
         upload = Upload(
             patient_id=patient_id,
             file_name=valid_text(row.source.name),
-            mime=fmt,
-            size=size,
+            mime=read.format,
+            size=before.st_size,
             known_sha256=row.sha256,
             title=decision.title,
             doc_type=decision.doc_type,
@@ -184,111 +160,23 @@ class Pipeline:
             fd=fd,
         )
         check_before_upload(target, upload)
-        return self._deliver(row, target, upload, resumed, before)
-
-    def _deliver(
-        self, row: Row, target: Target, upload: Upload, resumed: bool, before: os.stat_result
-    ) -> Outcome:
-        health = self.health(target.name)
-        go, probe, wait_until = health.admit()
-        if not go:
-            self.journal.update(row.id, next_attempt_at=wait_until)
+        result = self.sender.send(row, target, upload, resumed)
+        if isinstance(result, Rejected):
+            return self._reject(row, result, upload.digest)
+        if result is None:
             return Outcome("deferred", row.source)
-        try:
-            return self._send(row, target, upload, resumed, before, health, probe)
-        finally:
-            if probe:
-                # Whatever happened — an answer (succeeded/failed already ended the probe), a
-                # look-up too early to resend, an error of ours — this file's probe is over;
-                # a probe nobody holds would hold the target's whole backlog for good.
-                health.released()
+        return self._uploaded(row, result, upload, before)
 
-    def _send(
-        self,
-        row: Row,
-        target: Target,
-        upload: Upload,
-        resumed: bool,
-        before: os.stat_result,
-        health: TargetHealth,
-        probe: bool,
+    def _uploaded(
+        self, row: Row, delivered: Delivered, upload: Upload, before: os.stat_result
     ) -> Outcome:
-        sends = 0
-
-        def before_send() -> None:
-            nonlocal sends
-            sends += 1
-            self.journal.update(
-                row.id, state="uploading", attempts=row.attempts + sends, sent_at=time.time()
-            )
-
-        def retrying(error: TransientError, delay: float) -> None:
-            self.metrics.retried(target.name)
-            event(
-                log,
-                logging.WARNING,
-                "upload_retry",
-                file=self.masker.path(row.source),
-                target=target.name,
-                http_status=error.http_status,
-                reason=error.message,
-                retry_in=round(delay, 1),
-            )
-
-        reconcile = resumed or row.state == "uploading" or row.outcome_unknown
-        if reconcile and row.sent_at is not None:
-            early = self._too_early_to_resend(row, target, upload, health)
-            if early is not None:
-                return early
-        started = time.monotonic()
-
-        def finished(outcome: str, size: int = 0) -> None:
-            self.metrics.finished(target.name, outcome, time.monotonic() - started, size)
-
-        with health.slots:
-            try:
-                delivered = deliver(
-                    target,
-                    upload,
-                    # A probe of a paused target sends once: the backoff lives in TargetHealth.
-                    policy=PROBE_POLICY if probe else self.policy,
-                    reconcile_first=reconcile,
-                    before_send=before_send,
-                    # Once another file has found the target down, stop retrying and wait.
-                    should_stop=self.stopping.is_set
-                    if probe
-                    else lambda: self.stopping.is_set() or not health.up,
-                    sleep=self._pause,
-                    on_retry=retrying,
-                )
-            except Deferred as exc:
-                finished("deferred")
-                return self._wait(row, target, health, exc)
-            except AuthError as exc:
-                finished("credentials_refused")
-                return self._refused_credentials(row, target, health, exc)
-            except PermanentError as exc:
-                finished("rejected")
-                self._target_answered(health)
-                row = self.journal.change(row, attempts=row.attempts + _attempts(exc))
-                kind = exc.kind if exc.kind in ("patient_not_found", "unreadable") else "rejected"
-                rejected = Rejected(kind, _rejection_message(exc), exc.http_status)
-                return self._reject(row, rejected, upload.digest)
-            except TargetError as exc:
-                finished("error")
-                health.released()
-                self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
-                event(log, logging.ERROR, "upload_error", target=target.name, reason=exc.message)
-                return Outcome("deferred", row.source)
-        finished("found" if delivered.found_existing else "done", upload.size)
-        self._target_answered(health)
         if _changed_since(before, upload.fd):
             event(
                 log,
                 logging.WARNING,
                 "file_changed_while_sent",
                 file=self.masker.path(row.source),
-                target=target.name,
+                target=(row.decision or {}).get("target"),
                 action="a writer still had the file; compare the EHR's document with the "
                 "file in done/ (the receipt's sha256 is that of the bytes sent)",
             )
@@ -299,134 +187,28 @@ class Pipeline:
             attempts=row.attempts + delivered.attempts,
             outcome_unknown=False,
             **self._content_values(row, upload.sha256),
-            **self._destination(row, "done"),
+            **self.filer.destination(row, "done"),
         )
         return self.finish(uploaded)
 
-    def _too_early_to_resend(
-        self, row: Row, target: Target, upload: Upload, health: TargetHealth
-    ) -> Outcome | None:
-        """A send whose outcome is unknown may still be in the EHR's hands (the process died
-        mid-request; the EHR may store it seconds later). Ask at once — usually it is there —
-        but if not, wait until that send must be over before asking again and sending."""
-        assert row.sent_at is not None
-        settled_at = row.sent_at + min(target.timeout_seconds, UNKNOWN_OUTCOME_WAIT_SECONDS)
-        if time.time() >= settled_at:
-            return None
-        try:
-            found = target.find(upload)
-        except TargetError:
-            found = None
-        else:
-            self._target_answered(health)  # an answer, found or not: the EHR is up
-        if found is not None:
-            uploaded = self.journal.change(
-                row,
-                state="uploaded",
-                document_id=found,
-                outcome_unknown=False,
-                **self._content_values(row, upload.sha256),
-                **self._destination(row, "done"),
-            )
-            return self.finish(uploaded)
-        self.journal.update(row.id, next_attempt_at=settled_at)
-        return Outcome("deferred", row.source)
-
-    def _refused_credentials(
-        self, row: Row, target: Target, health: TargetHealth, exc: AuthError
-    ) -> Outcome:
-        """401: the target pauses as misconfigured (one loud line); the file waits."""
-        if not self._current(target):
-            health.released()  # the old credentials were refused; new ones are in
-        elif health.failed(0.0, exc.message, misconfigured=True):
-            event(
-                log,
-                logging.ERROR,
-                "target_misconfigured",
-                target=target.name,
-                reason=exc.message,
-                action="check the target's credentials; files wait until they are accepted",
-            )
-        # State and outcome_unknown stay: a refused look-up settles nothing.
-        with self.reloading:
-            self.journal.update(
-                row.id,
-                attempts=row.attempts + _attempts(exc),
-                next_attempt_at=self._retry_at(target, health.paused_until),
-            )
-        return Outcome("deferred", row.source)
-
-    def _current(self, target: Target) -> bool:
-        """False when a reload replaced this target while a file was being sent with it."""
-        return self.targets().get(target.name) is target
-
-    def _retry_at(self, target: Target, when: float) -> float:
-        """When to try again; at once if a reload replaced this target meanwhile (new
-        credentials or URL deserve a try now, not after the old target's pause). Called with
-        `reloading` held, so a reload cannot slip between this check and the journal write."""
-        return when if self._current(target) else time.time()
-
-    def _wait(self, row: Row, target: Target, health: TargetHealth, exc: Deferred) -> Outcome:
-        """Transient trouble outlasted the retries: the file waits in the journal."""
-        if self.stopping.is_set() or not self._current(target):
-            health.released()  # shutting down, or a reload replaced the target: not an outage
-            next_attempt = time.time()
-        else:
-            if health.failed(exc.retry_in, exc.reason):
-                event(
-                    log,
-                    logging.WARNING,
-                    "target_unavailable",
-                    target=health.name,
-                    reason=exc.reason,
-                    action="files wait and are sent when it answers again",
-                )
-            next_attempt = health.paused_until
-        with self.reloading:
-            next_attempt = self._retry_at(target, next_attempt)
-            self.journal.update(
-                row.id,
-                attempts=row.attempts + exc.attempts,
-                outcome_unknown=exc.outcome_unknown,
-                state="uploading" if exc.outcome_unknown else "claimed",
-                next_attempt_at=next_attempt,
-            )
-        event(
-            log,
-            logging.WARNING,
-            "upload_deferred",
-            file=self.masker.path(row.source),
-            target=health.name,
-            retry_in=round(max(0.0, next_attempt - time.time()), 1),
-            reason=exc.reason,
-        )
-        return Outcome("deferred", row.source)
-
-    def _target_answered(self, health: TargetHealth) -> None:
-        if health.succeeded():
-            event(log, logging.INFO, "target_available", target=health.name)
-            self.target_up(health.name)
-
-    def _pause(self, seconds: float) -> None:
-        """Backoff between retries that a shutdown cuts short."""
-        self.stopping.wait(seconds)
-
     # --- outcomes --------------------------------------------------------------------------
+
+    def _defer(self, row: Row, until: float) -> Outcome:
+        self.journal.update(row.id, next_attempt_at=until)
+        return Outcome("deferred", row.source)
 
     def _changed(self, row: Row) -> Outcome:
         """The file changed while being read: a writer still has it. Back to the inbox."""
         event(log, logging.WARNING, "file_still_changing", file=self.masker.path(row.source))
         if self.claimer.release(row):
             return Outcome("released", row.source)
-        self.journal.update(row.id, next_attempt_at=time.time() + 5.0)
-        return Outcome("deferred", row.source)
+        return self._defer(row, time.time() + RETRY_SOON_SECONDS)
 
     def _ignore(self, row: Row) -> Outcome:
         if self.claimer.release(row):
             event(log, logging.INFO, "file_ignored", file=self.masker.path(row.source))
             return Outcome("ignored", row.source)
-        self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
-        return Outcome("deferred", row.source)
+        return self._defer(row, time.time() + RETRY_SOON_SECONDS)
 
     def _reject(
         self, row: Row, exc: Rejected, digest: content.StreamedDigest | None = None
@@ -436,7 +218,7 @@ class Pipeline:
         if fresh.sha256 is None and digest is not None:
             with contextlib.suppress(OSError):  # an unreadable file's receipt says so
                 values = self._content_values(fresh, digest.hexdigest())
-        values.update(self._destination(fresh, "failed"))
+        values.update(self.filer.destination(fresh, "failed"))
         return self.finish(self.journal.change(fresh, state="rejected", error=exc.error, **values))
 
     def _content_values(self, row: Row, sha256: str) -> dict[str, Any]:
@@ -451,119 +233,10 @@ class Pipeline:
 
     def finish(self, row: Row) -> Outcome:
         """Move the file to done/ or failed/ and write its receipt; safe to repeat."""
-        status = "done" if row.state == "uploaded" else "failed"
-        folder = PurePosixPath(status) / row.source.parent
-        try:
-            row = self._file_away(row, status)
-        except OSError as exc:
-            with self._filing_lock:
-                starting = folder not in self._filing_trouble
-                self._filing_trouble.add(folder)
-            if starting:
-                event(
-                    log,
-                    logging.ERROR,
-                    "filing_failed",
-                    folder=self.masker.path(folder),
-                    reason=exc.strerror or type(exc).__name__,
-                    action="check free space, permissions and the folder; files stay claimed "
-                    "and are filed when it works again",
-                )
-            self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
-            return Outcome("deferred", row.source)
-        with self._filing_lock:
-            recovered = folder in self._filing_trouble
-            self._filing_trouble.discard(folder)
-        if recovered:
-            event(log, logging.INFO, "filing_recovered", folder=self.masker.path(folder))
-        self.journal.update(row.id, state=status)
-        error = row.error or {}
-        event(
-            log,
-            logging.INFO if status == "done" else logging.WARNING,
-            f"file_{status}",
-            file=self.masker.path(row.source),
-            patient=self.masker.patient(row.patient_id) if row.patient_id else None,
-            target=(row.decision or {}).get("target"),
-            attempts=row.attempts,
-            kind=error.get("kind"),
-            http_status=error.get("http_status"),
-        )
+        status = self.filer.finish(row)
+        if status is None:
+            return self._defer(row, time.time() + RETRY_SOON_SECONDS)
         return Outcome(status, row.source)
-
-    def _file_away(self, row: Row, status: str) -> Row:
-        """Place the work file under a free name and write the receipt beside it; every step
-        is recorded first, so a crash anywhere repeats it without overwriting anything."""
-        root = self._root(status)
-        work = self.inbox / row.work
-        for _ in range(MAX_NAME_TRIES):
-            if row.dest is None:
-                row = self.journal.change(row, **self._destination(row, status))
-            assert row.dest is not None
-            dest = root / row.dest
-            if os.path.lexists(work):
-                try:
-                    # The receipt's write syncs the folder for both names.
-                    place(work, dest, sync=False)
-                except FileExistsError:  # the name was taken since it was chosen
-                    row = self.journal.change(row, dest=None)
-                    continue
-            try:
-                write_receipt(receipt_path(dest), self.receipt(row, status, dest.name))
-            except FileExistsError:
-                # Someone put a different receipt there by hand: keep ours beside it.
-                row = self._move_aside(row, dest)
-                continue
-            return row
-        raise OSError(errno.EEXIST, "no free name in the folder")
-
-    def _root(self, status: str) -> Path:
-        paths = self.config().paths
-        return paths.done if status == "done" else paths.failed
-
-    def _destination(self, row: Row, status: str) -> dict[str, Any]:
-        """Journal columns naming where the file is filed: chosen with the outcome it is
-        recorded with, so filing needs no journal write of its own before the move."""
-        if row.dest is not None:
-            return {}
-        parent = row.source.parent
-        name = free_name(self._root(status) / parent, row.source.name)
-        return {"dest": parent / name, "finished_at": utc_now()}
-
-    def _move_aside(self, row: Row, dest: Path) -> Row:
-        assert row.dest is not None
-        name = free_name(dest.parent, row.source.name)
-        with contextlib.suppress(FileNotFoundError):
-            place(dest, dest.parent / name)
-        return self.journal.change(row, dest=row.dest.parent / name)
-
-    def receipt(self, row: Row, status: str, file_name: str) -> dict[str, Any]:
-        decision = row.decision or {}
-        receipt: dict[str, Any] = {"status": status}
-        if status == "done":
-            receipt["document_id"] = row.document_id
-        receipt.update(
-            target=decision.get("target"),
-            patient_id=row.patient_id,
-            source=str(row.source),
-            file=file_name,
-            sha256=row.sha256,
-            size=row.size,
-            format=row.format or None,
-            title=decision.get("title"),
-            type=decision.get("doc_type"),
-            rule=decision.get("rule"),
-            rule_line=decision.get("rule_line"),
-            dropped_by=_owner(row.owner_uid),
-            attempts=row.attempts,
-            received_at=row.received_at,
-            finished_at=row.finished_at,
-        )
-        if status == "failed":
-            receipt["error"] = row.error
-        if row.history:
-            receipt["history"] = row.history
-        return receipt
 
 
 def _changed_since(before: os.stat_result, fd: int) -> bool:
@@ -572,39 +245,4 @@ def _changed_since(before: os.stat_result, fd: int) -> bool:
         after.st_size,
         after.st_mtime_ns,
         after.st_ctime_ns,
-    )
-
-
-def _owner(uid: int | None) -> dict[str, Any] | None:
-    """Who dropped the file: its owner when it was claimed."""
-    if uid is None:
-        return None
-    return {"uid": uid, "user": _user_name(uid)}
-
-
-@functools.lru_cache(maxsize=256)
-def _user_name(uid: int) -> str | None:
-    # Cached: getpwuid reads /etc/passwd (or asks NSS) each time, for every file filed.
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
-
-
-def _attempts(exc: Exception) -> int:
-    value = getattr(exc, "attempts", 0)
-    return value if isinstance(value, int) else 0
-
-
-def _rejection_message(exc: PermanentError) -> str:
-    if exc.kind == "unreadable":
-        return f"{exc.message}; check the file and its permissions, then `ingestd retry`"
-    if exc.kind == "patient_not_found":
-        return (
-            f"the EHR does not know this patient (HTTP {exc.http_status}): check the patient "
-            "folder's name or mapping, move the file to the right folder, then `ingestd retry`"
-        )
-    return (
-        f"the EHR refused the document (HTTP {exc.http_status}): {exc.message}; fix the file or "
-        "the rule, then `ingestd retry`"
     )

@@ -1,10 +1,11 @@
 """The retry policy: how one `deliver` call sends a document to a target, for every target alike.
 
 Owns backoff (full-jitter exponential, capped, honouring Retry-After), settling unknown outcomes
-by asking the target before sending again, and the hand-off to the pipeline: `Delivered`, or
-`Deferred` when transient trouble outlasts what a worker thread should wait for. PermanentError
-and AuthError pass through. Every exception that leaves `deliver` carries `attempts`: the upload
-requests actually sent by this call.
+by asking the target before sending again, and the hand-off to the pipeline: `deliver` returns
+what happened — `Delivered`, `Deferred` when transient trouble outlasts what a worker thread should
+wait for, or `Refused` when the target said no (PermanentError, AuthError, another TargetError) —
+each with `attempts`, the upload requests actually sent by this call. Anything else is a bug: it
+leaves as `SendCrashed`, which carries the attempts too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
-from ingestd.targets.base import Target, TransientError, Upload
+from ingestd.targets.base import Target, TargetError, TransientError, Upload
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,8 @@ class Delivered:
     found_existing: bool  # reconciliation found it already stored
 
 
-class Deferred(Exception):
-    """Transient trouble outlasting this call: the pipeline records `next_attempt_at`.
-
-    `outcome_unknown` means the EHR may hold the document: ask it (`reconcile_first`) next time.
-    """
+class _Deferral(Exception):
+    """Carries a `Deferred` out of tenacity's loop."""
 
     def __init__(
         self,
@@ -49,11 +47,40 @@ class Deferred(Exception):
         outcome_unknown: bool = False,
     ) -> None:
         super().__init__(reason)
-        self.retry_in = retry_in
+        self.deferred = Deferred(retry_in, attempts, reason, http_status, outcome_unknown)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Transient trouble outlasting this call: the pipeline records `next_attempt_at`.
+
+    `outcome_unknown` means the EHR may hold the document: ask it (`reconcile_first`) next time.
+    """
+
+    retry_in: float
+    attempts: int
+    reason: str
+    http_status: int | None = None
+    outcome_unknown: bool = False
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The target said no: a PermanentError, an AuthError (credentials), or another TargetError."""
+
+    error: TargetError
+    attempts: int
+
+
+Result = Delivered | Deferred | Refused
+
+
+class SendCrashed(Exception):
+    """An unexpected exception (a bug) while delivering; `attempts` were sent before it."""
+
+    def __init__(self, attempts: int) -> None:
+        super().__init__(f"delivery crashed after {attempts} sends")
         self.attempts = attempts
-        self.reason = reason
-        self.http_status = http_status
-        self.outcome_unknown = outcome_unknown
 
 
 def backoff_delay(failures: int, policy: RetryPolicy, retry_after: float | None = None) -> float:
@@ -99,11 +126,9 @@ def deliver(
     should_stop: Callable[[], bool] = _never_stop,
     sleep: Callable[[float], object] = time.sleep,  # e.g. a stop Event's wait: its bool is ignored
     on_retry: Callable[[TransientError, float], None] = lambda error, delay: None,
-) -> Delivered:
+) -> Result:
     """Send `upload` until it is stored, refused, or the trouble outlasts this call.
 
-    Raises Deferred (transient trouble), PermanentError or AuthError (from the target, with an
-    `attempts` attribute added); any other exception also gets `attempts` before it propagates.
     `on_retry` hears of each transient error that is retried, with the delay before the retry.
     """
     progress = _Progress(unknown=reconcile_first)
@@ -115,11 +140,12 @@ def deliver(
 
     try:
         return _deliver(target, upload, policy, progress, before_send, should_stop, waiting)
-    except Deferred:
-        raise
+    except _Deferral as deferral:
+        return deferral.deferred
+    except TargetError as exc:
+        return Refused(exc, progress.attempts)
     except Exception as exc:
-        exc.attempts = progress.attempts  # type: ignore[attr-defined]
-        raise
+        raise SendCrashed(progress.attempts) from exc
 
 
 def _deliver(
@@ -136,7 +162,7 @@ def _deliver(
         try:
             found = target.find(upload)
         except TransientError as exc:
-            raise Deferred(
+            raise _Deferral(
                 backoff_delay(max(1, progress.tries), policy, exc.retry_after),
                 progress.attempts,
                 exc.message,
@@ -151,7 +177,7 @@ def _deliver(
     def attempt() -> Delivered:
         if progress.last is not None and should_stop():
             # Woken early from the backoff (a shutdown): hand back to the pipeline unsent.
-            raise Deferred(
+            raise _Deferral(
                 progress.next_delay,
                 progress.attempts,
                 progress.last.message,
@@ -212,7 +238,7 @@ def _deliver(
     try:
         result: Delivered = retrying(attempt)
     except TransientError as exc:
-        raise Deferred(
+        raise _Deferral(
             progress.next_delay,
             progress.attempts,
             exc.message,

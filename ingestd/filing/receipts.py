@@ -1,4 +1,5 @@
-"""Receipts: the JSON record beside every file in done/ or failed/, written atomically, never over
+"""Receipts: the JSON record beside every file in done/ or failed/ — its schema (`Receipt`, built
+from a journal row, read back by `ingestd retry`) and its writing, atomically, never over
 another file.
 
 A receipt is written to a hidden temporary name in the same folder, fsynced, then hard-linked to
@@ -9,12 +10,17 @@ either no receipt or a whole one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import os
+import pwd
 import secrets
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ingestd.journal import Row
 
 SUFFIX = ".receipt.json"
 FILE_MODE = 0o640
@@ -37,9 +43,108 @@ ERROR_KINDS = frozenset(
 )
 
 
-def utc_now() -> str:
-    """ISO 8601 UTC with a Z, to the millisecond."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+@dataclass(frozen=True)
+class Receipt:
+    """One receipt, in the contract's field order. `extra` keeps fields this version does not
+    know (a receipt written by a newer one), so a retried file's history loses nothing."""
+
+    status: str  # done | failed
+    target: str | None
+    patient_id: str | None
+    source: str
+    file: str
+    sha256: str | None
+    size: int | None
+    format: str | None
+    title: str | None
+    type: str | None
+    rule: str | None
+    rule_line: int | None
+    dropped_by: dict[str, Any] | None
+    attempts: int
+    received_at: str | None
+    finished_at: str | None
+    document_id: str | None = None  # done
+    error: dict[str, Any] | None = None  # failed: {kind, message, http_status?}
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of_row(cls, row: Row, status: str, file_name: str) -> Receipt:
+        decision = row.decision or {}
+        return cls(
+            status=status,
+            document_id=row.document_id if status == "done" else None,
+            target=decision.get("target"),
+            patient_id=row.patient_id,
+            source=str(row.source),
+            file=file_name,
+            sha256=row.sha256,
+            size=row.size,
+            format=row.format or None,
+            title=decision.get("title"),
+            type=decision.get("doc_type"),
+            rule=decision.get("rule"),
+            rule_line=decision.get("rule_line"),
+            dropped_by=_owner(row.owner_uid),
+            attempts=row.attempts,
+            received_at=row.received_at,
+            finished_at=row.finished_at,
+            error=row.error if status == "failed" else None,
+            history=list(row.history or []),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        receipt: dict[str, Any] = {"status": self.status}
+        if self.status == "done":
+            receipt["document_id"] = self.document_id
+        for name in _BODY_FIELDS:
+            receipt[name] = getattr(self, name)
+        if self.status == "failed":
+            receipt["error"] = self.error
+        if self.history:
+            receipt["history"] = self.history
+        receipt.update((k, v) for k, v in self.extra.items() if k not in receipt)
+        return receipt
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Receipt:
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("source", "")
+        values.setdefault("file", "")
+        for name in (f.name for f in dataclasses.fields(cls)):
+            if name not in ("extra", "history", "document_id", "error"):
+                values.setdefault(name, None)
+        values["history"] = list(values.get("history") or [])
+        values["attempts"] = values.get("attempts") or 0
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known})
+
+    @classmethod
+    def read(cls, path: Path) -> Receipt:
+        return cls.from_dict(read_receipt(path))
+
+
+_BODY_FIELDS = (
+    "target", "patient_id", "source", "file", "sha256", "size", "format", "title", "type", "rule",
+    "rule_line", "dropped_by", "attempts", "received_at", "finished_at",
+)  # fmt: skip
+
+
+def _owner(uid: int | None) -> dict[str, Any] | None:
+    """Who dropped the file: its owner when it was claimed."""
+    if uid is None:
+        return None
+    return {"uid": uid, "user": _user_name(uid)}
+
+
+@functools.lru_cache(maxsize=256)
+def _user_name(uid: int) -> str | None:
+    # Cached: getpwuid reads /etc/passwd (or asks NSS) each time, for every file filed.
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
 
 
 def receipt_path(file_path: Path) -> Path:

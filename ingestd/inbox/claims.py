@@ -20,10 +20,10 @@ import secrets
 import time
 import urllib.parse
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ingestd.clock import utc_iso
 from ingestd.content import Snapshot
 from ingestd.inbox.watch import Ready
 from ingestd.journal import Journal, Row
@@ -68,14 +68,6 @@ def source_of(name: str) -> PurePosixPath | None:
     return rel
 
 
-def iso_utc(timestamp: float) -> str:
-    return (
-        datetime.fromtimestamp(timestamp, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
-
-
 def instance_id(state_dir: Path) -> str:
     """This installation's stable id (one per journal), kept in the state folder."""
     made = read_or_create(state_dir / "instance.id", lambda: secrets.token_hex(6).encode() + b"\n")
@@ -98,7 +90,7 @@ class Claimer:
         # per file); a `claiming` row whose work file exists is a claimed file (see recover).
         owner = ready.snapshot.uid if ready.snapshot is not None else None
         row = self.journal.add(
-            rel, work, iso_utc(ready.received), owner_uid=owner, format=ready.format
+            rel, work, utc_iso(ready.received), owner_uid=owner, format=ready.format
         )
         work_path = self.inbox / work
         try:
@@ -196,7 +188,7 @@ class Claimer:
             if source is None:
                 continue
             work = WORK_DIR / self.instance / work_name(secrets.token_hex(8), source)
-            row = self.journal.add(source, work, iso_utc(time.time()), outcome_unknown=True)
+            row = self.journal.add(source, work, utc_iso(time.time()), outcome_unknown=True)
             try:
                 os.rename(self.inbox / folder / name, self.inbox / work)
             except OSError:

@@ -13,6 +13,7 @@ import re
 from typing import Unpack
 from urllib.parse import quote
 
+from ingestd.identifiers import luhn_ok
 from ingestd.targets.base import TransientError, Upload
 from ingestd.targets.bodies import LeyrJsonBody
 from ingestd.targets.http import (
@@ -50,25 +51,13 @@ _EXPECTED = (
 _B64_SLICE = 4 * 16 * 1024
 
 
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
 def validate_patient_id(patient_id: str) -> str | None:
     """An error message (never quoting the id) or None when Leyr can take this patient id."""
     if patient_id.startswith("se_personal_number:"):
         number = patient_id.removeprefix("se_personal_number:")
         if not _PERSONAL_NUMBER.fullmatch(number):
             return "a se_personal_number must be 12 digits (YYYYMMDDNNNC)"
-        if not luhn_valid(number[2:]):
+        if not luhn_ok(number[2:]):
             return "the se_personal_number's check digit is wrong: check the number for a typo"
         return None
     bare = patient_id.removeprefix("emr_id:")

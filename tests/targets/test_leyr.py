@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from ingestd.identifiers import luhn_ok
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import KINDS
-from ingestd.targets.leyr import DEFAULT_ACCEPT, DEFAULT_MAX_BYTES, luhn_valid, validate_patient_id
+from ingestd.targets.leyr import DEFAULT_ACCEPT, DEFAULT_MAX_BYTES, validate_patient_id
 
 from .conftest import TargetFactory, UploadFactory, pdf_bytes
 
@@ -51,9 +52,9 @@ def test_invalid_patient_ids_say_what_is_expected_without_echoing(patient_id: st
 
 
 def test_luhn() -> None:
-    assert luhn_valid("1212121212")
-    assert not luhn_valid("1212121213")
-    assert luhn_valid("8112189876")
+    assert luhn_ok("1212121212")
+    assert not luhn_ok("1212121213")
+    assert luhn_ok("8112189876")
 
 
 def test_registry_defaults_match_the_documentation() -> None:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.filing.receipts import read_receipt, receipt_path, utc_now, write_receipt
+from ingestd.clock import utc_iso as utc_now
+from ingestd.filing.receipts import read_receipt, receipt_path, write_receipt
 
 
 def test_receipt_is_written_whole_with_a_restrictive_mode(tmp_path: Path) -> None:

@@ -1,0 +1,134 @@
+"""The filer: a finished row's file moved to done/ or failed/ with its receipt beside it.
+
+Every step is recorded in the journal before it is taken (the destination name comes with the
+outcome), so `finish` can be repeated after a crash anywhere and never overwrites anything. A
+folder that cannot be written (full disk, read-only, gone) keeps the file claimed; the trouble
+is logged once per spell, per folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ingestd.clock import utc_iso
+from ingestd.filing.places import free_name, place
+from ingestd.filing.receipts import Receipt, receipt_path, write_receipt
+from ingestd.journal import Journal, Row
+from ingestd.observe.logs import Masker, event
+
+log = logging.getLogger("ingestd.pipeline")
+
+MAX_NAME_TRIES = 100
+
+
+class Filer:
+    def __init__(
+        self,
+        inbox: Callable[[], Path],
+        roots: Callable[[], tuple[Path, Path]],  # (done, failed)
+        journal: Journal,
+        masker: Masker,
+    ) -> None:
+        self._inbox = inbox
+        self._roots = roots
+        self.journal = journal
+        self.masker = masker
+        # Destination folders that failed: logged once per spell of trouble, under _lock.
+        self._trouble: set[PurePosixPath] = set()
+        self._lock = threading.Lock()
+
+    def destination(self, row: Row, status: str) -> dict[str, Any]:
+        """Journal columns naming where the file is filed: chosen with the outcome it is
+        recorded with, so filing needs no journal write of its own before the move."""
+        if row.dest is not None:
+            return {}
+        parent = row.source.parent
+        name = free_name(self._root(status) / parent, row.source.name)
+        return {"dest": parent / name, "finished_at": utc_iso()}
+
+    def finish(self, row: Row) -> str | None:
+        """File the row away and mark it done/failed; the status, or None when the folder
+        cannot be written now (the row stays, to be finished later)."""
+        status = "done" if row.state == "uploaded" else "failed"
+        folder = PurePosixPath(status) / row.source.parent
+        try:
+            row = self._file_away(row, status)
+        except OSError as exc:
+            with self._lock:
+                starting = folder not in self._trouble
+                self._trouble.add(folder)
+            if starting:
+                event(
+                    log,
+                    logging.ERROR,
+                    "filing_failed",
+                    folder=self.masker.path(folder),
+                    reason=exc.strerror or type(exc).__name__,
+                    action="check free space, permissions and the folder; files stay claimed "
+                    "and are filed when it works again",
+                )
+            return None
+        with self._lock:
+            recovered = folder in self._trouble
+            self._trouble.discard(folder)
+        if recovered:
+            event(log, logging.INFO, "filing_recovered", folder=self.masker.path(folder))
+        self.journal.update(row.id, state=status)
+        error = row.error or {}
+        event(
+            log,
+            logging.INFO if status == "done" else logging.WARNING,
+            f"file_{status}",
+            file=self.masker.path(row.source),
+            patient=self.masker.patient(row.patient_id) if row.patient_id else None,
+            target=(row.decision or {}).get("target"),
+            attempts=row.attempts,
+            kind=error.get("kind"),
+            http_status=error.get("http_status"),
+        )
+        return status
+
+    def _file_away(self, row: Row, status: str) -> Row:
+        """Place the work file under a free name and write the receipt beside it; every step
+        is recorded first, so a crash anywhere repeats it without overwriting anything."""
+        root = self._root(status)
+        work = self._inbox() / row.work
+        for _ in range(MAX_NAME_TRIES):
+            if row.dest is None:
+                row = self.journal.change(row, **self.destination(row, status))
+            assert row.dest is not None
+            dest = root / row.dest
+            if os.path.lexists(work):
+                try:
+                    # The receipt's write syncs the folder for both names.
+                    place(work, dest, sync=False)
+                except FileExistsError:  # the name was taken since it was chosen
+                    row = self.journal.change(row, dest=None)
+                    continue
+            try:
+                receipt = Receipt.of_row(row, status, dest.name)
+                write_receipt(receipt_path(dest), receipt.to_dict())
+            except FileExistsError:
+                # Someone put a different receipt there by hand: keep ours beside it.
+                row = self._move_aside(row, dest)
+                continue
+            return row
+        raise OSError(errno.EEXIST, "no free name in the folder")
+
+    def _root(self, status: str) -> Path:
+        done, failed = self._roots()
+        return done if status == "done" else failed
+
+    def _move_aside(self, row: Row, dest: Path) -> Row:
+        assert row.dest is not None
+        name = free_name(dest.parent, row.source.name)
+        with contextlib.suppress(FileNotFoundError):
+            place(dest, dest.parent / name)
+        return self.journal.change(row, dest=row.dest.parent / name)
