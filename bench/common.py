@@ -316,7 +316,8 @@ class Client:
             text=True,
             bufsize=1,
         )
-        assert self.proc.stdout is not None and self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        assert self.proc.stdin is not None
         self.stdin: IO[str] = self.proc.stdin
         self.stdout: IO[str] = self.proc.stdout
 

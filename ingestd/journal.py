@@ -361,7 +361,7 @@ class Journal:
 
     def counts(self) -> dict[str, int]:
         found = self._read("SELECT state, COUNT(*) FROM files GROUP BY state")
-        return {state: count for state, count in found}
+        return dict(found)
 
     def recent(self, state: str, limit: int = 10) -> list[Row]:
         return self._select("state = ? ORDER BY finished_at DESC, id DESC LIMIT ?", (state, limit))

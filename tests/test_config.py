@@ -70,7 +70,8 @@ def test_good_config_loads(tmp_path: Path) -> None:
     assert leyr.options["client_secret"] == SECRET
     assert leyr.options["care_unit_id"] == "0123"  # as written, not the octal number 83
     assert "kind" not in leyr.options
-    assert leyr.accept is None and leyr.max_bytes is None
+    assert leyr.accept is None
+    assert leyr.max_bytes is None
     assert config.targets["nymbl"].options["api_key"] == SECRET + "-k"
     assert config.watch == WatchConfig()
     assert config.patients.patient_id("x") == "x"
@@ -362,7 +363,8 @@ def test_target_common_keys_are_applied(tmp_path: Path) -> None:
 def test_nymbl_option_values_are_checked(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("    api_key:", "    token_auth: digest\n    api_key:"))
     found = problems(path)
-    assert len(found) == 1 and found[0].startswith(f"{path}:20:17: targets.nymbl.token_auth:")
+    assert len(found) == 1
+    assert found[0].startswith(f"{path}:20:17: targets.nymbl.token_auth:")
 
 
 def test_watch_section_and_sources(tmp_path: Path) -> None:

@@ -132,7 +132,8 @@ def test_has_literal() -> None:
 
 def _tree(text: str) -> MarkedDict:
     data, problems = load(text, "c.yaml")
-    assert problems == [] and isinstance(data, MarkedDict)
+    assert problems == []
+    assert isinstance(data, MarkedDict)
     return data
 
 
@@ -176,11 +177,15 @@ def test_readable_by_others(tmp_path: Path) -> None:
 
 def test_offline_commands_only_note_credentials_that_need_systemd(tmp_path: Path) -> None:
     _, errors, notes = resolve("${credential:leyr-client-secret}", {}, in_service=False)
-    assert errors == [] and len(notes) == 1 and "CREDENTIALS_DIRECTORY" in notes[0]
+    assert errors == []
+    assert len(notes) == 1
+    assert "CREDENTIALS_DIRECTORY" in notes[0]
     # A missing environment variable is still an error offline: the admin's shell can have it.
     _, errors, notes = resolve("${NOT_SET_ANYWHERE}", {}, in_service=False)
-    assert errors == ["${NOT_SET_ANYWHERE} is not set"] and notes == []
+    assert errors == ["${NOT_SET_ANYWHERE} is not set"]
+    assert notes == []
     # With a credentials folder, a missing credential is an error again.
     env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
     _, errors, notes = resolve("${credential:absent}", env, in_service=False)
-    assert len(errors) == 1 and notes == []
+    assert len(errors) == 1
+    assert notes == []

@@ -45,21 +45,27 @@ def test_a_file_reaches_each_api_with_identical_bytes(
     stored = {d.id: d for d in sandbox.documents()}
 
     leyr = receipts["p_100/scan.pdf"]
-    assert leyr["status"] == "done" and leyr["target"] == "leyr"
+    assert leyr["status"] == "done"
+    assert leyr["target"] == "leyr"
     assert stored[leyr["document_id"]].sha256 == _sha(leyr_file) == leyr["sha256"]
     assert stored[leyr["document_id"]].patient_id == "p_100"
-    assert leyr["format"] == "application/pdf" and leyr["size"] == len(leyr_file)
+    assert leyr["format"] == "application/pdf"
+    assert leyr["size"] == len(leyr_file)
     # Audit: who dropped it, and the rule's line in the config.
-    assert leyr["dropped_by"]["uid"] == os.getuid() and leyr["dropped_by"]["user"]
-    assert leyr["rule"] == "everything" and isinstance(leyr["rule_line"], int)
+    assert leyr["dropped_by"]["uid"] == os.getuid()
+    assert leyr["dropped_by"]["user"]
+    assert leyr["rule"] == "everything"
+    assert isinstance(leyr["rule_line"], int)
     assert (tree.done / "p_100" / "scan.pdf").read_bytes() == leyr_file
 
     nymbl = receipts["12345/nymbl/fax.tiff"]
-    assert nymbl["target"] == "nymbl" and nymbl["type"] == "Referral"
+    assert nymbl["target"] == "nymbl"
+    assert nymbl["type"] == "Referral"
     assert stored[nymbl["document_id"]].sha256 == _sha(nymbl_file)
     assert stored[nymbl["document_id"]].name == "fax.tiff"
     assert (tree.done / "12345" / "nymbl" / "fax.tiff").exists()
-    assert not list(tree.inbox.rglob("*.tiff")) and not list(tree.inbox.rglob("*.pdf"))
+    assert not list(tree.inbox.rglob("*.tiff"))
+    assert not list(tree.inbox.rglob("*.pdf"))
     assert proc.stop() == 0
 
 
@@ -133,7 +139,8 @@ def test_each_file_is_read_once_hashed_while_it_is_sent(
     wait_for(lambda: len(tree.receipts()) == 1)
     read = _bytes_read(proc.proc.pid) - before
     receipt = tree.receipts()[0]
-    assert receipt["status"] == "done" and receipt["sha256"] == _sha(data)
+    assert receipt["status"] == "done"
+    assert receipt["sha256"] == _sha(data)
     assert sandbox.documents()[0].sha256 == _sha(data)
     assert len(data) <= read < 1.25 * len(data), f"read {read:,} bytes for {len(data):,}"
     assert proc.stop() == 0
@@ -154,7 +161,8 @@ def test_too_large_and_refused_type_fail_without_any_request(
     assert failed["p_1/big.pdf"]["error"]["kind"] == "too_large"
     assert failed["p_1/anim.gif"]["error"]["kind"] == "unsupported_type"
     assert all(r["attempts"] == 0 for r in failed.values())
-    assert _uploads(sandbox) == [] and sandbox.requests("token") == []
+    assert _uploads(sandbox) == []
+    assert sandbox.requests("token") == []
     assert (tree.failed / "p_1" / "big.pdf").exists()
     assert proc.stop() == 0
 
@@ -185,7 +193,8 @@ def test_each_ehr_answer_ends_as_the_contract_says(
     proc.wait_started()
     tree.drop("p_1/answer.pdf", pdf(f"answer-{fault.status}"))
     [receipt] = wait_for(tree.all_receipts, timeout=30)
-    assert receipt["status"] == status and receipt["attempts"] == attempts
+    assert receipt["status"] == status
+    assert receipt["attempts"] == attempts
     if error is None:
         assert [d.id for d in sandbox.documents()] == [receipt["document_id"]]
     else:
@@ -262,7 +271,8 @@ def test_nothing_printed_holds_patient_ids_names_secrets_or_document_ids(
     wait_for(lambda: len(tree.all_receipts()) == 4, timeout=30)
     assert proc.stop() == 0
     printed = proc.output()
-    assert "event=file_done" in printed and "event=file_failed" in printed
+    assert "event=file_done" in printed
+    assert "event=file_failed" in printed
     forbidden = ["p_4455", "98765", "Svensson", "Karlsson", "Lindqvist", "sub folder", "PDF-1.4"]
     forbidden += [
         os.environ[name] for name in ("TEST_LEYR_SECRET", "TEST_NYMBL_KEY", "TEST_NYMBL_SECRET")

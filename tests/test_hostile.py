@@ -165,7 +165,8 @@ def test_symlinks_are_filed_as_links_and_never_followed(
     )
     assert (records / "chart.pdf").read_bytes() == behind
     hashes = _stored_hashes(sandbox)
-    assert _sha(secret_data) not in hashes and _sha(behind) not in hashes
+    assert _sha(secret_data) not in hashes
+    assert _sha(behind) not in hashes
     assert sorted(hashes) == sorted(_sha(d) for d in expected_done.values())
     _assert_each_source_once(tree)
     assert proc.stop() == 0
@@ -275,7 +276,8 @@ def test_character_device_is_filed_without_being_opened(
     assert receipt["error"]["kind"] == "not_a_regular_file"
     assert receipt["attempts"] == 0
     filed = os.lstat(tree.failed / "p_1" / "null.pdf")
-    assert stat.S_ISCHR(filed.st_mode) and filed.st_rdev == os.makedev(1, 3)
+    assert stat.S_ISCHR(filed.st_mode)
+    assert filed.st_rdev == os.makedev(1, 3)
     assert proc.stop() == 0
 
 
@@ -483,7 +485,8 @@ def test_empty_files_wait_then_fail_unless_they_get_content(
 
     wait_for(lambda: _ordinary_done(tree, ordinary))
     # At first both empty files wait in the inbox.
-    assert (folder / "empty.pdf").exists() and (folder / "filled.pdf").exists()
+    assert (folder / "empty.pdf").exists()
+    assert (folder / "filled.pdf").exists()
     assert _sources(tree, "all") == set(ordinary)
     content = pdf("filled-late", 6_000)
     with (folder / "filled.pdf").open("ab") as handle:  # the scanner finally writes it
@@ -499,7 +502,8 @@ def test_empty_files_wait_then_fail_unless_they_get_content(
     waited = _seconds_between(failed["received_at"], failed["finished_at"])
     assert waited >= 2.9, f"an empty file failed after {waited:.1f} s, before its age of 3 s"
     filled = next(r for r in tree.receipts() if r["source"] == "p_1/filled.pdf")
-    assert filled["sha256"] == _sha(content) and filled["size"] == len(content)
+    assert filled["sha256"] == _sha(content)
+    assert filled["size"] == len(content)
     assert _sha(b"") not in _stored_hashes(sandbox)
     assert proc.stop() == 0
 

@@ -26,10 +26,12 @@ def _config(tree: Tree, sandbox: Sandbox, n: int, **extra: object) -> Path:
 def _assert_exactly_once(tree: Tree, sandbox: Sandbox, files: dict[str, bytes]) -> None:
     receipts = tree.all_receipts()
     per_source = collections.Counter(r["source"] for r in receipts)
-    assert set(per_source) == set(files) and max(per_source.values()) == 1
+    assert set(per_source) == set(files)
+    assert max(per_source.values()) == 1
     assert all(r["status"] == "done" for r in receipts)
     hashes = collections.Counter(d.sha256 for d in sandbox.documents())
-    assert len(sandbox.documents()) == len(files) and max(hashes.values()) == 1
+    assert len(sandbox.documents()) == len(files)
+    assert max(hashes.values()) == 1
     stored = {d.id: d.sha256 for d in sandbox.documents()}
     assert all(stored[r["document_id"]] == r["sha256"] for r in receipts)
 
@@ -54,10 +56,12 @@ def test_two_instances_on_one_inbox_never_upload_a_file_twice(
     for rel, data in files.items():
         tree.drop(rel, data)
     wait_for(lambda: len(tree.all_receipts()) == 300, timeout=120)
-    assert first.stop() == 0 and second.stop() == 0
+    assert first.stop() == 0
+    assert second.stop() == 0
     _assert_exactly_once(tree, latent_sandbox, files)
     # Both did a share of the work (the claim decides who; neither is locked out).
-    assert "event=file_done" in first.output() and "event=file_done" in second.output()
+    assert "event=file_done" in first.output()
+    assert "event=file_done" in second.output()
 
 
 def test_claims_of_a_killed_instance_are_taken_over_after_its_lease(

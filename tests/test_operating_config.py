@@ -102,7 +102,8 @@ def test_check_reports_five_mistakes_with_their_lines_and_exits_2(tmp_path: Path
     assert "spool" in by_line[6]  # unknown key
     assert "https" in by_line[10]  # http:// to a host that is not loopback
     assert "concurrency" in by_line[15]  # did you mean
-    assert "stme" in by_line[19] and "stem" in by_line[19]  # unknown template field
+    assert "stme" in by_line[19]
+    assert "stem" in by_line[19]
     assert "regex" in by_line[21]  # does not compile
     assert "s3cr3t" not in result.stdout + result.stderr
 
@@ -134,7 +135,8 @@ def test_explain_shows_what_the_upload_then_does(tree: Tree, sandbox: Sandbox) -
     fax = explained["12345/fax/referral.tiff"]
     assert [r["rule"] for r in fax["rules"]] == ["lab", "fax"]
     assert "lab/**" in fax["rules"][0]["why"]
-    assert tree.all_receipts() == [] and sandbox.requests() == []  # explain has no side effects
+    assert tree.all_receipts() == []
+    assert sandbox.requests() == []
 
     assert ingestd("once", "-c", str(config)).returncode == 1  # the junk file fails
     receipts = {r["source"]: r for r in tree.all_receipts()}
@@ -186,7 +188,8 @@ def test_sighup_with_a_broken_config_keeps_the_old_rules_and_a_fixed_one_applies
     tree.drop("p_1/after.pdf", pdf("after"))
     wait_for(lambda: len(tree.receipts()) == 2)
     after = next(r for r in tree.receipts() if r["source"] == "p_1/after.pdf")
-    assert after["rule"] == "new" and after["title"] == "N after"
+    assert after["rule"] == "new"
+    assert after["title"] == "N after"
     assert proc.stop() == 0
 
 
@@ -256,8 +259,10 @@ def test_an_ignored_file_is_left_alone_until_it_changes(
     tree.drop("p_1/after.pdf", pdf("after"))  # a file dropped later is processed meanwhile
     wait_for(tree.receipts)
     wait_for(lambda: proc.output().count("event=file_ignored") == 1)
-    assert log_file.stat().st_ino == inode and log_file.read_bytes() == b"scanner started\n"
+    assert log_file.stat().st_ino == inode
+    assert log_file.read_bytes() == b"scanner started\n"
     log_file.write_bytes(b"scanner started\nscanner stopped\n")  # changed: judged again
     wait_for(lambda: proc.output().count("event=file_ignored") == 2)
     assert proc.stop() == 0
-    assert log_file.exists() and len(sandbox.documents()) == 1
+    assert log_file.exists()
+    assert len(sandbox.documents()) == 1

@@ -95,7 +95,8 @@ def test_once_sees_short_retries_through_and_gives_up_on_an_outage(
     sandbox.add_fault(Fault(api="leyr", route="upload", status=503, times=None))
     started = time.monotonic()
     result = subprocess.run(run, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "waiting 1" in result.stdout
+    assert result.returncode == 1
+    assert "waiting 1" in result.stdout
     assert time.monotonic() - started < 90
     assert tree.receipts("failed") == []  # waiting, not failed
 

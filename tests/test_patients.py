@@ -18,7 +18,8 @@ PNR = PatientPattern(
 
 def parse(text: str) -> tuple[PatientMap, Report]:
     data, problems = load(text, "c.yaml")
-    assert problems == [] and isinstance(data, MarkedDict)
+    assert problems == []
+    assert isinstance(data, MarkedDict)
     report = Report("c.yaml")
     return parse_patients(report, data["patients"]), report
 

@@ -29,7 +29,8 @@ def test_a_refused_file_retried_after_the_fix_is_done_with_its_history(
     [first] = [r for r in tree.receipts("failed") if r["source"] == "p_1/refused.pdf"]
 
     usage = ingestd("retry", "-c", config)
-    assert usage.returncode == 2 and "--all" in usage.stderr
+    assert usage.returncode == 2
+    assert "--all" in usage.stderr
     result = ingestd("retry", "-c", config, str(tree.failed / "p_1" / "refused.pdf"))
     assert result.returncode == 0, result.stderr
     assert "1 file(s) back" in result.stdout
@@ -39,12 +40,14 @@ def test_a_refused_file_retried_after_the_fix_is_done_with_its_history(
 
     assert ingestd("once", "-c", config).returncode == 0
     [done] = tree.receipts("done")
-    assert done["source"] == "p_1/refused.pdf" and done["status"] == "done"
+    assert done["source"] == "p_1/refused.pdf"
+    assert done["status"] == "done"
     assert done["history"] == [first]
 
     assert ingestd("retry", "-c", config, "--patient", "p_2").returncode == 0
     assert ingestd("once", "-c", config).returncode == 0
-    assert tree.receipts("failed") == [] and len(tree.receipts("done")) == 2
+    assert tree.receipts("failed") == []
+    assert len(tree.receipts("done")) == 2
 
 
 def test_retry_refuses_paths_that_are_not_failed_files(tree: Tree, sandbox: Sandbox) -> None:
@@ -53,5 +56,6 @@ def test_retry_refuses_paths_that_are_not_failed_files(tree: Tree, sandbox: Sand
     stray = tree.root / "elsewhere.pdf"
     stray.write_bytes(pdf("x"))
     result = ingestd("retry", "-c", config, str(stray))
-    assert result.returncode == 2 and "not a failed file" in result.stderr
+    assert result.returncode == 2
+    assert "not a failed file" in result.stderr
     assert stray.exists()

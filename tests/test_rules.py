@@ -54,7 +54,8 @@ def check(
     text: str, targets: tuple[str, ...] = ("leyr", "nymbl")
 ) -> tuple[tuple[Rule, ...], Report]:
     data, problems = load(text, "c.yaml")
-    assert problems == [] and isinstance(data, MarkedList)
+    assert problems == []
+    assert isinstance(data, MarkedList)
     report = Report("c.yaml")
     return parse_rules(report, data, targets), report
 
@@ -187,7 +188,7 @@ def test_sizes(value: object, expected: int) -> None:
 
 @pytest.mark.parametrize("value", ["ten", "10 XB", -1, True, [1]])
 def test_bad_sizes(value: object) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a size"):
         parse_size(value)
 
 
@@ -251,11 +252,13 @@ def test_ignore_fail_format_size_and_patient() -> None:
     ignored = decide(rules, facts("p1/lab/scanner.LOG")).decision
     assert ignored == Decision("logs", 2, "ignore")
     fax = decide(rules, facts("p1/fax/in/1.tif", "image/tiff")).decision
-    assert fax is not None and (fax.rule, fax.target, fax.title) == ("faxes", "nymbl", "Fax 14:05")
+    assert fax is not None
+    assert (fax.rule, fax.target, fax.title) == ("faxes", "nymbl", "Fax 14:05")
     big_fax = decide(rules, facts("p1/fax/1.tif", "image/tiff", 20_000_000))
     assert ("faxes", "size 20000000 bytes is above max 10000000") in big_fax.misses
     photo = decide(rules, facts("p1/IMG_1.jpg", "image/jpeg")).decision
-    assert photo is not None and photo.rule == "photos"
+    assert photo is not None
+    assert photo.rule == "photos"
     other = Facts(PurePosixPath("p/IMG.jpg"), "x-1", "image/jpeg", 1000, MTIME, RECEIVED)
     other_verdict = decide(rules, other)
     assert ("photos", "patient id does not match 'pid-\\\\d+'") in other_verdict.misses
@@ -303,9 +306,9 @@ def test_decision_round_trips_through_json_dict() -> None:
     decision = Decision("lab", 7, "upload", "Lab", "Lab Result", "leyr", {"description": "d"})
     again = Decision.from_dict(json.loads(json.dumps(decision.to_dict())))
     assert again == decision
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rule_line"):
         Decision.from_dict({"rule": "x", "rule_line": "7", "action": "upload"})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="action"):
         Decision.from_dict({"rule": "x", "rule_line": 7, "action": "explode"})
 
 

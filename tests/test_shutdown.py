@@ -55,7 +55,8 @@ def test_sigterm_during_backoff_parks_the_file_and_a_restart_completes_it(
     proc = daemon_process(config)
     wait_for(lambda: tree.receipts())
     [receipt] = tree.receipts()
-    assert receipt["status"] == "done" and receipt["attempts"] >= 2
+    assert receipt["status"] == "done"
+    assert receipt["attempts"] >= 2
     assert len(sandbox.documents()) == 1
     assert proc.stop() == 0
 

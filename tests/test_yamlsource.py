@@ -100,7 +100,8 @@ def test_empty_document() -> None:
 def test_recursive_alias_is_a_problem_not_a_crash() -> None:
     data, problems = load("&a [*a]", "f.yaml")
     assert data is None
-    assert problems and problems[0].line == 1
+    assert problems
+    assert problems[0].line == 1
 
 
 def test_problem_str_and_warning_prefix() -> None:

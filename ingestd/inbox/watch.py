@@ -136,7 +136,7 @@ def _schedule(observer: BaseObserver, handler: FileSystemEventHandler, root: Pat
     watchdog can be told (event_filter, watchdog 4+); older ones deliver all and the handler
     drops what it does not need."""
     if "event_filter" in inspect.signature(observer.schedule).parameters:
-        observer.schedule(handler, str(root), recursive=True, event_filter=list(WANTED_EVENTS))  # type: ignore[call-arg]
+        observer.schedule(handler, str(root), recursive=True, event_filter=list(WANTED_EVENTS))  # type: ignore[call-arg, unused-ignore]
     else:
         observer.schedule(handler, str(root), recursive=True)
 

@@ -79,7 +79,7 @@ class Metrics:
 
     def watch(self, snapshot: Callable[[], Snapshot]) -> None:
         """Read the daemon's gauges from `snapshot` at every scrape."""
-        self.registry.register(_StateCollector(snapshot))  # type: ignore[arg-type]
+        self.registry.register(_StateCollector(snapshot))  # type: ignore[arg-type, unused-ignore]
 
 
 class _StateCollector:

@@ -161,7 +161,8 @@ def _upload(ctx: Context, req: Request, where: _Where) -> Response:
         raise fail(413, "payload_too_large", "file exceeds the 25 MB size limit")
     if not part.data:
         raise fail(400, "bad_request", "file is empty")
-    assert part.filename is not None and part.content_type is not None
+    assert part.filename is not None
+    assert part.content_type is not None
     doc = new_document(
         "nymbl",
         "doc-",

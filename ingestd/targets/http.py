@@ -111,8 +111,6 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    if when is None:  # Python < 3.10 returned None instead of raising
-        return None
     if when.tzinfo is None:  # "-0000" means UTC per RFC 5322
         when = when.replace(tzinfo=UTC)
     current = now or datetime.now(UTC)
@@ -438,7 +436,7 @@ class HttpTarget:
         with transport_errors(what, self.timeout_seconds):
             return self._session.post(
                 url,
-                data=body,  # type: ignore[arg-type]  # a sized reader; requests streams it
+                data=body,  # type: ignore[arg-type, unused-ignore]  # a sized reader; requests streams it
                 headers={**(headers or {}), "Content-Type": body.content_type},
                 timeout=timeouts(self.timeout_seconds),
                 # Never followed: a redirect could carry our credential headers to another host.

@@ -162,7 +162,7 @@ def test_invalid_faults_are_refused() -> None:
         {"api": "leyr", "retry_after": "1\r\nX-Evil: 1"},
     ]
     for kwargs in bad:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError):  # noqa: PT011 - each refusal has its own message
             Fault(**kwargs)
 
 

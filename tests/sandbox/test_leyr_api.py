@@ -46,7 +46,8 @@ def upload(sb: Sandbox, pid: str = "abc_12345", **overrides: Any) -> requests.Re
 def raw_exchange(sb: Sandbox, head: bytes) -> bytes:
     """Send `head` (no body) on a fresh socket and read until the server closes."""
     parts = urlsplit(sb.url)
-    assert parts.hostname is not None and parts.port is not None
+    assert parts.hostname is not None
+    assert parts.port is not None
     with socket.create_connection((parts.hostname, parts.port), timeout=5) as conn:
         conn.sendall(head)
         received = b""

@@ -103,7 +103,8 @@ def test_bodies_are_chunks_of_at_most_64_kib_not_file_like(make_upload: UploadFa
     for body in (LeyrJsonBody(up), MultipartBody(up, [])):
         assert not hasattr(body, "read")
         sizes = [len(chunk) for chunk in body]
-        assert sum(sizes) == len(body) and max(sizes) == bodies.CHUNK
+        assert sum(sizes) == len(body)
+        assert max(sizes) == bodies.CHUNK
 
 
 def test_a_body_is_used_up_and_a_new_one_starts_from_offset_zero(
@@ -145,7 +146,8 @@ def test_reads_are_bounded_by_the_chunk_size(
     monkeypatch.setattr(os, "pread", counting_pread)
     drain(LeyrJsonBody(up))
     drain(MultipartBody(up, []))
-    assert asked and max(asked) <= bodies.CHUNK
+    assert asked
+    assert max(asked) <= bodies.CHUNK
 
 
 def test_a_file_shorter_than_announced_raises_source_changed(make_upload: UploadFactory) -> None:

@@ -258,7 +258,7 @@ def test_nothing_listening_is_transient_and_not_sent(
         port = s.getsockname()[1]
     # Bound, then closed without listening: connecting to it is refused.
     url = f"http://127.0.0.1:{port}"
-    options = {key: "x" for key in KINDS[api.kind].required}
+    options = dict.fromkeys(KINDS[api.kind].required, "x")
     options["base_url"] = url
     if "token_url" in options:
         options["token_url"] = f"{url}/token"
@@ -369,7 +369,8 @@ def test_make_target_applies_defaults_and_overrides(sb: Sandbox, api: Kind) -> N
 
     target = make_target(settings_for(sb, api.kind))
     try:
-        assert target.name == api.kind and target.kind == api.kind
+        assert target.name == api.kind
+        assert target.kind == api.kind
         assert target.max_bytes == KINDS[api.kind].default_max_bytes
         assert target.accept == KINDS[api.kind].default_accept
     finally:

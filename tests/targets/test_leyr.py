@@ -61,7 +61,8 @@ def test_registry_defaults_match_the_documentation() -> None:
     kind = KINDS["leyr"]
     assert kind.default_max_bytes == DEFAULT_MAX_BYTES == 20 * 1024 * 1024
     assert kind.default_accept == DEFAULT_ACCEPT
-    assert "application/dicom" in DEFAULT_ACCEPT and "text/plain" in DEFAULT_ACCEPT
+    assert "application/dicom" in DEFAULT_ACCEPT
+    assert "text/plain" in DEFAULT_ACCEPT
     assert kind.required == {"base_url", "emr", "care_unit_id", "client_id", "client_secret"}
     assert kind.optional == {"created_by_id"}
 

@@ -31,8 +31,10 @@ def test_the_settled_type_and_owner_travel_with_the_claim(tmp_path: Path) -> Non
     path.write_bytes(pdf("a"))
     ready = Ready(REL, time.time(), Snapshot.of(path.stat()), format="application/pdf")
     row = claimer.claim(ready)
-    assert row is not None and row.state == "claiming"
-    assert row.format == "application/pdf" and row.owner_uid == os.getuid()
+    assert row is not None
+    assert row.state == "claiming"
+    assert row.format == "application/pdf"
+    assert row.owner_uid == os.getuid()
     assert row == claimer.journal.get(row.id)
 
 

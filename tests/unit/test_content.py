@@ -73,7 +73,8 @@ def test_hash_and_length(tmp_path: Path) -> None:
         digest, size = content.sha256_of(fd)
     finally:
         os.close(fd)
-    assert digest == hashlib.sha256(b"abc" * 1000).hexdigest() and size == 3000
+    assert digest == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert size == 3000
 
 
 def _chunks(digest: content.StreamedDigest, size: int, step: int, stop: int | None = None) -> None:

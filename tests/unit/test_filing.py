@@ -33,7 +33,8 @@ def test_long_names_are_shortened_so_the_receipt_name_fits() -> None:
     assert short.endswith(".pdf")
     assert len(os.fsencode(short + SUFFIX)) <= 255
     numbered = candidate(name, 12)
-    assert numbered.endswith(" (12).pdf") and len(os.fsencode(numbered + SUFFIX)) <= 255
+    assert numbered.endswith(" (12).pdf")
+    assert len(os.fsencode(numbered + SUFFIX)) <= 255
 
 
 def test_place_never_overwrites() -> None:
@@ -58,5 +59,6 @@ def test_place_moves_a_symlink_itself_not_its_target(tmp_path: Path) -> None:
     link.symlink_to(secret)
     dest = tmp_path / "failed" / "p1" / "link.pdf"
     place(link, dest)
-    assert dest.is_symlink() and os.readlink(dest) == str(secret)
+    assert dest.is_symlink()
+    assert os.readlink(dest) == str(secret)
     assert secret.read_text() == "s"

@@ -25,7 +25,8 @@ def test_outage_pauses_then_lets_exactly_one_probe_through() -> None:
     assert health.failed(0.0, "503") is True  # starts the outage: log it
     assert health.failed(0.0, "503") is False  # already paused: do not log again
     go, _, until = health.admit()
-    assert not go and until == health.paused_until > clock.now
+    assert not go
+    assert until == health.paused_until > clock.now
     clock.now = health.paused_until
     assert health.admit()[:2] == (True, True)  # the probe
     assert health.admit()[0] is False  # everyone else waits for it
@@ -53,7 +54,8 @@ def test_misconfigured_pauses_longer_and_a_probe_that_never_answered_frees_the_s
     clock = Clock()
     health = TargetHealth("nymbl", 1, clock=clock)
     assert health.failed(0.0, "401", misconfigured=True)
-    assert health.misconfigured and health.paused_until - clock.now == 60.0
+    assert health.misconfigured
+    assert health.paused_until - clock.now == 60.0
     clock.now = health.paused_until
     assert health.admit()[1] is True
     health.released()

@@ -22,7 +22,9 @@ def test_rows_round_trip_and_survive_reopening(tmp_path: Path) -> None:
     reopened = Journal(db)
     row = reopened.get(row_id)
     assert row is not None
-    assert row.source == source and row.state == "uploading" and row.attempts == 1
+    assert row.source == source
+    assert row.state == "uploading"
+    assert row.attempts == 1
     assert row.decision == {"rule": "r", "target": "leyr"}
     assert [r.id for r in reopened.active()] == [row_id]
     reopened.update(row_id, state="uploaded", document_id="doc_1")
@@ -53,7 +55,8 @@ def test_rows_held_in_memory_match_what_is_stored(tmp_path: Path) -> None:
     row = journal.change(row, state="claimed", decision={"target": "leyr"}, outcome_unknown=True)
     row = journal.change(row, dest=PurePosixPath("p/a b (1).pdf"), history=[{"status": "failed"}])
     assert row == journal.get(row.id)
-    assert row.state == "claimed" and row.dest == PurePosixPath("p/a b (1).pdf")
+    assert row.state == "claimed"
+    assert row.dest == PurePosixPath("p/a b (1).pdf")
 
 
 def test_retried_receipts_are_taken_once(tmp_path: Path) -> None:
@@ -70,7 +73,7 @@ def test_retried_receipts_are_taken_once(tmp_path: Path) -> None:
 
 def test_unknown_columns_are_refused(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown journal columns"):
         journal.update(1, nonsense=1)
 
 
@@ -104,7 +107,8 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
         old.executescript(SCHEMA_V1)
     journal = Journal(db)
     [row] = journal.active()
-    assert row.source == PurePosixPath("p1/a.pdf") and row.state == "uploading"
+    assert row.source == PurePosixPath("p1/a.pdf")
+    assert row.state == "uploading"
     assert row.owner_uid is None
     journal.update(row.id, owner_uid=1000)
     assert journal.get(row.id).owner_uid == 1000  # type: ignore[union-attr]

@@ -25,8 +25,12 @@ def test_filesystem_type_uses_the_longest_mount_point() -> None:
 
 
 def test_network_and_fuse_file_systems_are_polled() -> None:
-    assert needs_polling("nfs4") and needs_polling("cifs") and needs_polling("fuse.sshfs")
-    assert not needs_polling("ext4") and not needs_polling("xfs") and not needs_polling("")
+    assert needs_polling("nfs4")
+    assert needs_polling("cifs")
+    assert needs_polling("fuse.sshfs")
+    assert not needs_polling("ext4")
+    assert not needs_polling("xfs")
+    assert not needs_polling("")
 
 
 def test_scan_skips_hidden_and_temporary_names_and_never_follows_links(tmp_path: Path) -> None:
@@ -63,7 +67,9 @@ def test_a_file_is_ready_after_two_equal_looks_a_settle_time_apart(tmp_path: Pat
     assert settler.look(rel) is None
     clock.now += 1.0
     ready = settler.look(rel)
-    assert ready is not None and ready.rel == rel and ready.snapshot is not None
+    assert ready is not None
+    assert ready.rel == rel
+    assert ready.snapshot is not None
     assert ready.format == "application/pdf"  # detected once, carried with the claim
     assert len(settler) == 0
 
@@ -77,7 +83,8 @@ def test_empty_files_wait_and_expire(tmp_path: Path) -> None:
     settler.notice(rel)
     assert settler.look(rel) is None
     ready = settler.look(rel)
-    assert ready is not None and ready.empty_expired
+    assert ready is not None
+    assert ready.empty_expired
 
 
 def test_a_held_path_is_looked_at_again_only_when_it_changes(tmp_path: Path) -> None:
