@@ -7,8 +7,8 @@ import re
 import pytest
 
 from ingestd.identifiers import luhn_ok
-from ingestd.rules.language import parse_template
 from ingestd.rules.patients import PatientMap, PatientPattern, parse_patients
+from ingestd.rules.templates import parse_template
 from ingestd.yamlsource import MarkedDict, Report, load
 
 PNR = PatientPattern(

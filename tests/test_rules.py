@@ -10,20 +10,10 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from ingestd.rules.language import (
-    Decision,
-    Facts,
-    Match,
-    Rule,
-    TemplateError,
-    Verdict,
-    decide,
-    name_regex,
-    parse_rules,
-    parse_size,
-    parse_template,
-    path_regex,
-)
+from ingestd.rules.globs import name_regex, path_regex
+from ingestd.rules.matching import Decision, Facts, Match, Rule, Verdict, decide
+from ingestd.rules.parse import parse_rules, parse_size
+from ingestd.rules.templates import TemplateError, parse_template
 from ingestd.yamlsource import MarkedList, Report, load
 
 MTIME = datetime(2024, 3, 1, 9, 30, 15, tzinfo=UTC)

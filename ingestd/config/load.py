@@ -18,7 +18,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ingestd.config.secrets import readable_by_others, resolve_tree
-from ingestd.rules.language import MIME, Rule, parse_rules, parse_size, path_regex
+from ingestd.rules.globs import path_regex
+from ingestd.rules.matching import Rule
+from ingestd.rules.parse import MIME, parse_rules, parse_size
 from ingestd.rules.patients import PatientMap, parse_patients
 from ingestd.targets import KINDS, TargetSettings
 from ingestd.yamlsource import START, MarkedDict, MarkedList, Problem, Report, kind_of, load

@@ -18,7 +18,7 @@ from typing import Any
 from ingestd import content
 from ingestd.config.load import Config
 from ingestd.names import patient_folder
-from ingestd.rules.language import Decision, Facts, Verdict, decide
+from ingestd.rules.matching import Decision, Facts, Verdict, decide
 from ingestd.targets.base import Target, Upload
 
 RECOGNISED = "PDF, TIFF, JPEG, PNG, DOCX, DICOM or text"

@@ -40,7 +40,7 @@ from ingestd.journal import Journal, Row
 from ingestd.names import valid_text
 from ingestd.observe.logs import Masker, event
 from ingestd.observe.metrics import Metrics
-from ingestd.rules.language import Decision
+from ingestd.rules.matching import Decision
 from ingestd.targets.base import Upload
 
 log = logging.getLogger("ingestd.pipeline")

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ingestd.rules.language import Template, check_template
+from ingestd.rules.templates import Template, check_template
 from ingestd.yamlsource import MarkedDict, Report
 
 
