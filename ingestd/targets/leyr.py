@@ -23,6 +23,7 @@ from ingestd.targets.http import (
     json_object,
     raise_for_outcome,
 )
+from ingestd.targets.lookup import Candidate, check_order, in_window, stored_at
 
 KIND = "leyr"
 REQUIRED = frozenset({"base_url", "emr", "care_unit_id", "client_id", "client_secret"})
@@ -120,6 +121,9 @@ class LeyrTarget(HttpTarget):
         return created_id(response, what)
 
     def find(self, upload: Upload) -> str | None:
+        """Every listed document stored since we could have sent this one is a candidate (the
+        list says nothing of size); the one whose decoded content has our size and SHA-256 is
+        ours. Title and format only order the candidates: an EHR may normalise either."""
         what = f"{self.name} look-up"
         redact = self._redact(upload)
         response = self._get_once(self._documents_url(upload), what)
@@ -129,13 +133,8 @@ class LeyrTarget(HttpTarget):
         items = json_object(response, what).get("items")
         if not isinstance(items, list):
             raise TransientError(f"{what}: HTTP {response.status_code} without a list of items")
-        for item in items:
-            if not isinstance(item, dict):
-                continue
-            if item.get("title") != upload.title or item.get("format") != upload.mime:
-                continue
-            doc_id = document_id(item.get("id"))
-            if doc_id is not None and self._same_content(upload, doc_id, redact):
+        for doc_id in check_order(_candidates_in(items, upload)):
+            if self._same_content(upload, doc_id, redact):
                 return doc_id
         return None
 
@@ -161,6 +160,21 @@ class LeyrTarget(HttpTarget):
             upload.file_name,
             upload.title,
         ]
+
+
+def _candidates_in(items: list[object], upload: Upload) -> list[Candidate]:
+    found: list[Candidate] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        # The guide lists no time; a `created_at`, where an EHR gives one, narrows the search.
+        when = stored_at(item.get("created_at"))
+        doc_id = document_id(item.get("id"))
+        if doc_id is None or not in_window(when, upload.not_before):
+            continue
+        hinted = item.get("title") == upload.title and item.get("format") == upload.mime
+        found.append(Candidate(doc_id, hinted, when))
+    return found
 
 
 def _b64_sha256(content: str) -> tuple[int, str] | None:

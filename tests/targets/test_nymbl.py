@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,11 +16,11 @@ from ingestd.retrying import Delivered, deliver
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import KINDS
 from ingestd.targets.base import AuthError, Target, TransientError, Upload
+from ingestd.targets.lookup import CLOCK_SLACK_SECONDS
 from ingestd.targets.nymbl import (
     DEFAULT_ACCEPT,
     DEFAULT_MAX_BYTES,
     NymblTarget,
-    odata_string,
     token_lifetime,
     validate_options,
     validate_patient_id,
@@ -74,10 +76,6 @@ def test_registry_defaults_match_the_documentation() -> None:
 )
 def test_token_lifetime_keeps_a_margin(expires_in: object, lifetime: float) -> None:
     assert token_lifetime(expires_in) == lifetime
-
-
-def test_odata_string_doubles_quotes() -> None:
-    assert odata_string("O'Brien's.pdf") == "'O''Brien''s.pdf'"
 
 
 def test_non_ascii_file_name_is_kept(
@@ -302,6 +300,45 @@ def test_find_ignores_a_candidate_whose_content_differs(
     target.send(make_upload(pdf_bytes(500, seed=1), patient_id="3"))
     same_name_and_size: Upload = make_upload(pdf_bytes(500, seed=2), patient_id="3")
     assert target.find(same_name_and_size) is None
+
+
+def routes(sb: Sandbox) -> list[str]:
+    return [r.route for r in sb.requests("nymbl")]
+
+
+def test_find_does_not_depend_on_the_name_the_ehr_lists(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    """An EHR (or its form parser) may store another name: size and content decide."""
+    target = target_for(sb, "nymbl")
+    doc_id = target.send(make_upload(pdf_bytes(700, seed=1), patient_id="4", file_name="a.pdf"))
+    renamed = make_upload(pdf_bytes(700, seed=1), patient_id="4", file_name='Remiss "x".pdf')
+    assert target.find(renamed) == doc_id
+    assert target.find(make_upload(pdf_bytes(700, seed=2), patient_id="4")) is None
+
+
+def test_find_checks_the_document_with_our_name_first(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl")
+    for seed, name in [(1, "b.pdf"), (2, "a.pdf"), (3, "c.pdf")]:
+        target.send(make_upload(pdf_bytes(700, seed=seed), patient_id="4", file_name=name))
+    ours = make_upload(pdf_bytes(700, seed=2), patient_id="4", file_name="a.pdf")
+    before = len(routes(sb))
+    assert target.find(ours)
+    assert routes(sb)[before:] == ["list", "value"]  # one download: the hinted one matched
+
+
+def test_find_skips_documents_stored_well_before_the_file_arrived(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl")
+    up = make_upload(pdf_bytes(700, seed=1), patient_id="4")
+    target.send(up)
+    later = dataclasses.replace(up, not_before=time.time() + CLOCK_SLACK_SECONDS + 60)
+    assert target.find(later) is None
+    assert routes(sb) == ["upload", "list"]  # nothing downloaded
+    assert target.find(dataclasses.replace(up, not_before=time.time() + 60)) is not None
 
 
 @pytest.mark.parametrize("accepted", [("basic",), ("body",), ("basic", "body")])
