@@ -170,8 +170,8 @@ class TokenSource:
         `basic`: RFC 6749 2.3.1 form-encodes id and secret before the Basic encoding; written
         with `%20` for a space (not `+`), both form decoders and the percent decoders some
         servers use instead (Authlib) read it back. `basic-raw`: RFC 7617 Basic with the id and
-        secret as they are, in UTF-8, for servers that decode neither (Authlib before 1.3, and
-        others); tried only when it differs and the id has no `:`.
+        secret as they are, in UTF-8, for servers that decode neither (older Authlib, such as
+        Debian 12's 1.2); tried only when it differs and the id has no `:`.
         """
         raw_differs = _form_encoded(self._client_id) != self._client_id or (
             _form_encoded(self._client_secret) != self._client_secret

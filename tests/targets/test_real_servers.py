@@ -251,7 +251,7 @@ def flask_app(store: Store) -> Any:
     @app.post("/plain/token")
     def plain_token() -> Any:
         """A token endpoint that reads Basic as RFC 7617 has it, decoding nothing more (as
-        Authlib did before 1.3): Werkzeug's own parse of the Authorization header."""
+        older Authlib did): Werkzeug's own parse of the Authorization header."""
         auth = flask.request.authorization
         if auth is None or (auth.username, auth.password) != (CLIENT_ID, CLIENT_SECRET):
             return flask.jsonify(error="invalid_client"), 401
