@@ -43,7 +43,7 @@ from ingestd.targets.base import PermanentError
 from ingestd.targets.nymbl import NymblTarget
 from tests.conftest import Tree, wait_for
 
-from .conftest import UploadFactory, pdf_bytes
+from .conftest import HARD_FILE_NAMES, UploadFactory, pdf_bytes
 
 CLIENT_ID = "ingestd-test"
 # The node stand-in's; also one of the secrets Authlib's clients have.
@@ -53,16 +53,7 @@ NODE_SCRIPT = Path(__file__).with_name("nymbl_busboy.js")
 NODE_PACKAGES = Path(__file__).resolve().parents[2] / "build" / "test-node"
 BUSBOY = "busboy@1"
 
-# File names real scanners and people produce that the multipart encoding must carry.
-NAMES = [
-    'Remiss "Dr. O\'Brien".pdf',
-    "back\\slash.pdf",
-    "ends in a backslash\\",
-    'semi;colon; filename="x.pdf".pdf',
-    "100% sure %22 %41.pdf",
-    "Röntgen åäö 日本 €.pdf",
-    "plain.pdf",
-]
+NAMES = [*HARD_FILE_NAMES, "plain.pdf"]
 # Secrets with what form and percent encodings treat specially.
 SECRETS = ["with space", "plus+sign", "per%25cent%", "colon:inside", "åäö €", CLIENT_SECRET]
 _DOCUMENTS = re.compile(r"/Patients\(([0-9]+)\)/Documents")
