@@ -13,6 +13,8 @@ import re
 from typing import Unpack
 from urllib.parse import quote
 
+import requests
+
 from ingestd.targets.base import TransientError, Upload
 from ingestd.targets.bodies import LeyrJsonBody
 from ingestd.targets.http import (
@@ -22,6 +24,7 @@ from ingestd.targets.http import (
     document_id,
     json_object,
     raise_for_outcome,
+    transport_errors,
 )
 from ingestd.targets.lookup import Candidate, check_order, in_window, stored_at
 
@@ -143,11 +146,19 @@ class LeyrTarget(HttpTarget):
 
     def _same_content(self, upload: Upload, doc_id: str, redact: list[str]) -> bool:
         what = f"{self.name} look-up"
-        response = self._get_once(f"{self._documents_url(upload)}/{quote(doc_id, safe='')}", what)
-        if response.status_code == 404:
-            return False
-        raise_for_outcome(response, what, [*redact, doc_id])
-        content = json_object(response, what).get("content")
+        url = f"{self._documents_url(upload)}/{quote(doc_id, safe='')}"
+        response = self._get_once(url, what, stream=True)
+        try:
+            # The body is read here, not by the GET: its transport errors are translated here.
+            with transport_errors(what, self.timeout_seconds):
+                if response.status_code == 404:
+                    return False
+                raise_for_outcome(response, what, [*redact, doc_id])
+                if _too_short(response, upload.size):
+                    return False  # every candidate is fetched: a smaller one is not read at all
+                content = json_object(response, what).get("content")
+        finally:
+            response.close()
         if not isinstance(content, str):
             return False
         digest = _b64_sha256(content)
@@ -175,6 +186,12 @@ def _candidates_in(items: list[object], upload: Upload) -> list[Candidate]:
         hinted = item.get("title") == upload.title and item.get("format") == upload.mime
         found.append(Candidate(doc_id, hinted, when))
     return found
+
+
+def _too_short(response: requests.Response, size: int) -> bool:
+    """True when the announced body cannot hold `size` bytes as base64 (4 characters per 3)."""
+    length = response.headers.get("Content-Length", "")
+    return length.isdigit() and int(length) < 4 * (size // 3)
 
 
 def _b64_sha256(content: str) -> tuple[int, str] | None:

@@ -4,7 +4,7 @@ After an unknown outcome a target asks its EHR whether it already holds the docu
 EHR lists about a document (name, title, format) may be normalised, shortened or re-encoded, so
 it is only a hint for the order of checking; a candidate is ours only if its content has our
 size and SHA-256. The time window keeps a long patient history from being downloaded: nothing
-this file sent can have been stored before the file was claimed (`Upload.not_before`), less a
+this file sent can have been stored before the file was received (`Upload.not_before`), less a
 generous allowance for an EHR clock or time zone that is off.
 """
 

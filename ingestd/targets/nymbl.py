@@ -242,7 +242,7 @@ class TokenSource:
 def _form_encoded(value: str) -> str:
     """application/x-www-form-urlencoded as RFC 6749 2.3.1 asks, but with `%20` for a space:
     a form decoder reads `%20` as a space too, and a percent decoder would keep a `+`."""
-    return quote(value, safe="")
+    return quote(value, safe="", errors="surrogateescape")
 
 
 def _basic(user: str, password: str) -> str:

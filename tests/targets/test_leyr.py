@@ -6,10 +6,17 @@ import dataclasses
 import time
 
 import pytest
+import requests
 
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import KINDS
-from ingestd.targets.leyr import DEFAULT_ACCEPT, DEFAULT_MAX_BYTES, luhn_valid, validate_patient_id
+from ingestd.targets.leyr import (
+    DEFAULT_ACCEPT,
+    DEFAULT_MAX_BYTES,
+    _too_short,
+    luhn_valid,
+    validate_patient_id,
+)
 from ingestd.targets.lookup import CLOCK_SLACK_SECONDS
 
 from .conftest import TargetFactory, UploadFactory, pdf_bytes
@@ -162,3 +169,26 @@ def test_a_2xx_without_an_id_leaves_the_outcome_unknown(
         target_for(sb, "leyr").send(make_upload(patient_id="p1"))
     assert info.value.outcome_unknown is True
     assert info.value.http_status == 202
+
+
+@pytest.mark.parametrize(
+    ("content_length", "size", "too_short"),
+    [("100", 1000, True), ("1331", 1000, True), ("1332", 1000, False), (None, 1000, False)],
+)
+def test_a_candidate_whose_body_cannot_hold_our_base64_is_not_read(
+    content_length: str | None, size: int, too_short: bool
+) -> None:
+    response = requests.Response()
+    if content_length is not None:
+        response.headers["Content-Length"] = content_length
+    assert _too_short(response, size) is too_short
+
+
+def test_find_reads_past_smaller_documents_to_ours(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "leyr")
+    target.send(make_upload(pdf_bytes(100, seed=1), patient_id="p1", title="Small"))
+    doc_id = target.send(make_upload(pdf_bytes(9_000, seed=2), patient_id="p1", title="Big"))
+    ours = make_upload(pdf_bytes(9_000, seed=2), patient_id="p1", title="Renamed")
+    assert target.find(ours) == doc_id
