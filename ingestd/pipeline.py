@@ -176,6 +176,7 @@ class Pipeline:
             doc_type=decision.doc_type,
             fields=dict(decision.fields),
             fd=fd,
+            not_before=_epoch(row.received_at),
         )
         check_before_upload(target, upload)
         return self._deliver(row, target, upload, resumed, before)
@@ -558,6 +559,14 @@ class Pipeline:
         if row.history:
             receipt["history"] = row.history
         return receipt
+
+
+def _epoch(iso_time: str) -> float | None:
+    """Epoch seconds of a journal time (`received_at`); None if it cannot be read."""
+    try:
+        return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _changed_since(before: os.stat_result, fd: int) -> bool:

@@ -30,6 +30,9 @@ class Upload:
     doc_type: str
     fields: Mapping[str, str] = field(default_factory=dict)  # description, created_by_id
     fd: int = -1
+    # Epoch seconds: no send of this document began earlier (when the file was received). A
+    # look-up for an earlier upload skips what the EHR stored well before. None: any time.
+    not_before: float | None = None
     known_sha256: InitVar[str | None] = None
     digest: StreamedDigest = field(init=False, repr=False, compare=False)
 
@@ -117,7 +120,8 @@ class Target(Protocol):
         ...
 
     def find(self, upload: Upload) -> str | None:
-        """Ask the EHR whether this exact document (name, size, SHA-256) is already stored."""
+        """Ask the EHR whether this exact document (size and SHA-256 of its content) is already
+        stored; names and titles only say which candidates to check first."""
         ...
 
     def close(self) -> None: ...
