@@ -2,8 +2,9 @@
 another file.
 
 A receipt is written to a hidden temporary name in the same folder, fsynced, then hard-linked to
-its final name (which fails instead of overwriting), and the folder is fsynced: a reader sees
-either no receipt or a whole one.
+its final name (which fails instead of overwriting; without hard links, a rename that cannot
+overwrite or an exclusive copy: see shares.py), and the folder is fsynced: a reader sees either no
+receipt or a whole one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ingestd.shares import move_no_replace
 
 SUFFIX = ".receipt.json"
 FILE_MODE = 0o640
@@ -77,7 +80,7 @@ def write_receipt(path: Path, receipt: dict[str, Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         try:
-            os.link(tmp, path)
+            move_no_replace(tmp, path)
         except FileExistsError:
             if path.read_bytes() != data:
                 raise
