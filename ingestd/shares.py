@@ -135,9 +135,11 @@ def _no_follow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
-def move_no_replace(src: Path, dest: Path) -> None:
+def move_no_replace(src: Path, dest: Path, data: bytes | None = None) -> None:
     """Move `src` to `dest` on one file system without ever overwriting `dest`
-    (FileExistsError): a hard link and an unlink, else the fallbacks above."""
+    (FileExistsError): a hard link and an unlink, else the fallbacks above. `data`, when
+    given, is src's content: the copy is written from it, src is never opened again (on a
+    FUSE share a file just read may still count as open when it is removed)."""
     try:
         os.link(src, dest, follow_symlinks=False)
     except OSError as exc:
@@ -149,5 +151,23 @@ def move_no_replace(src: Path, dest: Path) -> None:
             _say_once("rename without overwrite", exc)
             return
         _say_once("exclusive copy", exc)
-        copy_exclusive(src, dest)
+        if data is None:
+            copy_exclusive(src, dest)
+        else:
+            os.unlink(src)
+            _write_exclusive(dest, data)
+            return
     os.unlink(src)
+
+
+def _write_exclusive(dest: Path, data: bytes, mode: int = 0o640) -> None:
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as writer:
+            writer.write(data)
+            writer.flush()
+            os.fsync(writer.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(dest)
+        raise

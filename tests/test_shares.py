@@ -172,7 +172,8 @@ def _stray(share: Share) -> list[str]:
     """Hidden copies or leftovers anywhere on the share (ingestd's own .ingestd excepted)."""
     return sorted(
         str(p.relative_to(share.server))
-        for p in share.server.rglob(".*")
+        for p in share.server.rglob("*")
+        if p.name.startswith(".") and ".ingestd" not in p.relative_to(share.server).parts
         if ".ingestd" not in p.relative_to(share.server).parts
     )
 
@@ -194,14 +195,14 @@ def test_files_on_a_share_without_hard_links_are_uploaded_once_and_filed(
         for rel, data in files.items():
             _write_on_server(share, rel, data)
         wait_for(lambda: len(list((share.server / "done").rglob("*.receipt.json"))) == 4, 60)
-        assert proc.proc.poll() is None
+        assert proc.proc.poll() is None, proc.output()
         done = {
             str(p.relative_to(share.server / "done")): p.read_bytes()
             for p in (share.server / "done").rglob("*.pdf")
         }
         assert done == files  # each under its own name: no "(1)" copies
         assert len(sandbox.documents()) == 4  # each uploaded once
-        assert _stray(share) == []
+        assert _stray(share) == [], proc.output()
         work = share.server / "inbox" / ".ingestd" / "work"
         assert [p for p in work.rglob("*") if p.is_file() and p.name != ".lease"] == []
         assert proc.stop() == 0
