@@ -90,6 +90,7 @@ class Daemon:
         )
         self.observation = Observation(paths.inbox, self.hints, poll=config.watch.poll)
         self.availability = Availability(describe=self._describe_folder)
+        self._inbox_was_mount = os.path.ismount(paths.inbox)
         self.claimer.on_unavailable = self._folder_failed
         self.pipeline = Pipeline(
             config=lambda: self._config,
@@ -324,11 +325,25 @@ class Daemon:
         except OSError as exc:
             self._inbox_failed(exc)
             return False
-        if not present:
+        if not present and not self._work_folder_remade():
             self._inbox_failed(None)
             return False
         if self.availability.answered(INBOX_ROOT):
             self._resume(INBOX_ROOT)
+        return True
+
+    def _work_folder_remade(self) -> bool:
+        """Make the work folder again when the inbox is there but was emptied (removed and
+        made anew); never on a bare mount point: an inbox that was a mount point at start-up
+        and is not one now is a share that is not mounted."""
+        inbox = self._config.paths.inbox
+        try:
+            if not inbox.is_dir() or (self._inbox_was_mount and not os.path.ismount(inbox)):
+                return False
+            self.claimer.prepare()
+        except OSError:
+            return False
+        event(log, logging.WARNING, "work_folder_made", action="the inbox had been emptied")
         return True
 
     def _folder_failed(self, rel: PurePosixPath, exc: OSError) -> None:
