@@ -36,6 +36,7 @@ from ingestd.metrics import Metrics, MetricsServer, Snapshot, start_server
 from ingestd.names import is_ignored_path
 from ingestd.notify import watchdog_interval
 from ingestd.pipeline import Outcome, Pipeline
+from ingestd.shares import is_unavailable
 from ingestd.status import publish
 from ingestd.targets import make_target
 from ingestd.targets.base import Target
@@ -64,12 +65,17 @@ class Daemon:
         self.once = once
         paths = config.paths
         for folder in (paths.inbox, paths.done, paths.failed):
-            make_folders(folder)
+            _make_unless_unavailable(folder)
         state_dir = paths.state.parent
         self.journal = Journal(paths.state)
         self.masker = load_masker(state_dir)
         self.claimer = Claimer(paths.inbox, self.journal, instance_id(state_dir), self.masker)
-        self.claimer.prepare()
+        try:
+            self.claimer.prepare()
+        except OSError as exc:
+            if not is_unavailable(exc):
+                raise
+            # A share that is down at start-up: the loop pauses the inbox until it answers.
         self._targets: dict[str, Target] = {}
         self._health: dict[str, TargetHealth] = {}
         self._build_targets(config)
@@ -220,7 +226,11 @@ class Daemon:
         for row in self.claimer.recover():
             self._resumed.add(row.id)
         known = {row.work for row in self.journal.active()}
-        for orphan in self.claimer.orphans(known):
+        try:
+            orphans = self.claimer.orphans(known)
+        except OSError:
+            orphans = []  # the inbox does not answer: looked for at the next start
+        for orphan in orphans:
             self.claimer.return_orphan(orphan)
         for worker in self._workers:
             worker.start()
@@ -710,6 +720,15 @@ class Daemon:
         for target in self._targets.values():
             target.close()
         return self.summary
+
+
+def _make_unless_unavailable(folder: Path) -> None:
+    """Make a folder; one on a share that does not answer yet is paused, not fatal."""
+    try:
+        make_folders(folder)
+    except OSError as exc:
+        if not is_unavailable(exc):
+            raise
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:

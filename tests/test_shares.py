@@ -243,3 +243,23 @@ def test_a_share_that_dies_pauses_the_inbox_and_what_came_meanwhile_is_uploaded(
     finally:
         if proc.proc.poll() is None:
             proc.kill()
+
+
+def test_a_daemon_started_while_the_share_is_down_waits_for_it(
+    share: Share, tmp_path: Path, sandbox: Sandbox
+) -> None:
+    tree = _shared_tree(share, tmp_path)
+    _write_on_server(share, "p_1/early.pdf", pdf("early"))
+    share.kill()
+    proc = _daemon(tree, sandbox)
+    try:
+        proc.wait_started()
+        wait_for(lambda: "event=folder_unavailable" in proc.output(), 20)
+        share.restore()
+        wait_for(lambda: len(list((share.server / "done").rglob("*.receipt.json"))) == 1, 60)
+        assert len(sandbox.documents()) == 1 and proc.proc.poll() is None
+        assert proc.output().count("event=folder_unavailable") == 1
+        assert proc.stop() == 0
+    finally:
+        if proc.proc.poll() is None:
+            proc.kill()
