@@ -93,7 +93,7 @@ def _copy_across(src: Path, dest: Path) -> None:
         os.unlink(tmp)  # left by a crash: the journal's destination is retried with it
     copy_exclusive(src, tmp)
     try:
-        move_no_replace(tmp, dest)
+        move_no_replace(tmp, dest, copy_from=src)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -135,11 +135,13 @@ def _no_follow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
-def move_no_replace(src: Path, dest: Path, data: bytes | None = None) -> None:
+def move_no_replace(src: Path, dest: Path, copy_from: Path | bytes | None = None) -> None:
     """Move `src` to `dest` on one file system without ever overwriting `dest`
-    (FileExistsError): a hard link and an unlink, else the fallbacks above. `data`, when
-    given, is src's content: the copy is written from it, src is never opened again (on a
-    FUSE share a file just read may still count as open when it is removed)."""
+    (FileExistsError): a hard link and an unlink, else the fallbacks above.
+
+    `copy_from`, when `src` is a temporary copy, is what it was made from (a path, or the
+    bytes): an exclusive copy is then made from that and `src` is never read again (on a FUSE
+    share a file just closed may still count as open when it is removed)."""
     try:
         os.link(src, dest, follow_symlinks=False)
     except OSError as exc:
@@ -151,11 +153,14 @@ def move_no_replace(src: Path, dest: Path, data: bytes | None = None) -> None:
             _say_once("rename without overwrite", exc)
             return
         _say_once("exclusive copy", exc)
-        if data is None:
+        if copy_from is None:
             copy_exclusive(src, dest)
         else:
             os.unlink(src)
-            _write_exclusive(dest, data)
+            if isinstance(copy_from, bytes):
+                _write_exclusive(dest, copy_from)
+            else:
+                copy_exclusive(copy_from, dest)
             return
     os.unlink(src)
 

@@ -142,14 +142,25 @@ def test_a_cleanly_unmounted_inbox_takes_the_same_path(
     work = tree.inbox / WORK_DIR / daemon.claimer.instance
     hidden = work.with_name("moved-away")
     work.rename(hidden)  # what an unmount leaves: a bare mount point
+    daemon._inbox_was_mount = True  # it was one at start-up, and is not one now
     daemon._check_folders()
     daemon._check_folders()
     [line] = _events(caplog, "folder_unavailable")
     assert "the inbox folder is missing" in line
+    assert not work.exists()  # no work folder built on the bare mount point
     hidden.rename(work)
     daemon.availability._down[INBOX_ROOT].retry_at = 0.0
     daemon._check_folders()
     assert not daemon.availability.inbox_down() and _events(caplog, "folder_available")
+
+
+def test_an_emptied_inbox_that_is_no_mount_point_gets_its_work_folder_back(
+    daemon: Daemon, tree: Tree, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tree.inbox / WORK_DIR / daemon.claimer.instance).rmdir()
+    daemon._check_folders()
+    assert (tree.inbox / WORK_DIR / daemon.claimer.instance).is_dir()
+    assert not _events(caplog, "folder_unavailable") and _events(caplog, "work_folder_made")
 
 
 def test_the_backoff_grows_and_is_capped() -> None:
@@ -419,3 +430,27 @@ def test_a_claimed_file_on_a_share_that_does_not_answer_waits(
     assert daemon.pipeline.process(row).result == "deferred"
     monkeypatch.undo()
     assert (work.exists() and not tree.failed.exists()) or not list(tree.failed.rglob("*.pdf"))
+
+
+@pytest.mark.parametrize("dest_links", [True, False], ids=["dest-links", "dest-no-links"])
+def test_a_move_across_file_systems_leaves_no_hidden_copy(
+    tmp_path: Path, dest_links: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's `.X.pdf.ingestd-copy`: a cross-device copy whose final link was refused."""
+    real_link = os.link
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "X.pdf").write_bytes(b"x" * 5000)
+
+    def link(src: Any, dest: Any, **kwargs: Any) -> None:
+        if Path(src).parent.name == "work":
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        if not dest_links:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        real_link(src, dest, **kwargs)
+
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(shares, "_renameat2", None)
+    place(tmp_path / "work" / "X.pdf", tmp_path / "done" / "X.pdf")
+    assert os.listdir(tmp_path / "done") == ["X.pdf"]
+    assert (tmp_path / "done" / "X.pdf").read_bytes() == b"x" * 5000
+    assert os.listdir(tmp_path / "work") == []
