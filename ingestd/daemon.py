@@ -338,6 +338,8 @@ class Daemon:
         if not present and not self._work_folder_remade():
             self._inbox_failed(None)
             return False
+        if not self._inbox_was_mount:  # a share mounted after start-up counts too
+            self._inbox_was_mount = os.path.ismount(self._config.paths.inbox)
         if self.availability.answered(INBOX_ROOT):
             self._resume(INBOX_ROOT)
         return True
