@@ -230,6 +230,12 @@ def _paths(report: Report, node: MarkedDict) -> Paths | None:
                 node.value_mark("state"),
                 "paths.state must not be inside paths.inbox (unless in a hidden folder)",
             )
+    if "state" in found and os.path.isdir(found["state"]):
+        report.error(
+            node.value_mark("state"),
+            "paths.state is a folder; it names the journal's file, e.g. "
+            f"{found['state'] / 'journal.sqlite'}",
+        )
     if len(found) < len(PATH_KEYS):
         return None
     return Paths(found["inbox"], found["done"], found["failed"], found["state"])

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import filetype
 
+from ingestd.shares import is_unavailable
+
 HEAD_BYTES = 8192
 CHUNK = 1 << 20
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -90,6 +92,8 @@ def open_regular(path: Path) -> tuple[int, os.stat_result]:
             ) from exc
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise FileNotFoundError(exc.errno, exc.strerror) from exc
+        if is_unavailable(exc):
+            raise  # the share is gone, not the file: the caller waits for it
         raise UnsafeFile("unreadable", f"cannot open: {exc.strerror}") from exc
     try:
         st = os.fstat(fd)

@@ -36,10 +36,11 @@ from ingestd.metrics import Metrics, MetricsServer, Snapshot, start_server
 from ingestd.names import is_ignored_path
 from ingestd.notify import watchdog_interval
 from ingestd.pipeline import Outcome, Pipeline
+from ingestd.shares import is_unavailable
 from ingestd.status import publish
 from ingestd.targets import make_target
 from ingestd.targets.base import Target
-from ingestd.watcher import INBOX_ROOT, Hints, Observation, Ready, Settler, scan
+from ingestd.watcher import INBOX_ROOT, Availability, Hints, Observation, Ready, Settler, scan
 
 log = logging.getLogger("ingestd.daemon")
 
@@ -64,12 +65,17 @@ class Daemon:
         self.once = once
         paths = config.paths
         for folder in (paths.inbox, paths.done, paths.failed):
-            make_folders(folder)
+            _make_unless_unavailable(folder)
         state_dir = paths.state.parent
         self.journal = Journal(paths.state)
         self.masker = load_masker(state_dir)
         self.claimer = Claimer(paths.inbox, self.journal, instance_id(state_dir), self.masker)
-        self.claimer.prepare()
+        try:
+            self.claimer.prepare()
+        except OSError as exc:
+            if not is_unavailable(exc):
+                raise
+            # A share that is down at start-up: the loop pauses the inbox until it answers.
         self._targets: dict[str, Target] = {}
         self._health: dict[str, TargetHealth] = {}
         self._build_targets(config)
@@ -89,6 +95,9 @@ class Daemon:
             unknown_type_grace_seconds=config.watch.unknown_type_grace_seconds,
         )
         self.observation = Observation(paths.inbox, self.hints, poll=config.watch.poll)
+        self.availability = Availability(describe=self._describe_folder)
+        self._inbox_was_mount = os.path.ismount(paths.inbox)
+        self.claimer.on_unavailable = self._folder_failed
         self.pipeline = Pipeline(
             config=lambda: self._config,
             journal=self.journal,
@@ -217,12 +226,17 @@ class Daemon:
         for row in self.claimer.recover():
             self._resumed.add(row.id)
         known = {row.work for row in self.journal.active()}
-        for orphan in self.claimer.orphans(known):
+        try:
+            orphans = self.claimer.orphans(known)
+        except OSError:
+            orphans = []  # the inbox does not answer: looked for at the next start
+        for orphan in orphans:
             self.claimer.return_orphan(orphan)
         for worker in self._workers:
             worker.start()
         if not self.once:
-            self.observation.start()
+            if self._inbox_answers():
+                self._watch()
             if self._config.metrics_listen is not None:
                 self._metrics_server = start_server(
                     self._config.metrics_listen, self.metrics, self.snapshot
@@ -257,7 +271,7 @@ class Daemon:
             now = time.monotonic()
             if not self.once:
                 if now >= next_scan:
-                    if self.observation.ensure_alive() or not self._scans:
+                    if not self.availability.inbox_down() and (self._watch() or not self._scans):
                         self._scans.append((self._scan(), True))
                     next_scan = now + self._config.watch.scan_interval_seconds
                 if now - last_watchdog >= self._watchdog_every:
@@ -265,7 +279,7 @@ class Daemon:
                     self._publish_status()
                     last_watchdog = now
                 if now >= next_poll:
-                    self._poll_folders()
+                    self._check_folders()
                     next_poll = now + POLL_EVERY
                 if now >= next_lease:
                     self._keep_lease()
@@ -277,7 +291,9 @@ class Daemon:
 
     def _keep_lease(self) -> None:
         """Renew this instance's lease and take over claims of instances gone past theirs."""
-        if self.observation.ensure_alive():
+        if self.availability.inbox_down():
+            return
+        if self._watch():
             self._scans.append((self._scan(), True))  # what happened while it was down
         for other in self.claimer.stale_instances(self._config.watch.claim_lease_seconds):
             for row in self.claimer.take_over(other):
@@ -285,7 +301,103 @@ class Daemon:
         self._journal_check_at = 0.0
 
     def _scan(self, start: PurePosixPath = INBOX_ROOT) -> Iterator[PurePosixPath]:
-        return scan(self._config.paths.inbox, start, on_folder=self._saw_folder)
+        inbox = self._config.paths.inbox
+        return scan(inbox, start, on_folder=self._saw_folder, on_error=self._folder_failed)
+
+    # --- folders that stop answering (network shares) ---------------------------------------
+
+    def _describe_folder(self, rel: PurePosixPath) -> str:
+        return "." if rel == INBOX_ROOT else self.masker.path(rel)
+
+    def _watch(self) -> bool:
+        """(Re)start the inbox observer if it is not running; True when it was (re)started.
+        An inbox that does not answer is paused rather than watched."""
+        restarted = self.observation.ensure_alive()
+        failure = self.observation.unavailable
+        if failure is not None:
+            self.observation.unavailable = None
+            self._inbox_failed(failure)
+        return restarted
+
+    def _inbox_failed(self, exc: OSError | None) -> None:
+        if exc is None or isinstance(exc, FileNotFoundError):
+            reason = "the inbox folder is missing (a share that is not mounted?)"
+            self.availability.failed(INBOX_ROOT, exc, reason)
+        else:
+            self.availability.failed(INBOX_ROOT, exc)
+        self._scans.clear()  # each would fail folder by folder; a scan follows the return
+
+    def _inbox_answers(self) -> bool:
+        """Look at the inbox (its work folder: a clean unmount leaves a bare mount point);
+        pause it or resume it as it answers."""
+        try:
+            present = self.claimer.work_folder_present()
+        except OSError as exc:
+            self._inbox_failed(exc)
+            return False
+        if not present and not self._work_folder_remade():
+            self._inbox_failed(None)
+            return False
+        if not self._inbox_was_mount:  # a share mounted after start-up counts too
+            self._inbox_was_mount = os.path.ismount(self._config.paths.inbox)
+        if self.availability.answered(INBOX_ROOT):
+            self._resume(INBOX_ROOT)
+        return True
+
+    def _work_folder_remade(self) -> bool:
+        """Make the work folder again when the inbox is there but was emptied (removed and
+        made anew); never on a bare mount point: an inbox that was a mount point at start-up
+        and is not one now is a share that is not mounted."""
+        inbox = self._config.paths.inbox
+        try:
+            if not inbox.is_dir() or (self._inbox_was_mount and not os.path.ismount(inbox)):
+                return False
+            self.claimer.prepare()
+        except OSError:
+            return False
+        event(log, logging.WARNING, "work_folder_made", action="the inbox had been emptied")
+        return True
+
+    def _folder_failed(self, rel: PurePosixPath, exc: OSError) -> None:
+        """A folder did not answer: pause it, or the whole inbox when that is what died."""
+        if self.availability.is_down(rel):
+            return
+        if rel == INBOX_ROOT or not self._inbox_answers():
+            if rel == INBOX_ROOT:
+                self._inbox_failed(exc)
+            return
+        self.availability.failed(rel, exc)
+
+    def _resume(self, rel: PurePosixPath) -> None:
+        """A folder answers again: list it for what arrived meanwhile."""
+        if rel == INBOX_ROOT:
+            if not self.once:
+                self._watch()
+            self._scans.append((self._scan(), True))
+        else:
+            self._scans.append((self._scan(rel), False))
+        self.hints.wake.set()
+
+    def _check_folders(self) -> None:
+        """Every POLL_EVERY seconds: is the inbox there, do paused folders answer again, and
+        the folders that are polled."""
+        availability = self.availability
+        if availability.inbox_down() and INBOX_ROOT not in availability.due():
+            return
+        if not self._inbox_answers():
+            return
+        for rel in availability.due():
+            try:
+                with os.scandir(self._config.paths.inbox / rel):
+                    pass
+            except (FileNotFoundError, NotADirectoryError):
+                availability.forget(rel)  # removed: nothing to wait for
+            except OSError as exc:
+                availability.failed(rel, exc)
+            else:
+                if availability.answered(rel):
+                    self._resume(rel)
+        self._poll_folders()
 
     def _saw_folder(self, rel: PurePosixPath) -> None:
         """Remember folders that must be polled (a share written by other machines)."""
@@ -297,11 +409,20 @@ class Daemon:
         every POLL_EVERY seconds instead."""
         inbox = self._config.paths.inbox
         for folder in sorted(self._polled):
-            if not self._config.watch.poll_for(folder) or not (inbox / folder).is_dir():
+            if self.availability.is_down(folder):
+                continue  # retried with a backoff by _check_folders
+            try:
+                present = (inbox / folder).is_dir()
+            except OSError as exc:
+                self._folder_failed(folder, exc)
+                continue
+            if not self._config.watch.poll_for(folder) or not present:
                 self._polled.discard(folder)  # gone, or no longer polled after a reload
                 continue
-            for rel in scan(inbox, folder):
+            for rel in scan(inbox, folder, on_error=self._folder_failed):
                 self.settler.notice(rel)
+            if self.availability.inbox_down():
+                return
 
     def _take_hints(self) -> None:
         inbox = self._config.paths.inbox
@@ -345,6 +466,8 @@ class Daemon:
         while self._ready and self._free() > 0 and not self.stopping.is_set():
             ready = self._ready.popleft()
             self._ready_paths.discard(ready.rel)
+            if self.availability.is_down(ready.rel.parent):
+                continue  # found again by the scan when its folder answers
             if self._ignores(ready):
                 self.settler.hold(ready.rel)
                 continue
@@ -448,7 +571,12 @@ class Daemon:
         scan_age = None if self._last_full_scan is None else now - self._last_full_scan
         limit = 2 * self._config.watch.scan_interval_seconds + 30
         problem = ""
-        if not self.once and not self.observation.alive():
+        down = len(self.availability)
+        if self.availability.inbox_down():
+            problem = "the inbox is not answering (a share that is down or not mounted?)"
+        elif down:
+            problem = f"{down} inbox folder(s) not answering"
+        elif not self.once and not self.observation.alive():
             problem = "the inbox observer is not running"
         elif (scan_age if scan_age is not None else now - self._started) > limit:
             problem = "no full inbox scan finished recently"
@@ -469,6 +597,8 @@ class Daemon:
             targets=targets,
             healthy=not problem,
             problem=problem,
+            inbox_up=not self.availability.inbox_down(),
+            folders_down=down,
         )
 
     def _publish_status(self) -> None:
@@ -592,6 +722,15 @@ class Daemon:
         for target in self._targets.values():
             target.close()
         return self.summary
+
+
+def _make_unless_unavailable(folder: Path) -> None:
+    """Make a folder; one on a share that does not answer yet is paused, not fatal."""
+    try:
+        make_folders(folder)
+    except OSError as exc:
+        if not is_unavailable(exc):
+            raise
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:

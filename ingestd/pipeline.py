@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import pwd
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from ingestd.names import valid_text
 from ingestd.receipts import receipt_path, utc_now, write_receipt
 from ingestd.retrying import Deferred, RetryPolicy, deliver
 from ingestd.rules import Decision
+from ingestd.shares import is_unavailable
 from ingestd.targets.base import (
     AuthError,
     PermanentError,
@@ -59,6 +61,11 @@ class Outcome:
 
     result: str
     rel: PurePosixPath
+
+
+# What is left to do with a file once it is closed: moves wait for the close (SMB refuses to
+# delete an open file).
+Step = Outcome | Callable[[], Outcome]
 
 
 @dataclass
@@ -97,7 +104,7 @@ class Pipeline:
         try:
             fd, before = content.open_regular(work)
         except FileNotFoundError:
-            if not self.claimer.work_folder_present():
+            if not self._work_folder_present():
                 # The inbox share is gone (unmounted, offline): wait for it, forget nothing.
                 self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
                 return Outcome("deferred", row.source)
@@ -107,12 +114,27 @@ class Pipeline:
             return Outcome("gone", row.source)
         except content.UnsafeFile as exc:
             return self._reject(row, Rejected(exc.kind, f"{row.source.name} {exc.message}"))
+        except OSError as exc:
+            if not is_unavailable(exc):
+                raise
+            # The inbox's share stopped answering: the daemon pauses it; this file waits.
+            self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
+            return Outcome("deferred", row.source)
         try:
-            return self._process_open(row, fd, before, resumed)
+            step = self._process_open(row, fd, before, resumed)
         except Rejected as exc:
-            return self._reject(row, exc, content.StreamedDigest(fd))
+            rejected = self._rejected(row, exc, content.StreamedDigest(fd))
+            step = functools.partial(self.finish, rejected)
         finally:
+            # Closed before any move: SMB refuses to delete an open file (EBUSY).
             os.close(fd)
+        return step() if callable(step) else step
+
+    def _work_folder_present(self) -> bool:
+        try:
+            return self.claimer.work_folder_present()
+        except OSError:
+            return False
 
     def _target_wait(self, row: Row) -> float | None:
         name = (row.decision or {}).get("target")
@@ -123,7 +145,9 @@ class Pipeline:
         except KeyError:
             return None
 
-    def _process_open(self, row: Row, fd: int, before: os.stat_result, resumed: bool) -> Outcome:
+    def _process_open(self, row: Row, fd: int, before: os.stat_result, resumed: bool) -> Step:
+        """What to do with an open claimed file; moves (filing, giving back) are returned as
+        a step to run once the file is closed."""
         # The hash is taken while the upload reads the file (Upload.sha256), not beforehand.
         size = before.st_size
         # Detected when the file settled (same inode, size and mtime), or now.
@@ -156,9 +180,9 @@ class Pipeline:
                 )
                 row = self.journal.change(row, sha256=None, size=size)
         if _changed_since(before, fd):
-            return self._changed(row)
+            return functools.partial(self._changed, row)
         if decision.action == "ignore":
-            return self._ignore(row)
+            return functools.partial(self._ignore, row)
         if decision.action == "fail":
             raise rule_failure(decision)
         target = self.targets().get(decision.target)
@@ -183,7 +207,7 @@ class Pipeline:
 
     def _deliver(
         self, row: Row, target: Target, upload: Upload, resumed: bool, before: os.stat_result
-    ) -> Outcome:
+    ) -> Step:
         health = self.health(target.name)
         go, probe, wait_until = health.admit()
         if not go:
@@ -207,7 +231,7 @@ class Pipeline:
         before: os.stat_result,
         health: TargetHealth,
         probe: bool,
-    ) -> Outcome:
+    ) -> Step:
         sends = 0
 
         def before_send() -> None:
@@ -268,7 +292,7 @@ class Pipeline:
                 row = self.journal.change(row, attempts=row.attempts + _attempts(exc))
                 kind = exc.kind if exc.kind in ("patient_not_found", "unreadable") else "rejected"
                 rejected = Rejected(kind, _rejection_message(exc), exc.http_status)
-                return self._reject(row, rejected, upload.digest)
+                return functools.partial(self.finish, self._rejected(row, rejected, upload.digest))
             except TargetError as exc:
                 finished("error")
                 health.released()
@@ -296,11 +320,11 @@ class Pipeline:
             **self._content_values(row, upload.sha256),
             **self._destination(row, "done"),
         )
-        return self.finish(uploaded)
+        return functools.partial(self.finish, uploaded)
 
     def _too_early_to_resend(
         self, row: Row, target: Target, upload: Upload, health: TargetHealth
-    ) -> Outcome | None:
+    ) -> Step | None:
         """A send whose outcome is unknown may still be in the EHR's hands (the process died
         mid-request; the EHR may store it seconds later). Ask at once — usually it is there —
         but if not, wait until that send must be over before asking again and sending."""
@@ -323,7 +347,7 @@ class Pipeline:
                 **self._content_values(row, upload.sha256),
                 **self._destination(row, "done"),
             )
-            return self.finish(uploaded)
+            return functools.partial(self.finish, uploaded)
         self.journal.update(row.id, next_attempt_at=settled_at)
         return Outcome("deferred", row.source)
 
@@ -423,16 +447,20 @@ class Pipeline:
         self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
         return Outcome("deferred", row.source)
 
-    def _reject(
+    def _reject(self, row: Row, exc: Rejected) -> Outcome:
+        return self.finish(self._rejected(row, exc))
+
+    def _rejected(
         self, row: Row, exc: Rejected, digest: content.StreamedDigest | None = None
-    ) -> Outcome:
+    ) -> Row:
+        """The row of a rejected file, its content recorded while it is still open."""
         fresh = self.journal.get(row.id) or row  # `row` may predate the recorded decision
         values: dict[str, Any] = {}
         if fresh.sha256 is None and digest is not None:
             with contextlib.suppress(OSError):  # an unreadable file's receipt says so
                 values = self._content_values(fresh, digest.hexdigest())
         values.update(self._destination(fresh, "failed"))
-        return self.finish(self.journal.change(fresh, state="rejected", error=exc.error, **values))
+        return self.journal.change(fresh, state="rejected", error=exc.error, **values)
 
     def _content_values(self, row: Row, sha256: str) -> dict[str, Any]:
         """Journal columns for a file's content once it is known. A file put back by
@@ -500,9 +528,13 @@ class Pipeline:
                 try:
                     # The receipt's write syncs the folder for both names.
                     place(work, dest, sync=False)
-                except FileExistsError:  # the name was taken since it was chosen
-                    row = self.journal.change(row, dest=None)
-                    continue
+                except FileExistsError:
+                    if not _our_copy(work, dest, row.sha256):
+                        # The name was taken since it was chosen.
+                        row = self.journal.change(row, dest=None)
+                        continue
+                    # An earlier try put it there but could not remove the work file.
+                    os.unlink(work)
             try:
                 write_receipt(receipt_path(dest), self.receipt(row, status, dest.name))
             except FileExistsError:
@@ -611,3 +643,28 @@ def _rejection_message(exc: PermanentError) -> str:
         f"the EHR refused the document (HTTP {exc.http_status}): {exc.message}; fix the file or "
         "the rule, then `ingestd retry`"
     )
+
+
+def _our_copy(work: Path, dest: Path, sha256: str | None) -> bool:
+    """Whether `dest` is the copy an interrupted move of `work` already made: the same file
+    (a link), or the same size and SHA-256, with no receipt beside it yet."""
+    try:
+        st_work, st_dest = os.lstat(work), os.lstat(dest)
+        if os.path.samestat(st_work, st_dest):
+            return True
+        if os.path.lexists(receipt_path(dest)) or st_work.st_size != st_dest.st_size:
+            return False
+        if not (stat.S_ISREG(st_work.st_mode) and stat.S_ISREG(st_dest.st_mode)):
+            return False
+        digests = {_sha256_of(work), _sha256_of(dest)}
+    except OSError:
+        return False
+    return len(digests) == 1 and (sha256 is None or sha256 in digests)
+
+
+def _sha256_of(path: Path) -> str:
+    fd, _ = content.open_regular(path)
+    try:
+        return content.StreamedDigest(fd).hexdigest()
+    finally:
+        os.close(fd)

@@ -2,19 +2,22 @@
 another file.
 
 A receipt is written to a hidden temporary name in the same folder, fsynced, then hard-linked to
-its final name (which fails instead of overwriting), and the folder is fsynced: a reader sees
-either no receipt or a whole one.
+its final name (which fails instead of overwriting; without hard links, a rename that cannot
+overwrite or an exclusive copy: see shares.py), and the folder is fsynced: a reader sees either no
+receipt or a whole one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ingestd.shares import move_no_replace
 
 SUFFIX = ".receipt.json"
 FILE_MODE = 0o640
@@ -69,7 +72,12 @@ def write_receipt(path: Path, receipt: dict[str, Any]) -> None:
     Raises FileExistsError when a different file holds the name.
     """
     data = render(receipt)
-    tmp = path.with_name(f".{secrets.token_hex(6)}.receipt.tmp")
+    # One temporary name per receipt: one that an interrupted write left (a share that died
+    # mid-write) is removed by the next try rather than left behind.
+    tag = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:12]
+    tmp = path.with_name(f".{tag}.receipt.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -77,7 +85,7 @@ def write_receipt(path: Path, receipt: dict[str, Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         try:
-            os.link(tmp, path)
+            move_no_replace(tmp, path, data)
         except FileExistsError:
             if path.read_bytes() != data:
                 raise

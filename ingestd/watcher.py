@@ -9,6 +9,7 @@ writing, it is not empty, and its content is recognised (or has been quiet for t
 
 from __future__ import annotations
 
+import errno
 import heapq
 import inspect
 import logging
@@ -29,6 +30,7 @@ from watchdog.observers.polling import PollingObserver
 from ingestd import content
 from ingestd.logs import event
 from ingestd.names import is_ignored_name, is_ignored_path
+from ingestd.shares import is_unavailable
 
 log = logging.getLogger("ingestd.watcher")
 
@@ -150,6 +152,9 @@ class Observation:
         self.poll = poll
         self._observer: BaseObserver | None = None
         self._failing = False  # a failure is logged once, not at every restart attempt
+        # Why the last start failed when the inbox itself did not answer (the daemon pauses
+        # the inbox for it: one path for a clean unmount and a share that died).
+        self.unavailable: OSError | None = None
 
     def start(self) -> bool:
         """Start watching; False (logged) when the inbox cannot be watched right now."""
@@ -165,14 +170,15 @@ class Observation:
             self.poll = True
         observer: BaseObserver = PollingObserver(timeout=2) if self.poll else Observer()
         observer.daemon = True
+        self.unavailable = None
         try:
             _schedule(observer, _Handler(self.hints), self.root)
             observer.start()
-        except FileNotFoundError:
-            # The inbox (a share?) is not there: the scans keep looking; restart later.
-            self._failed("the inbox folder is missing")
-            return False
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) or is_unavailable(exc):
+                # The inbox (a share?) is not there or not answering: the caller pauses it.
+                self.unavailable = exc
+                return False
             if self.poll:
                 self._failed(exc.strerror or type(exc).__name__)
                 return False
@@ -223,10 +229,13 @@ def scan(
     root: Path,
     start: PurePosixPath = INBOX_ROOT,
     on_folder: Callable[[PurePosixPath], None] | None = None,
+    on_error: Callable[[PurePosixPath, OSError], None] | None = None,
 ) -> Iterator[PurePosixPath]:
     """Every non-folder path below `root/start`, inbox-relative, skipping hidden and temporary
     names; never follows links. Lazy: the tree is never held in memory. `on_folder` is told of
-    every folder listed."""
+    every folder listed, `on_error` of every folder that could not be listed for a reason
+    other than being gone or forbidden (a share that stopped answering); without it, such an
+    error is raised."""
     stack = [start]
     while stack:
         rel = stack.pop()
@@ -247,6 +256,10 @@ def scan(
                     yield child
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue
+        except OSError as exc:
+            if on_error is None:
+                raise
+            on_error(rel, exc)
 
 
 @dataclass
@@ -405,3 +418,91 @@ def _format_of(path: Path) -> str | None:
         return content.detect_format(fd)
     finally:
         os.close(fd)
+
+
+BACKOFF_BASE_SECONDS = 2.0
+BACKOFF_MAX_SECONDS = 15.0
+
+
+@dataclass
+class _Outage:
+    reason: str
+    errno: str
+    since: float  # wall clock
+    failures: int
+    retry_at: float  # monotonic
+
+
+@dataclass
+class Availability:
+    """Inbox folders that stopped answering (a share whose mount died): each one is paused,
+    logged once, retried with a backoff, and resumed (the caller scans it) when it answers.
+    The inbox itself is the folder `INBOX_ROOT`; a folder below one that is down counts as
+    down too."""
+
+    describe: Callable[[PurePosixPath], str]  # a folder as the log may name it (masked)
+    clock: Callable[[], float] = time.monotonic
+    _down: dict[PurePosixPath, _Outage] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._down)
+
+    def is_down(self, rel: PurePosixPath) -> bool:
+        return any(folder in self._down for folder in (rel, *rel.parents))
+
+    def inbox_down(self) -> bool:
+        return INBOX_ROOT in self._down
+
+    def failed(self, rel: PurePosixPath, exc: OSError | None, reason: str = "") -> None:
+        """`rel` did not answer: pause it (one ERROR line when this starts an outage)."""
+        reason = reason or (exc.strerror if exc is not None and exc.strerror else "") or "error"
+        name = _errno_name(exc)
+        outage = self._down.get(rel)
+        now = self.clock()
+        if outage is None:
+            outage = self._down[rel] = _Outage(reason, name, time.time(), 0, now)
+            event(
+                log,
+                logging.ERROR,
+                "folder_unavailable",
+                folder=self.describe(rel),
+                reason=reason,
+                errno=name or None,
+                action="files there wait; ingestd retries and scans it when it answers again "
+                "(check the share's mount)",
+            )
+        outage.failures += 1
+        backoff = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (outage.failures - 1))
+        outage.retry_at = now + backoff
+
+    def answered(self, rel: PurePosixPath) -> bool:
+        """`rel` answered: True when that ends an outage (the caller scans it)."""
+        outage = self._down.pop(rel, None)
+        if outage is None:
+            return False
+        event(
+            log,
+            logging.WARNING,
+            "folder_available",
+            folder=self.describe(rel),
+            down_seconds=round(time.time() - outage.since, 1),
+        )
+        return True
+
+    def forget(self, rel: PurePosixPath) -> None:
+        """`rel` is gone for good (removed, or no longer watched): nothing to wait for."""
+        self._down.pop(rel, None)
+
+    def due(self) -> list[PurePosixPath]:
+        """Folders to try again now, the inbox first."""
+        now = self.clock()
+        return sorted(rel for rel, outage in self._down.items() if outage.retry_at <= now)
+
+    def next_due(self) -> float | None:
+        return min((outage.retry_at for outage in self._down.values()), default=None)
+
+
+def _errno_name(exc: OSError | None) -> str:
+    if exc is None or exc.errno is None:
+        return ""
+    return errno.errorcode.get(exc.errno, str(exc.errno))
