@@ -574,13 +574,9 @@ class Daemon:
         self._collect()
         for _ in self._workers:
             self._work.put(None)
-        with self._lock:
-            parked = len(self._in_flight)
+        # Files parked at shutdown are journal rows in an active state: counted there, once.
         counts = self.journal.counts()
-        self.summary.waiting = parked + sum(
-            counts.get(state, 0)
-            for state in ("claiming", "claimed", "uploading", "uploaded", "rejected")
-        )
+        self.summary.waiting = sum(counts.get(state, 0) for state in ACTIVE_STATES)
         event(
             log,
             logging.INFO,
