@@ -160,6 +160,9 @@ class _Handler(BaseHTTPRequestHandler):
             response = chosen.handler(ctx, request)
         except Abort as abort:
             response = abort.response
+        if fault is not None and fault.action == "revoke":
+            ctx.store.revoke_tokens()
+            fault = None
         if fault is not None:  # commit_drop: the work is done, the client never hears of it
             return _Answer(None)
         if chosen.kind == "upload" and ctx.latency_seconds > 0:
