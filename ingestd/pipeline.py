@@ -106,11 +106,13 @@ class Pipeline:
             self.journal.delete(row.id)
             return Outcome("gone", row.source)
         except content.UnsafeFile as exc:
-            return self._reject(row, Rejected(exc.kind, f"{row.source.name} {exc.message}"))
+            # Never opened, or not readable: the size lstat gives, and no hash.
+            rejected = Rejected(exc.kind, f"{row.source.name} {exc.message}")
+            return self._reject(row, rejected, size=_lstat_size(work))
         try:
             return self._process_open(row, fd, before, resumed)
         except Rejected as exc:
-            return self._reject(row, exc, content.StreamedDigest(fd))
+            return self._reject(row, exc, content.StreamedDigest(fd), size=before.st_size)
         finally:
             os.close(fd)
 
@@ -265,8 +267,8 @@ class Pipeline:
                 finished("rejected")
                 self._target_answered(health)
                 row = self.journal.change(row, attempts=row.attempts + _attempts(exc))
-                kind = exc.kind if exc.kind in ("patient_not_found", "unreadable") else "rejected"
-                rejected = Rejected(kind, _rejection_message(exc), exc.http_status)
+                kind = exc.kind if exc.kind in _EHR_KINDS else "rejected"
+                rejected = Rejected(kind, _rejection_message(exc, target), exc.http_status)
                 return self._reject(row, rejected, upload.digest)
             except TargetError as exc:
                 finished("error")
@@ -423,13 +425,19 @@ class Pipeline:
         return Outcome("deferred", row.source)
 
     def _reject(
-        self, row: Row, exc: Rejected, digest: content.StreamedDigest | None = None
+        self,
+        row: Row,
+        exc: Rejected,
+        digest: content.StreamedDigest | None = None,
+        size: int | None = None,
     ) -> Outcome:
         fresh = self.journal.get(row.id) or row  # `row` may predate the recorded decision
         values: dict[str, Any] = {}
+        if fresh.size is None and size is not None:
+            values["size"] = size  # refused before the decision recorded it
         if fresh.sha256 is None and digest is not None:
             with contextlib.suppress(OSError):  # an unreadable file's receipt says so
-                values = self._content_values(fresh, digest.hexdigest())
+                values.update(self._content_values(fresh, digest.hexdigest()))
         values.update(self._destination(fresh, "failed"))
         return self.finish(self.journal.change(fresh, state="rejected", error=exc.error, **values))
 
@@ -537,7 +545,7 @@ class Pipeline:
         if status == "done":
             receipt["document_id"] = row.document_id
         receipt.update(
-            target=decision.get("target"),
+            target=decision.get("target") or None,  # a fail: rule names none
             patient_id=row.patient_id,
             source=str(row.source),
             file=file_name,
@@ -558,6 +566,13 @@ class Pipeline:
         if row.history:
             receipt["history"] = row.history
         return receipt
+
+
+def _lstat_size(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return None
 
 
 def _changed_since(before: os.stat_result, fd: int) -> bool:
@@ -590,7 +605,18 @@ def _attempts(exc: Exception) -> int:
     return value if isinstance(value, int) else 0
 
 
-def _rejection_message(exc: PermanentError) -> str:
+_EHR_KINDS = frozenset({"patient_not_found", "unreadable", "too_large"})
+
+
+def _rejection_message(exc: PermanentError, target: Target) -> str:
+    if exc.kind == "too_large":
+        return (
+            f"the EHR, or a proxy in front of it, refused the upload as too large (HTTP "
+            f"{exc.http_status}): its limit is lower than the {target.max_bytes} bytes that "
+            f"{target.name} is configured to send; set the target's max_bytes: to the EHR's "
+            "limit (for Leyr, the request is about 4/3 of the file's size), split or compress "
+            "the file, then `ingestd retry`"
+        )
     if exc.kind == "unreadable":
         return f"{exc.message}; check the file and its permissions, then `ingestd retry`"
     if exc.kind == "patient_not_found":

@@ -24,6 +24,8 @@ class Sandbox:
 
     `known_patients`: None means every syntactically valid patient id exists; otherwise only
     these ids do (any written form: `abc_1`, `emr_id:abc_1`, `12345`) and others get 404.
+    `proxy_body_limit`: like a reverse proxy in front of the EHR with a lower body limit (nginx's
+    client_max_body_size), a larger request body is refused with 413 before it is read.
     """
 
     def __init__(
@@ -34,6 +36,7 @@ class Sandbox:
         token_ttl_seconds: float = 3600,
         known_patients: Iterable[str] | None = None,
         token_client_auth: Iterable[str] = ("basic", "body"),
+        proxy_body_limit: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -44,6 +47,7 @@ class Sandbox:
             token_ttl_seconds=token_ttl_seconds,
             latency_seconds=latency_seconds,
             token_client_auth=frozenset(token_client_auth),
+            proxy_body_limit=proxy_body_limit,
         )
         self._server: SandboxServer | None = None
         self._thread: threading.Thread | None = None

@@ -52,6 +52,12 @@ class _Incomplete(Exception):
     pass
 
 
+def _body_limit(ctx: Context, chosen: Route) -> int:
+    if ctx.proxy_body_limit is None or chosen.api == "control":
+        return chosen.max_body
+    return min(chosen.max_body, ctx.proxy_body_limit)
+
+
 def route(method: str, path: str) -> Route:
     if path == oauth.PATH:
         return oauth.route(method)
@@ -137,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
             fault = None
         try:
             request = Request(
-                self.command, path, query, self.headers, self._read_body(chosen.max_body)
+                self.command, path, query, self.headers, self._read_body(_body_limit(ctx, chosen))
             )
         except _TooLarge:
             if fault is not None and fault.action != "status":

@@ -89,7 +89,7 @@ class PermanentError(TargetError):
 
     def __init__(self, message: str, http_status: int | None, kind: str = "rejected") -> None:
         super().__init__(message, http_status)
-        self.kind = kind  # rejected | patient_not_found
+        self.kind = kind  # rejected | patient_not_found | too_large (413) | unreadable
 
 
 class AuthError(TargetError):

@@ -174,6 +174,14 @@ def raise_for_outcome(response: requests.Response, what: str, redact: Collection
         raise AuthError(
             describe(response, f"{what} answered with a redirect: check base_url", redact), status
         )
+    if status == 413:
+        raise PermanentError(
+            describe(
+                response, f"{what}: the EHR or a proxy in front of it refused the size", redact
+            ),
+            status,
+            kind="too_large",
+        )
     if status == 404:
         raise PermanentError(
             describe(response, f"{what}: no such patient (check the patient id)", redact),
