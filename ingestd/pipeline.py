@@ -341,14 +341,19 @@ class Pipeline:
                 "target_misconfigured",
                 target=target.name,
                 reason=exc.message,
-                action="check the target's credentials; files wait until they are accepted",
+                action=exc.action,
             )
-        # State and outcome_unknown stay: a refused look-up settles nothing.
+        # State and outcome_unknown stay: a refused look-up settles nothing. When nothing was
+        # sent (a token or a TLS handshake refused), the row is as it was before this try, so
+        # the next one sends at once instead of asking about a send that never happened.
+        sent = _attempts(exc)
+        unsent: dict[str, Any] = {} if sent else {"state": row.state, "sent_at": row.sent_at}
         with self.reloading:
             self.journal.update(
                 row.id,
-                attempts=row.attempts + _attempts(exc),
+                attempts=row.attempts + sent,
                 next_attempt_at=self._retry_at(target, health.paused_until),
+                **unsent,
             )
         return Outcome("deferred", row.source)
 
