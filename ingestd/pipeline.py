@@ -331,7 +331,8 @@ class Pipeline:
     def _refused_credentials(
         self, row: Row, target: Target, health: TargetHealth, exc: AuthError
     ) -> Outcome:
-        """401: the target pauses as misconfigured (one loud line); the file waits."""
+        """Credentials refused (401) or a certificate that does not verify: the target pauses
+        as misconfigured (one loud line saying what to do); the file waits."""
         if not self._current(target):
             health.released()  # the old credentials were refused; new ones are in
         elif health.failed(0.0, exc.message, misconfigured=True):

@@ -24,7 +24,7 @@ from ingestd.config import ConfigError, load_config
 from ingestd.retrying import deliver
 from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox
 from ingestd.targets import TargetSettings, make_target
-from ingestd.targets.base import CertificateUntrusted, Upload
+from ingestd.targets.base import CertificateUntrusted, Target, Upload
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 from tests.samples import pdf
 
@@ -82,7 +82,7 @@ def https_sandbox(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox
         sb.stop()
 
 
-def _target(sb: Sandbox, kind: str, ca_file: Path | None) -> object:
+def _target(sb: Sandbox, kind: str, ca_file: Path | None) -> Target:
     creds = dict(SANDBOX_CREDENTIALS[kind])
     if kind == "leyr":
         options = {k: creds[k] for k in ("emr", "care_unit_id", "client_id", "client_secret")}
@@ -121,7 +121,7 @@ def test_an_untrusted_certificate_is_a_misconfiguration_and_sends_nothing(
     upload = _upload(tmp_path, patient_id)
     try:
         with pytest.raises(CertificateUntrusted) as info:
-            deliver(target, upload, sleep=lambda seconds: None)  # type: ignore[arg-type]
+            deliver(target, upload, sleep=lambda seconds: None)
     finally:
         os.close(upload.fd)
     assert "TLS certificate did not verify" in info.value.message
@@ -138,7 +138,7 @@ def test_ca_file_trusts_the_private_ca_token_endpoint_included(
     target = _target(https_sandbox, kind, ca_file=pki.ca)
     upload = _upload(tmp_path, patient_id)
     try:
-        result = deliver(target, upload, sleep=lambda seconds: None)  # type: ignore[arg-type]
+        result = deliver(target, upload, sleep=lambda seconds: None)
     finally:
         os.close(upload.fd)
     assert result.attempts == 1 and len(https_sandbox.documents()) == 1
@@ -154,7 +154,7 @@ def test_ca_file_comes_before_the_environments_bundle(
     target = _target(https_sandbox, "leyr", ca_file=pki.ca)
     upload = _upload(tmp_path, "p_1")
     try:
-        assert deliver(target, upload, sleep=lambda seconds: None)  # type: ignore[arg-type]
+        assert deliver(target, upload, sleep=lambda seconds: None)
     finally:
         os.close(upload.fd)
 
@@ -166,7 +166,7 @@ def test_requests_ca_bundle_still_works_without_ca_file(
     target = _target(https_sandbox, "leyr", ca_file=None)
     upload = _upload(tmp_path, "p_1")
     try:
-        assert deliver(target, upload, sleep=lambda seconds: None)  # type: ignore[arg-type]
+        assert deliver(target, upload, sleep=lambda seconds: None)
     finally:
         os.close(upload.fd)
 
