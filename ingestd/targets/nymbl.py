@@ -127,6 +127,7 @@ class TokenSource:
         self._lock = threading.Lock()
         self._token: _Token | None = None
         self._refused = False  # the API refused a token and none has been accepted since
+        self._condemned: str | None = None  # the replacement token whose 401 condemned it
 
     def get(self) -> tuple[str, bool]:
         """(token, fresh): fresh when it was fetched by this very call."""
@@ -151,12 +152,15 @@ class TokenSource:
         token. A token revoked or rotated on the server's side is routine: only a second fresh
         token refused says the target is misconfigured."""
         with self._lock:
+            if value == self._condemned:
+                return True  # requests sent beside the one that found it out
             token = self._token
             if token is None or token.value != value:
                 # Another request saw the 401 first and dropped it; its replacement decides.
                 return False
             self._token = None
             if token.replaces_refused and self._refused:
+                self._condemned = value
                 return True
             self._refused = True
             return False

@@ -352,3 +352,28 @@ def test_auto_client_authentication_finds_what_the_server_takes_and_keeps_it(
         assert token_requests(server) == first + 1  # the method that worked is kept
     finally:
         server.stop()
+
+
+def test_concurrent_uploads_refused_with_wrong_credentials_stop_after_the_second_token(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl", options={"api_key": "wrong"})
+    uploads_ = [make_upload(pdf_bytes(100, seed=n), patient_id="1") for n in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def send(up: Upload) -> None:
+        barrier.wait()
+        try:
+            deliver(target, up, sleep=lambda s: None)
+        except AuthError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(up,)) for up in uploads_]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(errors) == 4 and sb.documents("nymbl") == []
+    # Each upload: its first token refused, then one replacement: never a third send.
+    assert len(uploads(sb)) <= 8 and token_requests(sb) <= 1 + len(uploads_)
