@@ -12,6 +12,7 @@ SIGHUP reloads the config: an invalid one is logged and the old one keeps runnin
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import os
 import queue
@@ -46,6 +47,7 @@ log = logging.getLogger("ingestd.daemon")
 
 SCAN_SLICE = 500  # paths listed per loop turn, so uploads start while a big inbox is listed
 SHUTDOWN_GRACE_SECONDS = 30.0
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 CONFIG_CHECK_EVERY = 2.0
 LEASE_TOUCH_EVERY = 10.0  # well inside any sensible claim lease
 POLL_EVERY = 2.0
@@ -479,6 +481,7 @@ class Daemon:
                 claimed = self.journal.change(
                     claimed,
                     size=0,
+                    sha256=EMPTY_SHA256,  # its content is known: no bytes
                     state="rejected",
                     error={
                         "kind": "empty",
@@ -704,13 +707,9 @@ class Daemon:
         self._collect()
         for _ in self._workers:
             self._work.put(None)
-        with self._lock:
-            parked = len(self._in_flight)
+        # Files parked at shutdown are journal rows in an active state: counted there, once.
         counts = self.journal.counts()
-        self.summary.waiting = parked + sum(
-            counts.get(state, 0)
-            for state in ("claiming", "claimed", "uploading", "uploaded", "rejected")
-        )
+        self.summary.waiting = sum(counts.get(state, 0) for state in ACTIVE_STATES)
         event(
             log,
             logging.INFO,

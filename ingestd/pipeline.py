@@ -113,7 +113,9 @@ class Pipeline:
             self.journal.delete(row.id)
             return Outcome("gone", row.source)
         except content.UnsafeFile as exc:
-            return self._reject(row, Rejected(exc.kind, f"{row.source.name} {exc.message}"))
+            # Never opened, or not readable: the size lstat gives, and no hash.
+            rejected = Rejected(exc.kind, f"{row.source.name} {exc.message}")
+            return self._reject(row, rejected, size=_lstat_size(work))
         except OSError as exc:
             if not is_unavailable(exc):
                 raise
@@ -123,8 +125,8 @@ class Pipeline:
         try:
             step = self._process_open(row, fd, before, resumed)
         except Rejected as exc:
-            rejected = self._rejected(row, exc, content.StreamedDigest(fd))
-            step = functools.partial(self.finish, rejected)
+            rejected_row = self._rejected(row, exc, content.StreamedDigest(fd), size=before.st_size)
+            step = functools.partial(self.finish, rejected_row)
         finally:
             # Closed before any move: SMB refuses to delete an open file (EBUSY).
             os.close(fd)
@@ -290,8 +292,8 @@ class Pipeline:
                 finished("rejected")
                 self._target_answered(health)
                 row = self.journal.change(row, attempts=row.attempts + _attempts(exc))
-                kind = exc.kind if exc.kind in ("patient_not_found", "unreadable") else "rejected"
-                rejected = Rejected(kind, _rejection_message(exc), exc.http_status)
+                kind = exc.kind if exc.kind in _EHR_KINDS else "rejected"
+                rejected = Rejected(kind, _rejection_message(exc, target), exc.http_status)
                 return functools.partial(self.finish, self._rejected(row, rejected, upload.digest))
             except TargetError as exc:
                 finished("error")
@@ -354,7 +356,8 @@ class Pipeline:
     def _refused_credentials(
         self, row: Row, target: Target, health: TargetHealth, exc: AuthError
     ) -> Outcome:
-        """401: the target pauses as misconfigured (one loud line); the file waits."""
+        """Credentials refused (401) or a certificate that does not verify: the target pauses
+        as misconfigured (one loud line saying what to do); the file waits."""
         if not self._current(target):
             health.released()  # the old credentials were refused; new ones are in
         elif health.failed(0.0, exc.message, misconfigured=True):
@@ -364,14 +367,19 @@ class Pipeline:
                 "target_misconfigured",
                 target=target.name,
                 reason=exc.message,
-                action="check the target's credentials; files wait until they are accepted",
+                action=exc.action,
             )
-        # State and outcome_unknown stay: a refused look-up settles nothing.
+        # State and outcome_unknown stay: a refused look-up settles nothing. When nothing was
+        # sent (a token or a TLS handshake refused), the row is as it was before this try, so
+        # the next one sends at once instead of asking about a send that never happened.
+        sent = _attempts(exc)
+        unsent: dict[str, Any] = {} if sent else {"state": row.state, "sent_at": row.sent_at}
         with self.reloading:
             self.journal.update(
                 row.id,
-                attempts=row.attempts + _attempts(exc),
+                attempts=row.attempts + sent,
                 next_attempt_at=self._retry_at(target, health.paused_until),
+                **unsent,
             )
         return Outcome("deferred", row.source)
 
@@ -447,18 +455,24 @@ class Pipeline:
         self.journal.update(row.id, next_attempt_at=time.time() + FILING_RETRY_SECONDS)
         return Outcome("deferred", row.source)
 
-    def _reject(self, row: Row, exc: Rejected) -> Outcome:
-        return self.finish(self._rejected(row, exc))
+    def _reject(self, row: Row, exc: Rejected, size: int | None = None) -> Outcome:
+        return self.finish(self._rejected(row, exc, size=size))
 
     def _rejected(
-        self, row: Row, exc: Rejected, digest: content.StreamedDigest | None = None
+        self,
+        row: Row,
+        exc: Rejected,
+        digest: content.StreamedDigest | None = None,
+        size: int | None = None,
     ) -> Row:
         """The row of a rejected file, its content recorded while it is still open."""
         fresh = self.journal.get(row.id) or row  # `row` may predate the recorded decision
         values: dict[str, Any] = {}
+        if fresh.size is None and size is not None:
+            values["size"] = size  # refused before the decision recorded it
         if fresh.sha256 is None and digest is not None:
             with contextlib.suppress(OSError):  # an unreadable file's receipt says so
-                values = self._content_values(fresh, digest.hexdigest())
+                values.update(self._content_values(fresh, digest.hexdigest()))
         values.update(self._destination(fresh, "failed"))
         return self.journal.change(fresh, state="rejected", error=exc.error, **values)
 
@@ -570,7 +584,7 @@ class Pipeline:
         if status == "done":
             receipt["document_id"] = row.document_id
         receipt.update(
-            target=decision.get("target"),
+            target=decision.get("target") or None,  # a fail: rule names none
             patient_id=row.patient_id,
             source=str(row.source),
             file=file_name,
@@ -598,6 +612,13 @@ def _epoch(iso_time: str) -> float | None:
     try:
         return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
     except ValueError:
+        return None
+
+
+def _lstat_size(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
         return None
 
 
@@ -631,7 +652,18 @@ def _attempts(exc: Exception) -> int:
     return value if isinstance(value, int) else 0
 
 
-def _rejection_message(exc: PermanentError) -> str:
+_EHR_KINDS = frozenset({"patient_not_found", "unreadable", "too_large"})
+
+
+def _rejection_message(exc: PermanentError, target: Target) -> str:
+    if exc.kind == "too_large":
+        return (
+            f"the EHR, or a proxy in front of it, refused the upload as too large (HTTP "
+            f"{exc.http_status}): its limit is lower than the {target.max_bytes} bytes that "
+            f"{target.name} is configured to send; set the target's max_bytes: to the EHR's "
+            "limit (for Leyr, the request is about 4/3 of the file's size), split or compress "
+            "the file, then `ingestd retry`"
+        )
     if exc.kind == "unreadable":
         return f"{exc.message}; check the file and its permissions, then `ingestd retry`"
     if exc.kind == "patient_not_found":

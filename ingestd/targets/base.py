@@ -92,14 +92,30 @@ class PermanentError(TargetError):
 
     def __init__(self, message: str, http_status: int | None, kind: str = "rejected") -> None:
         super().__init__(message, http_status)
-        self.kind = kind  # rejected | patient_not_found
+        self.kind = kind  # rejected | patient_not_found | too_large (413) | unreadable
 
 
 class AuthError(TargetError):
     """Credentials refused (after one token refresh for Nymbl): the target is misconfigured.
 
-    The target pauses; its files wait. Nothing is moved to failed/.
+    The target pauses; its files wait. Nothing is moved to failed/. `action` is what the one
+    log line tells the operator to do.
     """
+
+    action = "check the target's credentials; files wait until they are accepted"
+
+
+class CertificateUntrusted(AuthError):
+    """The EHR's TLS certificate did not verify: a misconfiguration, not a lost connection.
+
+    Nothing reached the server (the handshake failed), so no request counts as sent.
+    """
+
+    sent = False
+    action = (
+        "set the target's ca_file: to the PEM file of the CA that signed the EHR's certificate "
+        "(or REQUESTS_CA_BUNDLE for every target), then reload; files wait until it verifies"
+    )
 
 
 class Target(Protocol):

@@ -98,6 +98,8 @@ class TokenRefused(AuthError):
 class _Token:
     value: str
     expires_at: float
+    # Fetched to replace a token the API refused: a 401 for this one means wrong credentials.
+    replaces_refused: bool = False
 
 
 class TokenSource:
@@ -126,6 +128,8 @@ class TokenSource:
         self._clock = clock
         self._lock = threading.Lock()
         self._token: _Token | None = None
+        self._refused = False  # the API refused a token and none has been accepted since
+        self._condemned: str | None = None  # the replacement token whose 401 condemned it
 
     def get(self) -> tuple[str, bool]:
         """(token, fresh): fresh when it was fetched by this very call."""
@@ -135,7 +139,7 @@ class TokenSource:
                 return token.value, False
             self._token = None
             value, lifetime = self._fetch()
-            self._token = _Token(value, self._clock() + lifetime)
+            self._token = _Token(value, self._clock() + lifetime, replaces_refused=self._refused)
             return value, True
 
     def drop(self, value: str) -> None:
@@ -143,6 +147,31 @@ class TokenSource:
         with self._lock:
             if self._token is not None and self._token.value == value:
                 self._token = None
+
+    def refused(self, value: str) -> bool:
+        """The API answered 401 to `value`: True when that was already a replacement for a
+        refused token, i.e. the credentials are wrong. Either way the next `get` fetches a new
+        token. A token revoked or rotated on the server's side is routine: only a second fresh
+        token refused says the target is misconfigured."""
+        with self._lock:
+            if value == self._condemned:
+                return True  # requests sent beside the one that found it out
+            token = self._token
+            if token is None or token.value != value:
+                # Another request saw the 401 first and dropped it; its replacement decides.
+                return False
+            self._token = None
+            if token.replaces_refused and self._refused:
+                self._condemned = value
+                return True
+            self._refused = True
+            return False
+
+    def accepted(self, value: str) -> None:
+        """The API took `value`: a later 401 is again one refusal, not a second."""
+        if self._refused and self._token is not None and self._token.value == value:
+            with self._lock:
+                self._refused = False
 
     def _fetch(self) -> tuple[str, float]:
         """A new token. In `auto` mode, HTTP Basic first (RFC 6749 2.3.1: every server must
@@ -295,7 +324,7 @@ class NymblTarget(HttpTarget):
 
     def send(self, upload: Upload) -> str:
         what = f"{self.name} upload"
-        token, fresh = self._tokens.get()
+        token, _fresh = self._tokens.get()
         fields = []
         if upload.doc_type:
             fields.append(("document_type", upload.doc_type))
@@ -304,11 +333,12 @@ class NymblTarget(HttpTarget):
         response = self._post(
             f"{self._patient_url(upload)}/Documents", body, what, self._auth(token)
         )
-        if response.status_code == 401 and not fresh:
-            # The cached token may have been revoked or expired early: the retry gets a new one.
-            self._tokens.drop(token)
+        if response.status_code != 401:
+            self._tokens.accepted(token)
+        elif not self._tokens.refused(token):
+            # Revoked, rotated or expired early: one new token and one resend decide.
             raise TransientError(
-                f"{what}: HTTP 401 with a cached token; fetching a new one",
+                f"{what}: HTTP 401; fetching a new token and sending once more",
                 401,
                 retry_after=0.0,
             )
@@ -336,15 +366,17 @@ class NymblTarget(HttpTarget):
         return f"{self._base_url}/Patients({quote(upload.patient_id, safe='')})"
 
     def _get(self, url: str, what: str, *, stream: bool = False) -> requests.Response:
-        """GET with the bearer token; a 401 on a cached token is retried once with a new one."""
+        """GET with the bearer token; a 401 is retried once with a new token."""
         response: requests.Response | None = None
         for _ in range(2):
-            token, fresh = self._tokens.get()
+            token, _fresh = self._tokens.get()
             response = self._get_once(url, what, self._auth(token), stream=stream)
-            if response.status_code != 401 or fresh:
+            if response.status_code != 401:
+                self._tokens.accepted(token)
+                return response
+            if self._tokens.refused(token):
                 return response
             response.close()
-            self._tokens.drop(token)
         assert response is not None
         return response
 

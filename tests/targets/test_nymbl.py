@@ -175,18 +175,45 @@ def test_deliver_rides_over_a_revoked_token(
     assert token_requests(sb) == 2
 
 
-def test_a_401_on_a_fresh_token_is_an_auth_error(
+def test_a_401_on_a_fresh_token_gets_one_more_token_and_one_resend(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    """Revoked right after it was issued: routine, not wrong credentials (issue 11, item 4)."""
+    sb.add_fault(Fault(api="token", route="token", action="revoke"))
+    target = target_for(sb, "nymbl")
+    result = deliver(target, make_upload(patient_id="1"), sleep=lambda s: None)
+    assert isinstance(result, Delivered) and result.attempts == 2
+    assert [r.status for r in uploads(sb)] == [401, 201]
+    assert token_requests(sb) == 2 and len(sb.documents("nymbl")) == 1
+
+
+def test_a_401_on_a_second_fresh_token_is_an_auth_error(
     sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
 ) -> None:
     sb.add_fault(Fault(api="nymbl", route="upload", status=401, times=None))
     target = target_for(sb, "nymbl")
-    with pytest.raises(AuthError):
-        target.send(make_upload(patient_id="1"))
     with pytest.raises(AuthError) as info:
         deliver(target, make_upload(patient_id="1"), sleep=lambda s: None)
-    # The cached token was tried, dropped, then a fresh one was refused too.
+    # A fresh token was refused, then a second fresh one: the credentials are wrong.
     assert info.value.attempts == 2  # type: ignore[attr-defined]
-    assert token_requests(sb) == 2
+    assert token_requests(sb) == 2 and sb.documents("nymbl") == []
+    # Still refused later (a probe of the paused target): one new token, one request, no loop.
+    with pytest.raises(AuthError) as again:
+        deliver(target, make_upload(patient_id="1"), sleep=lambda s: None)
+    assert again.value.attempts == 1  # type: ignore[attr-defined]
+    assert token_requests(sb) == 3
+
+
+def test_an_accepted_token_makes_the_next_401_a_first_one_again(
+    sb: Sandbox, revoked: Target, make_upload: UploadFactory
+) -> None:
+    for seed in (1, 2):
+        result = deliver(
+            revoked, make_upload(pdf_bytes(100, seed=seed), patient_id="1"), sleep=lambda s: None
+        )
+        assert isinstance(result, Delivered) and result.attempts == 2
+        sb.add_fault(Fault(api="nymbl", route="upload", status=401))
+    assert token_requests(sb) == 3 and len(sb.documents("nymbl")) == 3
 
 
 @pytest.mark.parametrize("token_auth", ["body", "basic"])
@@ -447,3 +474,28 @@ def test_the_sandbox_stores_each_file_name_as_it_was(
     target_for(sb, "nymbl").send(make_upload(patient_id="9", file_name=name))
     [doc] = sb.documents("nymbl")
     assert doc.name == name
+
+
+def test_concurrent_uploads_refused_with_wrong_credentials_stop_after_the_second_token(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl", options={"api_key": "wrong"})
+    uploads_ = [make_upload(pdf_bytes(100, seed=n), patient_id="1") for n in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def send(up: Upload) -> None:
+        barrier.wait()
+        try:
+            deliver(target, up, sleep=lambda s: None)
+        except AuthError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(up,)) for up in uploads_]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(errors) == 4 and sb.documents("nymbl") == []
+    # Each upload: its first token refused, then one replacement: never a third send.
+    assert len(uploads(sb)) <= 8 and token_requests(sb) <= 1 + len(uploads_)
