@@ -11,6 +11,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import stat
 import zipfile
 from dataclasses import dataclass
@@ -18,9 +19,27 @@ from pathlib import Path
 
 import filetype
 
+from ingestd.unreachable import is_unavailable
+
 HEAD_BYTES = 8192
 CHUNK = 1 << 20
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+DICOM = "application/dicom"
+PDF = "application/pdf"
+ZIP = "application/zip"
+# DICOM PS3.10 7.1: a 128-byte preamble, free for other formats' headers (often TIFF's), then DICM.
+DICOM_MAGIC = (128, b"DICM")
+# PDF readers accept "%PDF-" anywhere in the first 1024 bytes (ISO 32000-1 Annex H, note 13).
+PDF_MAGIC = b"%PDF-"
+PDF_WINDOW = 1024
+# The main part of a Word document, as [Content_Types].xml declares it (ECMA-376 Part 1, 11.3.10);
+# a macro-enabled document or a template declares another type and is not DOCX.
+DOCX_MAIN_PART = DOCX + ".main+xml"
+CONTENT_TYPES_MAX = 1 << 20
+_DOCX_MAIN_TYPE = re.compile(
+    rb"""ContentType\s*=\s*["']\s*""" + re.escape(DOCX_MAIN_PART.encode()) + rb"""\s*["']""",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +109,8 @@ def open_regular(path: Path) -> tuple[int, os.stat_result]:
             ) from exc
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise FileNotFoundError(exc.errno, exc.strerror) from exc
+        if is_unavailable(exc):
+            raise  # the share is gone, not the file: the caller waits for it
         raise UnsafeFile("unreadable", f"cannot open: {exc.strerror}") from exc
     try:
         st = os.fstat(fd)
@@ -157,17 +178,26 @@ class StreamedDigest:
 def detect_format(fd: int) -> str:
     """The MIME type from content, or "" when not recognised.
 
-    filetype first; a zip whose entries make a Word document is DOCX (filetype looks only at
-    the head); UTF-8 without NULs is text/plain.
+    In this order: DICM at byte 128 is DICOM whatever the preamble holds; a signature at the
+    start (filetype's) next; a zip is DOCX only when its [Content_Types].xml declares a Word
+    document's main part; "%PDF-" starting in the first 1024 bytes is PDF (readers accept bytes
+    before it); UTF-8 without NULs is text/plain.
     """
     head = os.pread(fd, HEAD_BYTES, 0)
     if not head:
         return ""
+    offset, magic = DICOM_MAGIC
+    if head[offset : offset + len(magic)] == magic:
+        return DICOM
     mime = filetype.guess_mime(head) or ""
-    if mime in ("application/zip", DOCX) or head.startswith(b"PK\x03\x04"):
-        return DOCX if _is_docx(fd) else (mime or "application/zip")
+    if mime in (ZIP, DOCX) or head.startswith(b"PK\x03\x04"):
+        if _is_docx(fd):
+            return DOCX
+        return ZIP if mime in ("", DOCX) else mime
     if mime:
         return mime
+    if head.find(PDF_MAGIC, 0, PDF_WINDOW + len(PDF_MAGIC) - 1) >= 0:
+        return PDF
     if b"\x00" not in head:
         try:
             head.decode("utf-8")
@@ -182,10 +212,21 @@ def detect_format(fd: int) -> str:
 def _is_docx(fd: int) -> bool:
     try:
         with os.fdopen(os.dup(fd), "rb") as handle, zipfile.ZipFile(handle) as archive:
-            names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError):
+            info = archive.getinfo("[Content_Types].xml")
+            if info.file_size > CONTENT_TYPES_MAX:
+                return False
+            types = archive.read(info)
+    except (KeyError, zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError):
         return False
-    return "word/document.xml" in names and "[Content_Types].xml" in names
+    return _declares_word_document(types)
+
+
+def _declares_word_document(types: bytes) -> bool:
+    """Whether [Content_Types].xml gives some part the Word document's main content type.
+
+    A pattern, not an XML parser: this is untrusted input, and the attribute is all we need.
+    """
+    return _DOCX_MAIN_TYPE.search(types) is not None
 
 
 def writer_active(path: Path) -> bool | None:

@@ -442,3 +442,14 @@ def test_example_config_loads_without_problems(tmp_path: Path) -> None:
     assert config.patients.patient_id("nymbl-10482") == "10482"
     assert config.watch.settle_for(PurePosixPath("191212121212/duplex/scan.pdf")) == 30.0
     assert config.rules[-1].match.filename is None  # the catch-all
+
+
+def test_state_that_is_a_folder_is_refused(tmp_path: Path) -> None:
+    """`run` would fail with "unable to open database file": check says so first."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    path = write(tmp_path, GOOD.replace("/var/lib/ingestd/journal.sqlite", str(folder)))
+    assert problems(path) == [
+        f"{path}:5:10: paths.state is a folder; it names the journal's file, e.g. "
+        f"{folder / 'journal.sqlite'}"
+    ]

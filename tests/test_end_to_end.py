@@ -281,3 +281,29 @@ def test_nothing_printed_holds_patient_ids_names_secrets_or_document_ids(
     forbidden += [str(tree.root)]
     for text in forbidden:
         assert text not in printed, f"{text!r} was printed"
+
+
+def test_a_real_dicom_with_a_tiff_preamble_goes_as_dicom_or_not_at_all(
+    tree: Tree, sandbox: Sandbox, daemon_process: Start
+) -> None:
+    """Issue 11, item 3: pydicom's CT_small.dcm starts with a TIFF header; Leyr takes DICOM,
+    Nymbl does not: neither may receive it labelled as a TIFF image."""
+    pydicom_data = pytest.importorskip(
+        "pydicom.data", reason="pydicom (the test extra) ships real DICOM files"
+    )
+    ct = Path(pydicom_data.get_testdata_file("CT_small.dcm")).read_bytes()
+    assert ct[:4] == b"II*\x00"
+    tree.drop("p_1/ct series.dcm", ct)
+    tree.drop("12345/nymbl/ct series.dcm", ct)
+    proc = daemon_process(make_config(tree, sandbox), command="once")
+    assert proc.proc.wait(60) == 1  # one failed
+    [done] = tree.receipts()
+    assert (done["format"], done["target"], done["attempts"]) == ("application/dicom", "leyr", 1)
+    [stored] = sandbox.documents()
+    assert (stored.mime, stored.sha256, stored.api) == ("application/dicom", _sha(ct), "leyr")
+    [failed] = tree.receipts("failed")
+    assert failed["format"] == "application/dicom"
+    assert failed["attempts"] == 0
+    assert failed["error"]["kind"] == "unsupported_type"
+    assert sandbox.requests("nymbl") == []
+    assert sandbox.requests("token") == []

@@ -14,7 +14,7 @@ import pytest
 from ingestd.config.load import load_config
 from ingestd.content import Snapshot
 from ingestd.daemon.loop import Daemon
-from ingestd.inbox.watch import Ready
+from ingestd.inbox.settle import Ready
 from ingestd.sandbox import Fault, Sandbox
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 from tests.samples import pdf
@@ -163,3 +163,47 @@ def test_a_backlog_made_due_at_once_drains_without_waiting_for_a_timer(
     wait_for(lambda: len(tree.receipts()) == 24, timeout=8)
     assert len(sandbox.documents()) == 24
     assert proc.stop() == 0
+
+
+def _nymbl_uploads(sandbox: Sandbox) -> list[int]:
+    return [r.status for r in sandbox.requests("nymbl") if r.route == "upload"]
+
+
+def test_a_token_revoked_right_after_it_was_issued_gets_one_new_token_and_one_resend(
+    tree: Tree, sandbox: Sandbox, daemon_process: Callable[..., DaemonProcess]
+) -> None:
+    """Issue 11, item 4: routine on the server's side, so not a misconfiguration."""
+    sandbox.add_fault(Fault(api="token", route="token", action="revoke"))
+    proc = daemon_process(make_config(tree, sandbox))
+    proc.wait_started()
+    tree.drop("12345/nymbl/revoked.pdf", pdf("revoked"))
+    wait_for(lambda: tree.receipts())
+    [receipt] = tree.receipts()
+    assert receipt["status"] == "done"
+    assert receipt["attempts"] == 2
+    assert _nymbl_uploads(sandbox) == [401, 201]
+    assert len(sandbox.requests("token")) == 2
+    assert [d.id for d in sandbox.documents()] == [receipt["document_id"]]  # stored once
+    assert "target_misconfigured" not in proc.output()
+    assert proc.stop() == 0
+
+
+def test_a_401_for_a_second_fresh_token_pauses_the_target_and_the_file_waits(
+    tree: Tree, sandbox: Sandbox, daemon_process: Callable[..., DaemonProcess]
+) -> None:
+    sandbox.add_fault(Fault(api="nymbl", route="upload", status=401, times=None))
+    proc = daemon_process(make_config(tree, sandbox))
+    proc.wait_started()
+    tree.drop("12345/nymbl/refused.pdf", pdf("refused"))
+    wait_for(lambda: "event=target_misconfigured" in proc.output())
+    assert proc.output().count("event=target_misconfigured") == 1
+    # One fresh token refused, one more fetched and refused too: then it stops asking.
+    assert _nymbl_uploads(sandbox) == [401, 401]
+    assert len(sandbox.requests("token")) == 2
+    assert proc.stop() == 0
+    assert tree.all_receipts() == []
+    assert sandbox.documents() == []
+    with sqlite3.connect(tree.state) as db:
+        [(state, attempts)] = db.execute("SELECT state, attempts FROM files").fetchall()
+    assert state in ("claimed", "uploading")
+    assert attempts == 2

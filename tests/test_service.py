@@ -121,10 +121,19 @@ def test_metrics_move_and_healthz_turns_503_when_the_observer_dies(
     assert _counter(later, "ingestd_uploads_total", target="leyr", outcome="done") == 4
 
     shutil.rmtree(tree.inbox)  # the share goes away: the observer's watch dies with it
-    _, body = wait_for(lambda: (s := _get(base + "/healthz"))[0] == 503 and s, timeout=30)
-    assert "observer" in body
+    # First the observer may be found dead; then the inbox itself is paused (one path for a
+    # share unmounted and one that dies).
+    status, body = wait_for(
+        lambda: "not answering" in (s := _get(base + "/healthz"))[1] and s, timeout=30
+    )
+    assert status == 503
+    assert "the inbox is not answering" in body
+    assert "\ningestd_inbox_up 0.0\n" in _get(base + "/metrics")[1]
     tree.inbox.mkdir()
     wait_for(lambda: _get(base + "/healthz")[0] == 200, timeout=30)  # supervised: restarted
+    assert "\ningestd_inbox_up 1.0\n" in _get(base + "/metrics")[1]
+    tree.drop("p_1/after.pdf", pdf("after the inbox came back"))
+    wait_for(lambda: len(tree.receipts()) == 5, timeout=30)
     assert proc.stop() == 0
 
 

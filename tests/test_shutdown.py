@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
+from ingestd.config.load import load_config
+from ingestd.daemon import loop as daemon_module
+from ingestd.daemon.loop import Daemon, Summary
 from ingestd.sandbox import Fault, Sandbox
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 from tests.samples import pdf
@@ -87,3 +92,34 @@ def test_a_second_sigterm_stops_at_once_and_a_restart_completes_the_file(
     assert [d.id for d in sandbox.documents()] == [receipt["document_id"]]  # not sent twice
     assert "orphan" not in proc.output()
     assert proc.stop() == 0
+
+
+def test_the_stop_line_counts_each_parked_file_once(
+    tree: Tree, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11, item 9: files still in flight when the grace ends are parked in the journal,
+    and counted once in `event=stopped ... waiting=`."""
+    monkeypatch.setattr(daemon_module, "SHUTDOWN_GRACE_SECONDS", 0.5)
+    sandbox.add_fault(
+        Fault(api="leyr", route="upload", action="delay", delay_seconds=3.0, times=None)
+    )
+    daemon = Daemon(load_config(str(make_config(tree, sandbox))))
+    for n in range(3):
+        tree.drop(f"p_{n}/parked-{n}.pdf", pdf(f"parked-{n}"))
+    result: list[Summary] = []
+    runner = threading.Thread(target=lambda: result.append(daemon.run()))
+    caplog.set_level(logging.INFO)
+    runner.start()
+    try:
+        wait_for(lambda: _journal_states(tree) == ["uploading"] * 3)
+        daemon.request_stop()
+        runner.join(20)
+        [summary] = result
+        assert (summary.done, summary.failed, summary.waiting) == (0, 0, 3)
+        [stopped] = [r.getMessage() for r in caplog.records if "event=stopped" in r.getMessage()]
+        assert "waiting=3" in stopped, stopped
+    finally:
+        daemon.workers.join(20)  # the parked sends end when the EHR answers
+        daemon.journal.close()
+    # Nothing lost or sent twice: each file was sent once and is done or waits in the journal.
+    assert _upload_requests(sandbox) == 3

@@ -16,7 +16,7 @@ from typing import Any
 
 from ingestd.commands.common import EXIT_OK, as_state_owner, load
 from ingestd.config.load import Config
-from ingestd.inbox.watch import scan
+from ingestd.inbox.scan import scan
 from ingestd.journal import ACTIVE_STATES, FINAL_STATES, Journal
 from ingestd.observe.logs import load_masker
 from ingestd.observe.statusfile import read_running

@@ -48,7 +48,9 @@ WATCH_KEYS = (
     "sources",
 )
 SOURCE_KEYS = ("folder", "settle_seconds", "poll")
-COMMON_TARGET_KEYS = ("kind", "concurrency", "accept", "max_bytes", "timeout_seconds")
+COMMON_TARGET_KEYS = ("kind", "concurrency", "accept", "max_bytes", "timeout_seconds", "ca_file")
+PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+CA_FILE_MAX_BYTES = 16 * 1024 * 1024
 URL_KEYS = ("base_url", "token_url")
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 MIN_TIMEOUT_SECONDS = 8.0  # the EHRs can take several seconds to store a 20 MB document
@@ -232,6 +234,12 @@ def _paths(report: Report, node: MarkedDict) -> Paths | None:
                 node.value_mark("state"),
                 "paths.state must not be inside paths.inbox (unless in a hidden folder)",
             )
+    if "state" in found and os.path.isdir(found["state"]):
+        report.error(
+            node.value_mark("state"),
+            "paths.state is a folder; it names the journal's file, e.g. "
+            f"{found['state'] / 'journal.sqlite'}",
+        )
     if len(found) < len(PATH_KEYS):
         return None
     return Paths(found["inbox"], found["done"], found["failed"], found["state"])
@@ -340,6 +348,7 @@ def _target(report: Report, name: str, node: MarkedDict) -> TargetSettings | Non
         )
     max_bytes = _max_bytes(report, node, where, kind.default_max_bytes)
     accept = _accept(report, node, where)
+    ca_file = _ca_file(report, node, where)
     return TargetSettings(
         name=name,
         kind=kind_name,
@@ -348,7 +357,35 @@ def _target(report: Report, name: str, node: MarkedDict) -> TargetSettings | Non
         accept=accept,
         max_bytes=max_bytes,
         timeout_seconds=float(timeout) if timeout and timeout > MIN_TIMEOUT_SECONDS else 60.0,
+        ca_file=ca_file,
     )
+
+
+def _ca_file(report: Report, node: MarkedDict, where: str) -> str | None:
+    """A PEM file of CA certificates to trust for this target (relative to the config file)."""
+    text = report.string(node, "ca_file", f"{where}.ca_file")
+    if text is None:
+        return None
+    at = node.value_mark("ca_file")
+    base = os.path.dirname(os.path.abspath(report.file))
+    path = os.path.abspath(os.path.join(base, os.path.expanduser(text)))
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(CA_FILE_MAX_BYTES)
+    except IsADirectoryError:
+        report.error(at, f"{where}.ca_file is a folder; name the PEM file of the CA certificate")
+        return None
+    except OSError as exc:
+        report.error(at, f"{where}.ca_file cannot be read ({exc.strerror})")
+        return None
+    if PEM_CERTIFICATE not in head:
+        report.error(
+            at,
+            f"{where}.ca_file holds no PEM certificate (-----BEGIN CERTIFICATE-----); "
+            "convert a DER file with `openssl x509 -inform der -in CA.cer -out CA.pem`",
+        )
+        return None
+    return path
 
 
 def _url_ok(report: Report, node: MarkedDict, key: str, where: str) -> bool:

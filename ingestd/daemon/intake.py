@@ -10,6 +10,7 @@ the claim itself. Files are claimed only as workers free up, so a backlog stays 
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import os
 import time
@@ -19,15 +20,19 @@ from pathlib import Path, PurePosixPath
 
 from ingestd import content
 from ingestd.config.load import Config
+from ingestd.daemon.folders import Folders
 from ingestd.delivery.decide import Rejected, judge, reading
 from ingestd.inbox.claims import WORK_DIR, Claimer
-from ingestd.inbox.watch import INBOX_ROOT, Hints, Observation, Ready, Settler, scan
+from ingestd.inbox.scan import INBOX_ROOT, scan
+from ingestd.inbox.settle import Ready, Settler
+from ingestd.inbox.watch import Hints
 from ingestd.journal import Journal, Row
 from ingestd.names import is_ignored_path
 from ingestd.observe.logs import Masker, event
 
 log = logging.getLogger("ingestd.daemon")
 
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 SCAN_SLICE = 500  # paths listed per loop turn, so uploads start while a big inbox is listed
 
 EMPTY_ERROR = {
@@ -44,12 +49,13 @@ class Intake:
         claimer: Claimer,
         journal: Journal,
         masker: Masker,
-        poll: bool,
+        once: bool,
     ) -> None:
         self._config = config
         self.claimer = claimer
         self.journal = journal
         self.masker = masker
+        self.once = once
         first = config()
         self.hints = Hints()
         self.settler = Settler(
@@ -58,11 +64,18 @@ class Intake:
             empty_fail_seconds=first.watch.empty_fail_seconds,
             unknown_type_grace_seconds=first.watch.unknown_type_grace_seconds,
         )
-        self.observation = Observation(first.paths.inbox, self.hints, poll=poll)
+        self.folders = Folders(
+            config,
+            claimer,
+            masker,
+            self.hints,
+            on_resume=self._resume,
+            on_inbox_lost=self._scans_clear,
+            notice=self.settler.notice,
+        )
         self._ready: collections.deque[Ready] = collections.deque()
         self._ready_paths: set[PurePosixPath] = set()  # what _ready holds, so never twice
         self._scans: list[tuple[Iterator[PurePosixPath], bool]] = []  # (scan, whole inbox)
-        self._polled: set[PurePosixPath] = set()
         self.last_full_scan: float | None = None  # wall clock when one last ended
 
     @property
@@ -78,33 +91,43 @@ class Intake:
     def scan_all(self) -> None:
         self._scans.append((self._scan(), True))
 
-    def rescan_if_restarted(self) -> None:
-        """A scan for what happened while the observer was down, if it had to be restarted."""
-        if self.observation.ensure_alive():
+    def start_watching(self) -> None:
+        if self.folders.inbox_answers():
+            self.folders.watch()
+
+    def rescan_if_restarted(self) -> bool:
+        """A scan for what happened while the observer was down, if it had to be restarted.
+        False when the inbox does not answer (nothing else to do with it then)."""
+        if self.folders.inbox_down():
+            return False
+        if self.folders.watch():
             self.scan_all()
+        return True
 
     def periodic_scan(self) -> None:
-        if self.observation.ensure_alive() or not self._scans:
+        if not self.folders.inbox_down() and (self.folders.watch() or not self._scans):
             self.scan_all()
 
     def _scan(self, start: PurePosixPath = INBOX_ROOT) -> Iterator[PurePosixPath]:
-        return scan(self.inbox, start, on_folder=self._saw_folder)
+        return scan(
+            self.inbox, start, on_folder=self.folders.saw_folder, on_error=self.folders.failed
+        )
 
-    def _saw_folder(self, rel: PurePosixPath) -> None:
-        """Remember folders that must be polled (a share written by other machines)."""
-        if self._config().watch.poll_for(rel) and not any(p in self._polled for p in rel.parents):
-            self._polled.add(rel)
+    def _resume(self, rel: PurePosixPath) -> None:
+        """A folder answers again: list it for what arrived meanwhile."""
+        if rel == INBOX_ROOT:
+            if not self.once:
+                self.folders.watch()
+            self.scan_all()
+        else:
+            self._scans.append((self._scan(rel), False))
+        self.hints.wake.set()
 
-    def poll_folders(self) -> None:
-        """inotify sees nothing that other clients of an NFS/SMB mount write: list those
-        folders every few seconds instead."""
-        inbox, watch = self.inbox, self._config().watch
-        for folder in sorted(self._polled):
-            if not watch.poll_for(folder) or not (inbox / folder).is_dir():
-                self._polled.discard(folder)  # gone, or no longer polled after a reload
-                continue
-            for rel in scan(inbox, folder):
-                self.settler.notice(rel)
+    def _scans_clear(self) -> None:
+        self._scans.clear()
+
+    def check_folders(self) -> None:
+        self.folders.check()
 
     def take_hints(self) -> None:
         inbox = self.inbox
@@ -147,6 +170,8 @@ class Intake:
         while self._ready and free() > 0 and not stopping():
             ready = self._ready.popleft()
             self._ready_paths.discard(ready.rel)
+            if self.folders.is_down(ready.rel.parent):
+                continue  # found again by the scan when its folder answers
             if self._ignores(ready):
                 self.settler.hold(ready.rel)
                 continue
@@ -156,7 +181,11 @@ class Intake:
                 continue
             if ready.empty_expired:
                 claimed = self.journal.change(
-                    claimed, size=0, state="rejected", error=dict(EMPTY_ERROR)
+                    claimed,
+                    size=0,
+                    sha256=EMPTY_SHA256,  # its content is known: no bytes
+                    state="rejected",
+                    error=dict(EMPTY_ERROR),
                 )
             yield claimed
 

@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from ingestd.config.load import Config
@@ -29,10 +30,11 @@ from ingestd.delivery.fleet import Fleet
 from ingestd.delivery.pipeline import Pipeline
 from ingestd.filing.places import make_folders
 from ingestd.inbox.claims import Claimer, instance_id
-from ingestd.journal import Journal, Row
+from ingestd.journal import ACTIVE_STATES, Journal, Row
 from ingestd.observe import notify
 from ingestd.observe.logs import event, load_masker
 from ingestd.observe.metrics import Metrics, MetricsServer, Snapshot, start_server
+from ingestd.unreachable import is_unavailable
 
 log = logging.getLogger("ingestd.daemon")
 
@@ -40,7 +42,6 @@ SHUTDOWN_GRACE_SECONDS = 30.0
 LEASE_TOUCH_EVERY = 10.0  # well inside any sensible claim lease
 POLL_EVERY = 2.0  # folders on network shares, listed this often
 ONCE_PATIENCE_SECONDS = 30.0
-PARKED_STATES = ("claiming", "claimed", "uploading", "uploaded", "rejected")
 
 
 @dataclass
@@ -56,12 +57,17 @@ class Daemon:
         self.once = once
         paths = config.paths
         for folder in (paths.inbox, paths.done, paths.failed):
-            make_folders(folder)
+            _make_unless_unavailable(folder)
         state_dir = paths.state.parent
         self.journal = Journal(paths.state)
         self.masker = load_masker(state_dir)
         self.claimer = Claimer(paths.inbox, self.journal, instance_id(state_dir), self.masker)
-        self.claimer.prepare()
+        try:
+            self.claimer.prepare()
+        except OSError as exc:
+            if not is_unavailable(exc):
+                raise
+            # A share that is down at start-up: the loop pauses the inbox until it answers.
         self.fleet = Fleet(on_up=self._target_up)
         self.fleet.build(config.targets)
         self.stopping = threading.Event()
@@ -71,9 +77,7 @@ class Daemon:
         self.metrics = Metrics()
         self.metrics.watch(self.snapshot)
         self._metrics_server: MetricsServer | None = None
-        self.intake = Intake(
-            lambda: self._config, self.claimer, self.journal, self.masker, config.watch.poll
-        )
+        self.intake = Intake(lambda: self._config, self.claimer, self.journal, self.masker, once)
         self.pipeline = Pipeline(
             config=lambda: self._config,
             journal=self.journal,
@@ -143,11 +147,15 @@ class Daemon:
         for row in self.claimer.recover():
             self._resumed.add(row.id)
         known = {row.work for row in self.journal.active()}
-        for orphan in self.claimer.orphans(known):
+        try:
+            orphans = self.claimer.orphans(known)
+        except OSError:
+            orphans = []  # the inbox does not answer: looked for at the next start
+        for orphan in orphans:
             self.claimer.return_orphan(orphan)
         self.workers.start()
         if not self.once:
-            self.intake.observation.start()
+            self.intake.start_watching()
             if self._config.metrics_listen is not None:
                 self._metrics_server = start_server(
                     self._config.metrics_listen, self.metrics, self.snapshot
@@ -185,7 +193,7 @@ class Daemon:
                     self._publish_status()
                     last_watchdog = now
                 if now >= next_poll:
-                    self.intake.poll_folders()
+                    self.intake.check_folders()
                     next_poll = now + POLL_EVERY
                 if now >= next_lease:
                     self._keep_lease()
@@ -197,7 +205,8 @@ class Daemon:
 
     def _keep_lease(self) -> None:
         """Renew this instance's lease and take over claims of instances gone past theirs."""
-        self.intake.rescan_if_restarted()
+        if not self.intake.rescan_if_restarted():
+            return
         for other in self.claimer.stale_instances(self._config.watch.claim_lease_seconds):
             for row in self.claimer.take_over(other):
                 self._resumed.add(row.id)
@@ -305,7 +314,7 @@ class Daemon:
                 grace_seconds=SHUTDOWN_GRACE_SECONDS,
                 action="a second signal stops at once",
             )
-        self.intake.observation.stop()
+        self.intake.folders.observation.stop()
         if self._metrics_server is not None:
             self._metrics_server.stop()
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
@@ -314,8 +323,9 @@ class Daemon:
             self._collect()
         self._collect()
         self.workers.stop()
+        # Files parked at shutdown are journal rows in an active state: counted there, once.
         counts = self.journal.counts()
-        self.summary.waiting = len(self.workers) + sum(counts.get(s, 0) for s in PARKED_STATES)
+        self.summary.waiting = sum(counts.get(state, 0) for state in ACTIVE_STATES)
         event(
             log,
             logging.INFO,
@@ -326,3 +336,12 @@ class Daemon:
         )
         self.fleet.close()
         return self.summary
+
+
+def _make_unless_unavailable(folder: Path) -> None:
+    """Make a folder; one on a share that does not answer yet is paused, not fatal."""
+    try:
+        make_folders(folder)
+    except OSError as exc:
+        if not is_unavailable(exc):
+            raise

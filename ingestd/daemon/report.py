@@ -27,7 +27,12 @@ def snapshot(daemon: Daemon) -> Snapshot:
     scan_age = None if last_scan is None else now - last_scan
     limit = 2 * config.watch.scan_interval_seconds + 30
     problem = ""
-    if not daemon.once and not intake.observation.alive():
+    down = intake.folders.down()
+    if intake.folders.inbox_down():
+        problem = "the inbox is not answering (a share that is down or not mounted?)"
+    elif down:
+        problem = f"{down} inbox folder(s) not answering"
+    elif not daemon.once and not intake.folders.observation.alive():
         problem = "the inbox observer is not running"
     elif (scan_age if scan_age is not None else now - daemon.started) > limit:
         problem = "no full inbox scan finished recently"
@@ -38,6 +43,8 @@ def snapshot(daemon: Daemon) -> Snapshot:
         targets=daemon.fleet.states(),
         healthy=not problem,
         problem=problem,
+        inbox_up=not intake.folders.inbox_down(),
+        folders_down=down,
     )
 
 

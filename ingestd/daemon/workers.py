@@ -82,6 +82,11 @@ class WorkerPool:
         for _ in self._threads:
             self._work.put(None)
 
+    def join(self, timeout: float) -> None:
+        """Wait (up to `timeout` each) for the threads that `stop` told to end."""
+        for thread in self._threads:
+            thread.join(timeout)
+
     def _run(self) -> None:
         while True:
             item = self._work.get()

@@ -10,6 +10,7 @@ can be called again on any row after a crash and carries on where it stopped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingestd import content
@@ -42,6 +43,7 @@ from ingestd.observe.logs import Masker, event
 from ingestd.observe.metrics import Metrics
 from ingestd.rules.matching import Decision
 from ingestd.targets.base import Upload
+from ingestd.unreachable import is_unavailable
 
 log = logging.getLogger("ingestd.pipeline")
 
@@ -52,6 +54,11 @@ class Outcome:
 
     result: str
     rel: PurePosixPath
+
+
+# What is left to do with a file once it is closed: moves wait for the close (SMB refuses to
+# delete an open file).
+Step = Outcome | Callable[[], Outcome]
 
 
 class Pipeline:
@@ -86,10 +93,11 @@ class Pipeline:
         if wait is not None:
             # Its target is paused: do not even read the file (an outage can hold thousands).
             return self._defer(row, wait)
+        work = self.config().paths.inbox / row.work
         try:
-            read = open_reading(self.config().paths.inbox / row.work, row.format)
+            read = open_reading(work, row.format)
         except FileNotFoundError:
-            if not self.claimer.work_folder_present():
+            if not self._work_folder_present():
                 # The inbox share is gone (unmounted, offline): wait for it, forget nothing.
                 return self._defer(row, time.time() + RETRY_SOON_SECONDS)
             # Taken over by another instance after our lease ran out, or removed by hand.
@@ -97,13 +105,30 @@ class Pipeline:
             self.journal.delete(row.id)
             return Outcome("gone", row.source)
         except content.UnsafeFile as exc:
-            return self._reject(row, Rejected(exc.kind, f"{row.source.name} {exc.message}"))
+            # Never opened, or not readable: the size lstat gives, and no hash.
+            rejected = Rejected(exc.kind, f"{row.source.name} {exc.message}")
+            return self._reject(row, rejected, size=_lstat_size(work))
+        except OSError as exc:
+            if not is_unavailable(exc):
+                raise
+            # The inbox's share stopped answering: the daemon pauses it; this file waits.
+            return self._defer(row, time.time() + RETRY_SOON_SECONDS)
         try:
-            return self._process_open(row, read, resumed)
+            step = self._process_open(row, read, resumed)
         except Rejected as exc:
-            return self._reject(row, exc, content.StreamedDigest(read.fd))
+            digest = content.StreamedDigest(read.fd)
+            rejected_row = self._rejected(row, exc, digest, size=read.stat.st_size)
+            step = functools.partial(self.finish, rejected_row)
         finally:
+            # Closed before any move: SMB refuses to delete an open file (EBUSY).
             os.close(read.fd)
+        return step() if callable(step) else step
+
+    def _work_folder_present(self) -> bool:
+        try:
+            return self.claimer.work_folder_present()
+        except OSError:
+            return False
 
     def _target_wait(self, row: Row) -> float | None:
         name = (row.decision or {}).get("target")
@@ -114,7 +139,9 @@ class Pipeline:
         except KeyError:
             return None
 
-    def _process_open(self, row: Row, read: Reading, resumed: bool) -> Outcome:
+    def _process_open(self, row: Row, read: Reading, resumed: bool) -> Step:
+        """What to do with an open claimed file; moves (filing, giving back) are returned as
+        a step to run once the file is closed."""
         # The hash is taken while the upload reads the file (Upload.sha256), not beforehand.
         before, fd = read.stat, read.fd
         if row.decision is None:
@@ -139,9 +166,9 @@ class Pipeline:
                 )
                 row = self.journal.change(row, sha256=None, size=before.st_size)
         if _changed_since(before, fd):
-            return self._changed(row)
+            return functools.partial(self._changed, row)
         if decision.action == "ignore":
-            return self._ignore(row)
+            return functools.partial(self._ignore, row)
         if decision.action == "fail":
             raise rule_failure(decision)
         target = self.fleet.get(decision.target)
@@ -158,18 +185,19 @@ class Pipeline:
             doc_type=decision.doc_type,
             fields=dict(decision.fields),
             fd=fd,
+            not_before=_epoch(row.received_at),
         )
         check_before_upload(target, upload)
         result = self.sender.send(row, target, upload, resumed)
         if isinstance(result, Rejected):
-            return self._reject(row, result, upload.digest)
+            return functools.partial(self.finish, self._rejected(row, result, upload.digest))
         if result is None:
             return Outcome("deferred", row.source)
         return self._uploaded(row, result, upload, before)
 
     def _uploaded(
         self, row: Row, delivered: Delivered, upload: Upload, before: os.stat_result
-    ) -> Outcome:
+    ) -> Step:
         if _changed_since(before, upload.fd):
             event(
                 log,
@@ -189,7 +217,7 @@ class Pipeline:
             **self._content_values(row, upload.sha256),
             **self.filer.destination(row, "done"),
         )
-        return self.finish(uploaded)
+        return functools.partial(self.finish, uploaded)
 
     # --- outcomes --------------------------------------------------------------------------
 
@@ -210,16 +238,26 @@ class Pipeline:
             return Outcome("ignored", row.source)
         return self._defer(row, time.time() + RETRY_SOON_SECONDS)
 
-    def _reject(
-        self, row: Row, exc: Rejected, digest: content.StreamedDigest | None = None
-    ) -> Outcome:
+    def _reject(self, row: Row, exc: Rejected, size: int | None = None) -> Outcome:
+        return self.finish(self._rejected(row, exc, size=size))
+
+    def _rejected(
+        self,
+        row: Row,
+        exc: Rejected,
+        digest: content.StreamedDigest | None = None,
+        size: int | None = None,
+    ) -> Row:
+        """The row of a rejected file, its content recorded while it is still open."""
         fresh = self.journal.get(row.id) or row  # `row` may predate the recorded decision
         values: dict[str, Any] = {}
+        if fresh.size is None and size is not None:
+            values["size"] = size  # refused before the decision recorded it
         if fresh.sha256 is None and digest is not None:
             with contextlib.suppress(OSError):  # an unreadable file's receipt says so
-                values = self._content_values(fresh, digest.hexdigest())
+                values.update(self._content_values(fresh, digest.hexdigest()))
         values.update(self.filer.destination(fresh, "failed"))
-        return self.finish(self.journal.change(fresh, state="rejected", error=exc.error, **values))
+        return self.journal.change(fresh, state="rejected", error=exc.error, **values)
 
     def _content_values(self, row: Row, sha256: str) -> dict[str, Any]:
         """Journal columns for a file's content once it is known. A file put back by
@@ -246,3 +284,18 @@ def _changed_since(before: os.stat_result, fd: int) -> bool:
         after.st_mtime_ns,
         after.st_ctime_ns,
     )
+
+
+def _epoch(iso_time: str) -> float | None:
+    """Epoch seconds of a journal time (`received_at`); None if it cannot be read."""
+    try:
+        return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _lstat_size(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from ingestd.delivery.decide import Rejected
 from ingestd.delivery.fleet import Fleet
@@ -138,8 +139,8 @@ class Sender:
             self.metrics.finished(target.name, "rejected", seconds, 0)
             self.fleet.answered(health)
             self.journal.update(row.id, attempts=row.attempts + refused.attempts)
-            kind = error.kind if error.kind in ("patient_not_found", "unreadable") else "rejected"
-            return Rejected(kind, _rejection_message(error), error.http_status)
+            kind = error.kind if error.kind in _EHR_KINDS else "rejected"
+            return Rejected(kind, _rejection_message(error, target), error.http_status)
         self.metrics.finished(target.name, "error", seconds, 0)
         health.released()
         self.journal.update(row.id, next_attempt_at=time.time() + RETRY_SOON_SECONDS)
@@ -166,7 +167,8 @@ class Sender:
     def _refused_credentials(
         self, row: Row, target: Target, health: TargetHealth, exc: AuthError, attempts: int
     ) -> None:
-        """401: the target pauses as misconfigured (one loud line); the file waits."""
+        """Credentials refused (401) or a certificate that does not verify: the target pauses
+        as misconfigured (one loud line saying what to do); the file waits."""
         if not self.fleet.current(target):
             health.released()  # the old credentials were refused; new ones are in
         elif health.failed(0.0, exc.message, misconfigured=True):
@@ -176,14 +178,18 @@ class Sender:
                 "target_misconfigured",
                 target=target.name,
                 reason=exc.message,
-                action="check the target's credentials; files wait until they are accepted",
+                action=exc.action,
             )
-        # State and outcome_unknown stay: a refused look-up settles nothing.
+        # State and outcome_unknown stay: a refused look-up settles nothing. When nothing was
+        # sent (a token or a TLS handshake refused), the row is as it was before this try, so
+        # the next one sends at once instead of asking about a send that never happened.
+        unsent: dict[str, Any] = {} if attempts else {"state": row.state, "sent_at": row.sent_at}
         with self.fleet.reloading:
             self.journal.update(
                 row.id,
                 attempts=row.attempts + attempts,
                 next_attempt_at=self.fleet.retry_at(target, health.paused_until),
+                **unsent,
             )
 
     def _wait(self, row: Row, target: Target, health: TargetHealth, deferred: Deferred) -> None:
@@ -228,7 +234,18 @@ def _settled_at(row: Row, target: Target) -> float:
     return row.sent_at + min(target.timeout_seconds, UNKNOWN_OUTCOME_WAIT_SECONDS)
 
 
-def _rejection_message(exc: PermanentError) -> str:
+_EHR_KINDS = frozenset({"patient_not_found", "unreadable", "too_large"})
+
+
+def _rejection_message(exc: PermanentError, target: Target) -> str:
+    if exc.kind == "too_large":
+        return (
+            f"the EHR, or a proxy in front of it, refused the upload as too large (HTTP "
+            f"{exc.http_status}): its limit is lower than the {target.max_bytes} bytes that "
+            f"{target.name} is configured to send; set the target's max_bytes: to the EHR's "
+            "limit (for Leyr, the request is about 4/3 of the file's size), split or compress "
+            "the file, then `ingestd retry`"
+        )
     if exc.kind == "unreadable":
         return f"{exc.message}; check the file and its permissions, then `ingestd retry`"
     if exc.kind == "patient_not_found":

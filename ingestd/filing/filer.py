@@ -12,11 +12,13 @@ import contextlib
 import errno
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ingestd import content
 from ingestd.clock import utc_iso
 from ingestd.filing.places import free_name, place
 from ingestd.filing.receipts import Receipt, receipt_path, write_receipt
@@ -109,9 +111,13 @@ class Filer:
                 try:
                     # The receipt's write syncs the folder for both names.
                     place(work, dest, sync=False)
-                except FileExistsError:  # the name was taken since it was chosen
-                    row = self.journal.change(row, dest=None)
-                    continue
+                except FileExistsError:
+                    if not _our_copy(work, dest, row.sha256):
+                        # The name was taken since it was chosen.
+                        row = self.journal.change(row, dest=None)
+                        continue
+                    # An earlier try put it there but could not remove the work file.
+                    os.unlink(work)
             try:
                 receipt = Receipt.of_row(row, status, dest.name)
                 write_receipt(receipt_path(dest), receipt.to_dict())
@@ -132,3 +138,28 @@ class Filer:
         with contextlib.suppress(FileNotFoundError):
             place(dest, dest.parent / name)
         return self.journal.change(row, dest=row.dest.parent / name)
+
+
+def _our_copy(work: Path, dest: Path, sha256: str | None) -> bool:
+    """Whether `dest` is the copy an interrupted move of `work` already made: the same file
+    (a link), or the same size and SHA-256, with no receipt beside it yet."""
+    try:
+        st_work, st_dest = os.lstat(work), os.lstat(dest)
+        if os.path.samestat(st_work, st_dest):
+            return True
+        if os.path.lexists(receipt_path(dest)) or st_work.st_size != st_dest.st_size:
+            return False
+        if not (stat.S_ISREG(st_work.st_mode) and stat.S_ISREG(st_dest.st_mode)):
+            return False
+        digests = {_sha256_of(work), _sha256_of(dest)}
+    except OSError:
+        return False
+    return len(digests) == 1 and (sha256 is None or sha256 in digests)
+
+
+def _sha256_of(path: Path) -> str:
+    fd, _ = content.open_regular(path)
+    try:
+        return content.StreamedDigest(fd).hexdigest()
+    finally:
+        os.close(fd)

@@ -2,8 +2,9 @@
 
 Names: `<stem> (1)<ext>`, `(2)`, … until both the file name and its receipt name are free; names
 whose receipt name would pass 255 bytes are shortened. Moves: a hard link then an unlink within
-one file system (link fails rather than overwrite); across file systems a copy to a hidden name,
-fsync, link, then unlink of the source.
+one file system (link fails rather than overwrite; shares.move_no_replace has the fallbacks for
+file systems without hard links); across file systems a copy to a hidden name, fsync, a move
+into place, then unlink of the source.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
-import stat
 from pathlib import Path
 
+from ingestd.filing.moves import copy_exclusive, move_no_replace
 from ingestd.filing.receipts import SUFFIX, fsync_dir
 
 NAME_MAX = 255
@@ -74,47 +74,26 @@ def place(src: Path, dest: Path, sync: bool = True) -> None:
     """
     make_folders(dest.parent)
     try:
-        os.link(src, dest, follow_symlinks=False)
+        move_no_replace(src, dest)
     except OSError as exc:
-        if exc.errno == errno.EEXIST:
-            raise FileExistsError(errno.EEXIST, "destination exists") from exc
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+        if exc.errno != errno.EXDEV:
             raise
         _copy_across(src, dest)
-    os.unlink(src)
+        os.unlink(src)
     if sync:
         fsync_dir(dest.parent)
 
 
 def _copy_across(src: Path, dest: Path) -> None:
-    """Copy to a hidden name beside `dest`, fsync, then link into place (no overwrite)."""
+    """Copy to a hidden name beside `dest`, fsync, then move that into place (no overwrite).
+    The hidden copy never outlives a failure (nor a crash: it is removed when the move is
+    retried, under the same journalled name)."""
     tmp = dest.with_name(f".{dest.name[:200]}.ingestd-copy")
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    mode = os.lstat(src).st_mode
-    if stat.S_ISLNK(mode):
-        os.symlink(os.readlink(src), tmp)
-    elif stat.S_ISFIFO(mode):
-        os.mkfifo(tmp, 0o600)
-    elif stat.S_ISREG(mode):
-        src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-            with (
-                os.fdopen(src_fd, "rb", closefd=False) as reader,
-                os.fdopen(dst_fd, "wb") as writer,
-            ):
-                shutil.copyfileobj(reader, writer, 1 << 20)
-                writer.flush()
-                os.fsync(writer.fileno())
-        finally:
-            os.close(src_fd)
-    else:
-        # Sockets and devices cannot be copied; a placeholder keeps the name and the receipt.
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(tmp)  # left by a crash: the journal's destination is retried with it
+    copy_exclusive(src, tmp)
     try:
-        os.link(tmp, dest, follow_symlinks=False)
-    except FileExistsError:
-        os.unlink(tmp)
-        raise
-    os.unlink(tmp)
+        move_no_replace(tmp, dest, copy_from=src)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

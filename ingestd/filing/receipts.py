@@ -3,8 +3,9 @@ from a journal row, read back by `ingestd retry`) and its writing, atomically, n
 another file.
 
 A receipt is written to a hidden temporary name in the same folder, fsynced, then hard-linked to
-its final name (which fails instead of overwriting), and the folder is fsynced: a reader sees
-either no receipt or a whole one.
+its final name (which fails instead of overwriting; without hard links, a rename that cannot
+overwrite or an exclusive copy: see shares.py), and the folder is fsynced: a reader sees either no
+receipt or a whole one.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import pwd
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ingestd.filing.moves import move_no_replace
 from ingestd.journal import Row
 
 SUFFIX = ".receipt.json"
@@ -75,7 +77,7 @@ class Receipt:
         return cls(
             status=status,
             document_id=row.document_id if status == "done" else None,
-            target=decision.get("target"),
+            target=decision.get("target") or None,  # a fail: rule names none
             patient_id=row.patient_id,
             source=str(row.source),
             file=file_name,
@@ -174,7 +176,12 @@ def write_receipt(path: Path, receipt: dict[str, Any]) -> None:
     Raises FileExistsError when a different file holds the name.
     """
     data = render(receipt)
-    tmp = path.with_name(f".{secrets.token_hex(6)}.receipt.tmp")
+    # One temporary name per receipt: one that an interrupted write left (a share that died
+    # mid-write) is removed by the next try rather than left behind.
+    tag = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:12]
+    tmp = path.with_name(f".{tag}.receipt.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -182,7 +189,7 @@ def write_receipt(path: Path, receipt: dict[str, Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         try:
-            os.link(tmp, path)
+            move_no_replace(tmp, path, data)
         except FileExistsError:
             if path.read_bytes() != data:
                 raise

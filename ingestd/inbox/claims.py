@@ -5,10 +5,15 @@ one inbox (even with separate journals) never take the same file. The journal ro
 *before* the rename (state `claiming`) and marked `claimed` after it, so a crash in between is
 settled at start-up by looking whether the work file exists.
 
-Work folder: `<inbox>/.ingestd/work/<instance>/<claim>~<inbox-relative path, percent-encoded>`.
+Work folder: `<inbox>/.ingestd/work/<instance>/<claim>-<inbox-relative path, encoded>`.
 One flat folder: a folder per claim would make watchdog add (and drop) an inotify watch for every
-file. The encoded original path lets a person — or `return_orphan`, when the journal is lost —
-trace a claimed file back; a name too long to carry it whole ends in `!` instead of `~`.
+file. The journal keeps the original path; the encoded one in the name lets a person — or
+`return_orphan` and `take_over`, which have no journal to read — trace a claimed file back.
+The encoding survives every file system's name rules: only ASCII letters and digits, every other
+byte as `_XX` (hex), so no `%` (smbnetfs URL-decodes names), none of `\\ / : * ? " < > |` that
+SMB refuses, no trailing dot or space, and at most 255 characters (SMB's limit for a name); a
+name too long to carry the path whole is `<claim>--<cut encoding>` and cannot be traced. Names
+of the earlier scheme (`<claim>~<percent-encoded path>`, `<claim>!<cut>`) are still read.
 """
 
 from __future__ import annotations
@@ -17,18 +22,22 @@ import errno
 import logging
 import os
 import secrets
+import string
 import time
 import urllib.parse
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingestd.clock import utc_iso
 from ingestd.content import Snapshot
-from ingestd.inbox.watch import Ready
+from ingestd.filing.moves import move_no_replace
+from ingestd.inbox.settle import Ready
 from ingestd.journal import Journal, Row
 from ingestd.observe.logs import Masker, event
 from ingestd.observe.statefiles import read_or_create
+from ingestd.unreachable import errno_name, is_unavailable
 
 log = logging.getLogger("ingestd.claims")
 
@@ -36,15 +45,43 @@ PRIVATE_DIR = ".ingestd"
 WORK_DIR = PurePosixPath(PRIVATE_DIR) / "work"
 NAME_MAX = 255
 LEASE_FILE = ".lease"
+_PLAIN = frozenset(string.ascii_letters + string.digits)
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def encode_path(rel: PurePosixPath) -> str:
+    """Letters and digits as they are, every other byte as `_XX`."""
+    return "".join(
+        chr(byte) if chr(byte) in _PLAIN else f"_{byte:02X}" for byte in os.fsencode(str(rel))
+    )
+
+
+def decode_path(encoded: str) -> PurePosixPath | None:
+    """The path `encode_path` encoded; None when `encoded` is not such an encoding."""
+    out = bytearray()
+    i = 0
+    while i < len(encoded):
+        char = encoded[i]
+        if char in _PLAIN:
+            out.append(ord(char))
+            i += 1
+            continue
+        code = encoded[i + 1 : i + 3]
+        if char != "_" or len(code) != 2 or not all(c in _HEX for c in code):
+            return None
+        out.append(int(code, 16))
+        i += 3
+    return PurePosixPath(os.fsdecode(bytes(out)))
 
 
 def work_name(claim: str, rel: PurePosixPath) -> str:
-    """`<claim>~<encoded path>`, or `<claim>!<cut encoded path>` when it does not fit."""
-    encoded = urllib.parse.quote(os.fsencode(str(rel)), safe=" ")
-    whole = f"{claim}~{encoded}"
+    """`<claim>-<encoded path>`, or `<claim>--<cut encoded path>` when it does not fit."""
+    encoded = encode_path(rel)
+    whole = f"{claim}-{encoded}"
     if len(whole) <= NAME_MAX:
         return whole
-    return f"{claim}!{encoded[: NAME_MAX - len(claim) - 1]}"
+    cut = encoded[: NAME_MAX - len(claim) - 2]
+    return f"{claim}--{cut}"
 
 
 def _same_file(st: os.stat_result | None, snap: Snapshot) -> bool:
@@ -59,13 +96,22 @@ def _same_file(st: os.stat_result | None, snap: Snapshot) -> bool:
 
 def source_of(name: str) -> PurePosixPath | None:
     """The inbox path a work name was claimed from; None when it was cut or is not ours."""
-    claim, sep, encoded = name.partition("~")
-    if not sep or not claim:
-        return None
-    rel = PurePosixPath(os.fsdecode(urllib.parse.unquote_to_bytes(encoded)))
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+    claim, sep, encoded = name.partition("-")
+    if sep and claim and all(c in _HEX for c in claim):
+        rel = None if encoded.startswith("-") else decode_path(encoded)
+    else:
+        rel = _old_source_of(name)
+    if rel is None or rel.is_absolute() or ".." in rel.parts or not rel.parts:
         return None
     return rel
+
+
+def _old_source_of(name: str) -> PurePosixPath | None:
+    """The earlier scheme: `<claim>~<percent-encoded path>` (claimed before an upgrade)."""
+    claim, sep, encoded = name.partition("~")
+    if not sep or not claim or not all(c in _HEX for c in claim):
+        return None
+    return PurePosixPath(os.fsdecode(urllib.parse.unquote_to_bytes(encoded)))
 
 
 def instance_id(state_dir: Path) -> str:
@@ -80,6 +126,12 @@ class Claimer:
     journal: Journal
     instance: str
     masker: Masker
+    # Files that could not be claimed, with the reason last logged: logged once, not at
+    # every attempt (they stay in the settler, counted as waiting).
+    _unclaimable: dict[PurePosixPath, str] = field(default_factory=dict)
+    # Told of a folder whose share stopped answering (the daemon pauses it); unset, such a
+    # file is logged like any other that cannot be claimed.
+    on_unavailable: Callable[[PurePosixPath, OSError], None] | None = None
 
     def claim(self, ready: Ready) -> Row | None:
         """Move a ready file into the work folder; None when another process took it first
@@ -99,15 +151,16 @@ class Claimer:
             os.rename(self.inbox / rel, work_path)
         except OSError as exc:
             self.journal.delete(row.id)
-            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
-                event(
-                    log,
-                    logging.WARNING,
-                    "claim_failed",
-                    file=self.masker.path(rel),
-                    reason=exc.strerror,
-                )
+            self._not_claimed(ready, exc)
             return None
+        if not os.path.lexists(work_path):
+            # The rename "worked" but the file is not where it was sent (a file system that
+            # rewrites names): never claimed, and not lost if it is still in the inbox.
+            self.journal.delete(row.id)
+            lost = OSError(errno.ENOENT, "the renamed file is not at its work name")
+            self._not_claimed(ready, lost)
+            return None
+        self._unclaimable.pop(rel, None)
         try:
             st: os.stat_result | None = os.lstat(work_path)
         except OSError:
@@ -125,13 +178,62 @@ class Claimer:
             fixes["owner_uid"] = st.st_uid
         return self.journal.change(row, **fixes) if fixes else row
 
+    def _not_claimed(self, ready: Ready, exc: OSError) -> None:
+        """Log why a file was not claimed, once per file and reason, unless another instance
+        holds it (its win, not a problem)."""
+        rel = ready.rel
+        if self.on_unavailable is not None and is_unavailable(exc):
+            self.on_unavailable(rel.parent, exc)
+            return
+        level, reason = logging.ERROR, exc.strerror or errno_name(exc)
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.lexists(self.inbox / rel):
+            # Gone from the inbox: another instance claimed it, or a person removed it.
+            self._unclaimable.pop(rel, None)
+            if self._held_elsewhere(ready):
+                return
+            level, reason = logging.WARNING, "the file disappeared while being claimed"
+        if self._unclaimable.get(rel) == reason:
+            return
+        if len(self._unclaimable) > 10_000:
+            self._unclaimable.clear()  # a bound on memory; the worst case is a repeated line
+        self._unclaimable[rel] = reason
+        event(
+            log,
+            level,
+            "claim_failed",
+            file=self.masker.path(rel),
+            reason=reason,
+            errno=errno_name(exc),
+            action="the file waits in the inbox and is tried again",
+        )
+
+    def _held_elsewhere(self, ready: Ready) -> bool:
+        """Whether some instance's work folder holds this file (same size and mtime)."""
+        snap = ready.snapshot
+        if snap is None:
+            return True  # nothing to compare: not a regular file, and nothing to lose
+        base = self.inbox / WORK_DIR
+        try:
+            folders = os.listdir(base)
+        except OSError:
+            return False
+        for folder in folders:
+            try:
+                with os.scandir(base / folder) as entries:
+                    for entry in entries:
+                        st = entry.stat(follow_symlinks=False)
+                        if (st.st_size, st.st_mtime_ns) == (snap.size, snap.mtime_ns):
+                            return True
+            except OSError:
+                continue
+        return False
+
     def _give_back(self, work_path: Path, source: Path) -> bool:
         """Put a claimed file back at its inbox path, never over another file."""
         try:
-            os.link(work_path, source, follow_symlinks=False)
+            move_no_replace(work_path, source)
         except OSError:
             return False
-        os.unlink(work_path)
         return True
 
     def prepare(self) -> None:

@@ -1,24 +1,15 @@
-"""Finding finished files in the inbox: watchdog events as hints, scans as the truth.
-
-Watchdog's events only mark a path as worth a look (they are missed on overflow, for files written
-into a folder before its watch exists, and on network shares), so the inbox is also scanned at
-start-up, periodically, and whenever a new folder appears. A file is *ready* when two looks at
-least the settle time apart see the same size, mtime, ctime and inode, nobody holds it open for
-writing, it is not empty, and its content is recognised (or has been quiet for the grace time).
+"""Watching the inbox: watchdog's events as hints only (missed on overflow, for files written into
+a folder before its watch exists, and on network shares), the observer supervised and restarted,
+and which file systems need polling instead of inotify.
 """
 
 from __future__ import annotations
 
-import heapq
 import inspect
 import logging
 import os
-import stat
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from watchdog import events as watchdog_events
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -26,9 +17,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from ingestd import content
-from ingestd.names import is_ignored_name, is_ignored_path
 from ingestd.observe.logs import event
+from ingestd.unreachable import is_unavailable
 
 log = logging.getLogger("ingestd.watcher")
 
@@ -150,6 +140,9 @@ class Observation:
         self.poll = poll
         self._observer: BaseObserver | None = None
         self._failing = False  # a failure is logged once, not at every restart attempt
+        # Why the last start failed when the inbox itself did not answer (the daemon pauses
+        # the inbox for it: one path for a clean unmount and a share that died).
+        self.unavailable: OSError | None = None
 
     def start(self) -> bool:
         """Start watching; False (logged) when the inbox cannot be watched right now."""
@@ -165,14 +158,15 @@ class Observation:
             self.poll = True
         observer: BaseObserver = PollingObserver(timeout=2) if self.poll else Observer()
         observer.daemon = True
+        self.unavailable = None
         try:
             _schedule(observer, _Handler(self.hints), self.root)
             observer.start()
-        except FileNotFoundError:
-            # The inbox (a share?) is not there: the scans keep looking; restart later.
-            self._failed("the inbox folder is missing")
-            return False
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) or is_unavailable(exc):
+                # The inbox (a share?) is not there or not answering: the caller pauses it.
+                self.unavailable = exc
+                return False
             if self.poll:
                 self._failed(exc.strerror or type(exc).__name__)
                 return False
@@ -214,194 +208,3 @@ class Observation:
             if self._observer.is_alive():
                 self._observer.join(timeout=5)
             self._observer = None
-
-
-INBOX_ROOT = PurePosixPath()
-
-
-def scan(
-    root: Path,
-    start: PurePosixPath = INBOX_ROOT,
-    on_folder: Callable[[PurePosixPath], None] | None = None,
-) -> Iterator[PurePosixPath]:
-    """Every non-folder path below `root/start`, inbox-relative, skipping hidden and temporary
-    names; never follows links. Lazy: the tree is never held in memory. `on_folder` is told of
-    every folder listed."""
-    stack = [start]
-    while stack:
-        rel = stack.pop()
-        if on_folder is not None and rel.parts:
-            on_folder(rel)
-        try:
-            with os.scandir(root / rel) as entries:
-                for entry in entries:
-                    if is_ignored_name(entry.name):
-                        continue
-                    child = rel / entry.name
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(child)
-                            continue
-                    except OSError:
-                        continue
-                    yield child
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue
-
-
-@dataclass
-class _Pending:
-    first_seen: float  # wall clock, for received_at
-    snapshot: content.Snapshot | None
-    changed_at: float  # monotonic
-    due: float
-
-
-@dataclass(frozen=True)
-class Ready:
-    rel: PurePosixPath
-    received: float  # wall clock when first seen
-    snapshot: content.Snapshot | None  # None for non-regular paths
-    empty_expired: bool = False
-    format: str | None = None  # the MIME type the last look detected (None: not looked for)
-
-
-@dataclass
-class Settler:
-    """Tracks files that are not ready yet and says when each one is."""
-
-    root: Path
-    settle_for: Callable[[PurePosixPath], float]
-    empty_fail_seconds: float = 3600.0
-    unknown_type_grace_seconds: float = 30.0
-    clock: Callable[[], float] = time.monotonic
-    _pending: dict[PurePosixPath, _Pending] = field(default_factory=dict)
-    _heap: list[tuple[float, PurePosixPath]] = field(default_factory=list)
-    _held: dict[PurePosixPath, content.Snapshot | None] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def busy(self) -> bool:
-        """True while some tracked file may still become ready (empty files do not count)."""
-        return any(p.snapshot is None or p.snapshot.size > 0 for p in self._pending.values())
-
-    def oldest_wall(self) -> float | None:
-        return min((p.first_seen for p in self._pending.values()), default=None)
-
-    def hold(self, rel: PurePosixPath) -> None:
-        """Leave a path alone (a rule ignores it) until it changes."""
-        self._pending.pop(rel, None)
-        self._held[rel] = _snapshot(self.root / rel)
-
-    def notice(self, rel: PurePosixPath) -> None:
-        """A hint or a scan saw `rel`: look at it soon."""
-        if is_ignored_path(rel):
-            return
-        if rel in self._held:
-            if _snapshot(self.root / rel) == self._held[rel]:
-                return
-            del self._held[rel]  # changed (or gone): judge it again
-        now = self.clock()
-        entry = self._pending.get(rel)
-        if entry is None:
-            self._pending[rel] = _Pending(time.time(), None, now, now)
-            heapq.heappush(self._heap, (now, rel))
-        elif entry.due > now:
-            entry.due = now
-            heapq.heappush(self._heap, (now, rel))
-
-    def next_due(self) -> float | None:
-        while self._heap:
-            due, rel = self._heap[0]
-            entry = self._pending.get(rel)
-            if entry is None or entry.due != due:
-                heapq.heappop(self._heap)  # stale
-                continue
-            return due
-        return None
-
-    def due_paths(self) -> Iterator[PurePosixPath]:
-        now = self.clock()
-        while self._heap and self._heap[0][0] <= now:
-            due, rel = heapq.heappop(self._heap)
-            entry = self._pending.get(rel)
-            if entry is not None and entry.due == due:
-                yield rel
-
-    def _later(self, rel: PurePosixPath, entry: _Pending, when: float) -> None:
-        entry.due = when
-        heapq.heappush(self._heap, (when, rel))
-
-    def look(self, rel: PurePosixPath) -> Ready | None:
-        """Look once at a due path: Ready, or None (gone, or looked at again later)."""
-        entry = self._pending.get(rel)
-        if entry is None:
-            return None
-        path = self.root / rel
-        try:
-            st = os.lstat(path)
-        except OSError:
-            del self._pending[rel]
-            return None
-        now = self.clock()
-        if stat.S_ISDIR(st.st_mode):
-            del self._pending[rel]
-            return None
-        settle = self.settle_for(rel)
-        if not stat.S_ISREG(st.st_mode):
-            del self._pending[rel]
-            return Ready(rel, entry.first_seen, None)
-        snap = content.Snapshot.of(st)
-        if snap != entry.snapshot:
-            entry.snapshot = snap
-            entry.changed_at = now
-            self._later(rel, entry, now + settle)
-            return None
-        quiet = now - entry.changed_at
-        if quiet < settle:
-            self._later(rel, entry, entry.changed_at + settle)
-            return None
-        if snap.size == 0:
-            age = time.time() - entry.first_seen
-            if age >= self.empty_fail_seconds:
-                del self._pending[rel]
-                return Ready(rel, entry.first_seen, snap, empty_expired=True)
-            self._later(rel, entry, now + min(max(settle, 5.0), self.empty_fail_seconds - age))
-            return None
-        if content.writer_active(path):
-            self._later(rel, entry, now + settle)
-            return None
-        fmt = _format_of(path) if quiet < self.unknown_type_grace_seconds else None
-        if fmt == "":
-            # A preallocated file may still be all zeros: look again before calling it unknown.
-            self._later(
-                rel,
-                entry,
-                min(now + max(settle, 1.0), entry.changed_at + self.unknown_type_grace_seconds),
-            )
-            return None
-        del self._pending[rel]
-        # The type travels with the claim (the claim checks it is still this inode, size and
-        # mtime), so the pipeline does not detect it a second time.
-        return Ready(rel, entry.first_seen, snap, format=fmt)
-
-
-def _snapshot(path: Path) -> content.Snapshot | None:
-    try:
-        return content.Snapshot.of(os.lstat(path))
-    except OSError:
-        return None
-
-
-def _format_of(path: Path) -> str | None:
-    """The detected MIME type, "" when not recognised, None when it cannot be read (the
-    pipeline reports why)."""
-    try:
-        fd, _ = content.open_regular(path)
-    except (OSError, content.UnsafeFile):
-        return None
-    try:
-        return content.detect_format(fd)
-    finally:
-        os.close(fd)

@@ -40,6 +40,8 @@ class Snapshot:
     targets: Mapping[str, Mapping[str, Any]]  # name → {"up": bool, "misconfigured": bool}
     healthy: bool
     problem: str = ""
+    inbox_up: bool = True  # the inbox folder answers (a share: mounted and reachable)
+    folders_down: int = 0  # inbox folders paused because they do not answer (the inbox too)
 
 
 @dataclass
@@ -106,6 +108,14 @@ class _StateCollector:
                 "ingestd_last_scan_age_seconds", "Seconds since the last full inbox scan ended",
                 value=now.last_scan_age_seconds,
             )  # fmt: skip
+        yield GaugeMetricFamily(
+            "ingestd_inbox_up", "1 when the inbox folder answers (a share: mounted, reachable)",
+            value=1.0 if now.inbox_up else 0.0,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "ingestd_folders_unavailable", "Inbox folders paused because they do not answer",
+            value=now.folders_down,
+        )  # fmt: skip
         up = GaugeMetricFamily("ingestd_target_up", "1 when taking uploads", labels=["target"])
         paused = GaugeMetricFamily(
             "ingestd_target_misconfigured", "1 when paused for refused credentials",

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 FAULT_APIS = frozenset({"leyr", "nymbl", "token", "any"})
-ACTIONS = frozenset({"status", "delay", "drop", "commit_drop"})
+ACTIONS = frozenset({"status", "delay", "drop", "commit_drop", "revoke"})
 # "any" covers the APIs a client talks to, never the control plane that adds and clears faults.
 _ANY = frozenset({"leyr", "nymbl", "token"})
 
@@ -24,7 +24,9 @@ class Fault:
     status: answer `status` with a small JSON error (and Retry-After, verbatim, when given);
     delay: sleep `delay_seconds`, then handle normally; drop: close the connection without an
     answer and store nothing; commit_drop: handle normally (an upload is stored), then close the
-    connection without an answer.
+    connection without an answer; revoke: handle normally, then revoke every access token
+    issued so far (a token revoked or a signing key rotated on the server's side: with the
+    token route, the client gets a token that is already invalid).
     """
 
     api: str

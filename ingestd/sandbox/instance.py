@@ -6,6 +6,7 @@ This is the Python API other code uses; the HTTP side lives in server.py and the
 from __future__ import annotations
 
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +25,9 @@ class Sandbox:
 
     `known_patients`: None means every syntactically valid patient id exists; otherwise only
     these ids do (any written form: `abc_1`, `emr_id:abc_1`, `12345`) and others get 404.
+    `proxy_body_limit`: like a reverse proxy in front of the EHR with a lower body limit (nginx's
+    client_max_body_size), a larger request body is refused with 413 before it is read.
+    `tls`: serve https with this server-side context (its certificate chain loaded).
     """
 
     def __init__(
@@ -34,9 +38,12 @@ class Sandbox:
         token_ttl_seconds: float = 3600,
         known_patients: Iterable[str] | None = None,
         token_client_auth: Iterable[str] = ("basic", "body"),
+        proxy_body_limit: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self._tls = tls
         self._context = Context(
             store=Store(),
             faults=FaultQueue(),
@@ -44,6 +51,7 @@ class Sandbox:
             token_ttl_seconds=token_ttl_seconds,
             latency_seconds=latency_seconds,
             token_client_auth=frozenset(token_client_auth),
+            proxy_body_limit=proxy_body_limit,
         )
         self._server: SandboxServer | None = None
         self._thread: threading.Thread | None = None
@@ -52,9 +60,14 @@ class Sandbox:
         if self._server is not None:
             return self
         server = SandboxServer((self.host, self.port), self._context)
+        if self._tls is not None:
+            # A client that refuses our certificate fails its handshake in accept(), an OSError
+            # socketserver drops; the next connection is served as usual.
+            server.socket = self._tls.wrap_socket(server.socket, server_side=True)
         self.port = server.server_port
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self._context.url = f"http://{host}:{self.port}"
+        scheme = "http" if self._tls is None else "https"
+        self._context.url = f"{scheme}://{host}:{self.port}"
         self._thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.05},

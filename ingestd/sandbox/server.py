@@ -52,6 +52,12 @@ class _Incomplete(Exception):
     pass
 
 
+def _body_limit(ctx: Context, chosen: Route) -> int:
+    if ctx.proxy_body_limit is None or chosen.api == "control":
+        return chosen.max_body
+    return min(chosen.max_body, ctx.proxy_body_limit)
+
+
 def route(method: str, path: str) -> Route:
     if path == oauth.PATH:
         return oauth.route(method)
@@ -137,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
             fault = None
         try:
             request = Request(
-                self.command, path, query, self.headers, self._read_body(chosen.max_body)
+                self.command, path, query, self.headers, self._read_body(_body_limit(ctx, chosen))
             )
         except _TooLarge:
             if fault is not None and fault.action != "status":
@@ -160,6 +166,9 @@ class _Handler(BaseHTTPRequestHandler):
             response = chosen.handler(ctx, request)
         except Abort as abort:
             response = abort.response
+        if fault is not None and fault.action == "revoke":
+            ctx.store.revoke_tokens()
+            fault = None
         if fault is not None:  # commit_drop: the work is done, the client never hears of it
             return _Answer(None)
         if chosen.kind == "upload" and ctx.latency_seconds > 0:

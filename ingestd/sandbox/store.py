@@ -155,6 +155,11 @@ class Store:
             self._tokens[token] = now + ttl_seconds
         return token
 
+    def revoke_tokens(self) -> None:
+        """Every access token issued so far stops working."""
+        with self._lock:
+            self._tokens.clear()
+
     def token_valid(self, token: str) -> bool:
         with self._lock:
             expiry = self._tokens.get(token)

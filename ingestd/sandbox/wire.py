@@ -100,6 +100,8 @@ class Context:
     url: str = ""  # set once the socket is bound
     # Client authentication the token endpoint accepts: like servers that take only one.
     token_client_auth: frozenset[str] = frozenset({"basic", "body"})
+    # A proxy's lower body limit in front of the APIs (None: only the APIs' own limits).
+    proxy_body_limit: int | None = None
 
     def patient_exists(self, *forms: str) -> bool:
         """True when any written form of the id is known (or every patient exists)."""

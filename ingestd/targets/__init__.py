@@ -14,7 +14,9 @@ from ingestd.targets import leyr, nymbl
 from ingestd.targets.base import Target
 from ingestd.targets.http import HttpTarget
 
-COMMON_OPTIONS = frozenset({"kind", "concurrency", "accept", "max_bytes", "timeout_seconds"})
+COMMON_OPTIONS = frozenset(
+    {"kind", "concurrency", "accept", "max_bytes", "timeout_seconds", "ca_file"}
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class TargetSettings:
     accept: frozenset[str] | None = None  # None: the kind's default list
     max_bytes: int | None = None  # None: the kind's default limit
     timeout_seconds: float = 60.0
+    ca_file: str | None = None  # a PEM file of CA certificates; None: the system's (or env's)
 
 
 def _no_option_problems(options: Mapping[str, str]) -> dict[str, str]:

@@ -30,6 +30,9 @@ class Upload:
     doc_type: str
     fields: Mapping[str, str] = field(default_factory=dict)  # description, created_by_id
     fd: int = -1
+    # Epoch seconds: no send of this document began earlier (when the file was received). A
+    # look-up for an earlier upload skips what the EHR stored well before. None: any time.
+    not_before: float | None = None
     known_sha256: InitVar[str | None] = None
     digest: StreamedDigest = field(init=False, repr=False, compare=False)
 
@@ -89,14 +92,30 @@ class PermanentError(TargetError):
 
     def __init__(self, message: str, http_status: int | None, kind: str = "rejected") -> None:
         super().__init__(message, http_status)
-        self.kind = kind  # rejected | patient_not_found
+        self.kind = kind  # rejected | patient_not_found | too_large (413) | unreadable
 
 
 class AuthError(TargetError):
     """Credentials refused (after one token refresh for Nymbl): the target is misconfigured.
 
-    The target pauses; its files wait. Nothing is moved to failed/.
+    The target pauses; its files wait. Nothing is moved to failed/. `action` is what the one
+    log line tells the operator to do.
     """
+
+    action = "check the target's credentials; files wait until they are accepted"
+
+
+class CertificateUntrusted(AuthError):
+    """The EHR's TLS certificate did not verify: a misconfiguration, not a lost connection.
+
+    Nothing reached the server (the handshake failed), so no request counts as sent.
+    """
+
+    sent = False
+    action = (
+        "set the target's ca_file: to the PEM file of the CA that signed the EHR's certificate "
+        "(or REQUESTS_CA_BUNDLE for every target), then reload; files wait until it verifies"
+    )
 
 
 class Target(Protocol):
@@ -117,7 +136,8 @@ class Target(Protocol):
         ...
 
     def find(self, upload: Upload) -> str | None:
-        """Ask the EHR whether this exact document (name, size, SHA-256) is already stored."""
+        """Ask the EHR whether this exact document (size and SHA-256 of its content) is already
+        stored; names and titles only say which candidates to check first."""
         ...
 
     def close(self) -> None: ...

@@ -13,6 +13,7 @@ import errno
 import json
 import secrets
 from collections.abc import Iterator, Sequence
+from urllib.parse import quote
 
 from ingestd.targets.base import Upload
 
@@ -106,8 +107,51 @@ class LeyrJsonBody(StreamingBody):
 
 
 def quote_form_name(value: str) -> str:
-    """A multipart name or filename as HTML5 forms send it: raw UTF-8, three characters escaped."""
+    """A multipart field name as HTML5 forms send it: raw UTF-8, three characters escaped.
+    Only for our own ASCII field names; a file name goes through `filename_params`."""
     return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+# Printable ASCII that every parser reads back from a quoted `filename` as it was sent.
+_PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - set('"\\%')
+
+
+def _quoted_filename(name: str) -> str:
+    """The inside of `filename="…"`: `\\` and `"` escaped as RFC 9110 quoted-string pairs
+    (Werkzeug, python-multipart and busboy all undo them; the `%22` browsers write for `"` is
+    undone by Werkzeug alone), control characters as `%XX` (a raw CR or LF would end the header;
+    browsers write those two the same way), everything else raw UTF-8."""
+    out: list[str] = []
+    for char in name:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"%{ord(char):02X}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def filename_params(name: str) -> str:
+    """The Content-Disposition parameters naming the file: `filename="…"`, and, when the name
+    holds anything but plain printable ASCII, `filename*=UTF-8''…` (RFC 8187) after it.
+
+    RFC 7578 4.2 says not to send `filename*`, and parsers that follow it (python-multipart)
+    ignore it and read `filename`. Others prefer it: busboy (multer) reads `filename` as Latin-1
+    unless told otherwise and so garbles raw UTF-8; Werkzeug turns a literal `%22` in `filename`
+    into `"`. From `filename*`, they get the exact name. See README, "The two EHR APIs".
+    """
+    plain = f'filename="{_quoted_filename(name)}"'
+    if all(char in _PLAIN for char in name):
+        return plain
+    extended = "filename*=UTF-8''" + quote(name, safe="", errors="surrogateescape")
+    if name.endswith("\\"):
+        # python-multipart finds where a parameter ends by counting quotes, and takes the `\\"`
+        # that ends this one for an escaped quote: read last, it is whole. Werkzeug, which
+        # takes the last of the two, reads this one right too (unless it holds a literal %22).
+        return f"{extended}; {plain}"
+    # RFC 6266's order; Werkzeug takes the last of the two, busboy `filename*` wherever it is.
+    return f"{plain}; {extended}"
 
 
 class MultipartBody(StreamingBody):
@@ -131,7 +175,7 @@ class MultipartBody(StreamingBody):
         mime = upload.mime if upload.mime.isprintable() else "application/octet-stream"
         head += (
             f'{dash}Content-Disposition: form-data; name="{quote_form_name(file_field)}"; '
-            f'filename="{quote_form_name(upload.file_name)}"\r\n'
+            f"{filename_params(upload.file_name)}\r\n"
             f"Content-Type: {mime}\r\n\r\n"
         ).encode("utf-8", "surrogateescape")
         tail = f"\r\n--{self.boundary}--\r\n".encode()

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import unicodedata
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -30,6 +31,7 @@ from requests.adapters import HTTPAdapter
 from ingestd import USER_AGENT
 from ingestd.targets.base import (
     AuthError,
+    CertificateUntrusted,
     PermanentError,
     Refusal,
     TargetError,
@@ -77,7 +79,8 @@ class EnvironmentOnceSession(requests.Session):
             self._environment[key] = found  # a race only computes it twice
         env_proxies, ca_bundle = found
         proxies = {**env_proxies, **(proxies or {})}
-        if (verify is True or verify is None) and ca_bundle:
+        # A target's own ca_file (the session's verify) comes before the environment's.
+        if (verify is True or verify is None) and self.verify is True and ca_bundle:
             verify = ca_bundle
         return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
@@ -171,6 +174,14 @@ def raise_for_outcome(response: requests.Response, what: str, redact: Collection
         # Never followed: a redirect could carry our credential headers to another host.
         raise AuthError(
             describe(response, f"{what} answered with a redirect: check base_url", redact), status
+        )
+    if status == 413:
+        raise PermanentError(
+            describe(
+                response, f"{what}: the EHR or a proxy in front of it refused the size", redact
+            ),
+            status,
+            kind="too_large",
         )
     if status == 404:
         raise PermanentError(
@@ -287,6 +298,11 @@ def transport_errors(what: str, read_timeout: float) -> Iterator[None]:
             f"{what}: no answer within {read_timeout:g} s", sent=True, outcome_unknown=True
         ) from None
     except requests.ConnectionError as exc:
+        problem = _certificate_problem(exc)
+        if problem is not None:
+            raise CertificateUntrusted(
+                f"{what}: the EHR's TLS certificate did not verify ({problem})"
+            ) from None
         if _never_connected(exc):
             raise TransientError(
                 f"{what}: could not connect ({_root_name(exc)})", sent=False
@@ -298,6 +314,15 @@ def transport_errors(what: str, read_timeout: float) -> Iterator[None]:
         raise TransientError(
             f"{what}: request failed ({_root_name(exc)})", sent=True, outcome_unknown=True
         ) from None
+
+
+def _certificate_problem(exc: BaseException) -> str | None:
+    """OpenSSL's reason when the server's certificate did not verify, else None."""
+    for error in _chain(exc):
+        if isinstance(error, ssl.SSLCertVerificationError):
+            reason = error.verify_message or error.reason or "certificate verify failed"
+            return " ".join(str(reason).split())[:REASON_MAX_CHARS]
+    return None
 
 
 def _root_name(exc: BaseException) -> str:
@@ -366,6 +391,7 @@ class CommonOptions(TypedDict, total=False):
     accept: frozenset[str] | None  # None: the kind's default list
     max_bytes: int | None  # None: the kind's default limit
     timeout_seconds: float
+    ca_file: str | None  # None: the system's CAs, or REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
 
 
 class HttpTarget:
@@ -386,12 +412,16 @@ class HttpTarget:
         accept: frozenset[str] | None = None,
         max_bytes: int | None = None,
         timeout_seconds: float = 60.0,
+        ca_file: str | None = None,
     ) -> None:
         self.name = name
         self.accept = self.default_accept if accept is None else frozenset(accept)
         self.max_bytes = self.default_max_bytes if max_bytes is None else max_bytes
         self.timeout_seconds = timeout_seconds
         self._session = make_session(concurrency)
+        if ca_file is not None:
+            # Every request of the target, its token requests included, trusts this file.
+            self._session.verify = ca_file
 
     @classmethod
     def from_settings(cls, cfg: TargetSettings) -> Self:
@@ -403,6 +433,7 @@ class HttpTarget:
             accept=cfg.accept,
             max_bytes=cfg.max_bytes,
             timeout_seconds=cfg.timeout_seconds,
+            ca_file=cfg.ca_file,
         )
 
     @staticmethod

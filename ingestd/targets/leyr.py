@@ -13,6 +13,8 @@ import re
 from typing import Unpack
 from urllib.parse import quote
 
+import requests
+
 from ingestd.identifiers import luhn_ok
 from ingestd.targets.base import TransientError, Upload
 from ingestd.targets.bodies import LeyrJsonBody
@@ -23,7 +25,9 @@ from ingestd.targets.http import (
     document_id,
     json_object,
     raise_for_outcome,
+    transport_errors,
 )
+from ingestd.targets.lookup import Candidate, check_order, in_window, stored_at
 
 KIND = "leyr"
 REQUIRED = frozenset({"base_url", "emr", "care_unit_id", "client_id", "client_secret"})
@@ -109,6 +113,9 @@ class LeyrTarget(HttpTarget):
         return created_id(response, what)
 
     def find(self, upload: Upload) -> str | None:
+        """Every listed document stored since we could have sent this one is a candidate (the
+        list says nothing of size); the one whose decoded content has our size and SHA-256 is
+        ours. Title and format only order the candidates: an EHR may normalise either."""
         what = f"{self.name} look-up"
         redact = self._redact(upload)
         response = self._get_once(self._documents_url(upload), what)
@@ -118,13 +125,8 @@ class LeyrTarget(HttpTarget):
         items = json_object(response, what).get("items")
         if not isinstance(items, list):
             raise TransientError(f"{what}: HTTP {response.status_code} without a list of items")
-        for item in items:
-            if not isinstance(item, dict):
-                continue
-            if item.get("title") != upload.title or item.get("format") != upload.mime:
-                continue
-            doc_id = document_id(item.get("id"))
-            if doc_id is not None and self._same_content(upload, doc_id, redact):
+        for doc_id in check_order(_candidates_in(items, upload)):
+            if self._same_content(upload, doc_id, redact):
                 return doc_id
         return None
 
@@ -133,11 +135,19 @@ class LeyrTarget(HttpTarget):
 
     def _same_content(self, upload: Upload, doc_id: str, redact: list[str]) -> bool:
         what = f"{self.name} look-up"
-        response = self._get_once(f"{self._documents_url(upload)}/{quote(doc_id, safe='')}", what)
-        if response.status_code == 404:
-            return False
-        raise_for_outcome(response, what, [*redact, doc_id])
-        content = json_object(response, what).get("content")
+        url = f"{self._documents_url(upload)}/{quote(doc_id, safe='')}"
+        response = self._get_once(url, what, stream=True)
+        try:
+            # The body is read here, not by the GET: its transport errors are translated here.
+            with transport_errors(what, self.timeout_seconds):
+                if response.status_code == 404:
+                    return False
+                raise_for_outcome(response, what, [*redact, doc_id])
+                if _too_short(response, upload.size):
+                    return False  # every candidate is fetched: a smaller one is not read at all
+                content = json_object(response, what).get("content")
+        finally:
+            response.close()
         if not isinstance(content, str):
             return False
         digest = _b64_sha256(content)
@@ -150,6 +160,27 @@ class LeyrTarget(HttpTarget):
             upload.file_name,
             upload.title,
         ]
+
+
+def _candidates_in(items: list[object], upload: Upload) -> list[Candidate]:
+    found: list[Candidate] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        # The guide lists no time; a `created_at`, where an EHR gives one, narrows the search.
+        when = stored_at(item.get("created_at"))
+        doc_id = document_id(item.get("id"))
+        if doc_id is None or not in_window(when, upload.not_before):
+            continue
+        hinted = item.get("title") == upload.title and item.get("format") == upload.mime
+        found.append(Candidate(doc_id, hinted, when))
+    return found
+
+
+def _too_short(response: requests.Response, size: int) -> bool:
+    """True when the announced body cannot hold `size` bytes as base64 (4 characters per 3)."""
+    length = response.headers.get("Content-Length", "")
+    return length.isdigit() and int(length) < 4 * (size // 3)
 
 
 def _b64_sha256(content: str) -> tuple[int, str] | None:

@@ -7,6 +7,7 @@ POST, preceded by a token request only when no valid token is cached; retries li
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import threading
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Unpack
-from urllib.parse import quote, quote_plus, urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 
@@ -33,6 +34,7 @@ from ingestd.targets.http import (
     timeouts,
     transport_errors,
 )
+from ingestd.targets.lookup import Candidate, check_order, in_window, stored_at
 
 KIND = "nymbl"
 REQUIRED = frozenset({"base_url", "api_key", "token_url", "client_id", "client_secret"})
@@ -96,6 +98,8 @@ class TokenRefused(AuthError):
 class _Token:
     value: str
     expires_at: float
+    # Fetched to replace a token the API refused: a 401 for this one means wrong credentials.
+    replaces_refused: bool = False
 
 
 class TokenSource:
@@ -124,6 +128,8 @@ class TokenSource:
         self._clock = clock
         self._lock = threading.Lock()
         self._token: _Token | None = None
+        self._refused = False  # the API refused a token and none has been accepted since
+        self._condemned: str | None = None  # the replacement token whose 401 condemned it
 
     def get(self) -> tuple[str, bool]:
         """(token, fresh): fresh when it was fetched by this very call."""
@@ -133,7 +139,7 @@ class TokenSource:
                 return token.value, False
             self._token = None
             value, lifetime = self._fetch()
-            self._token = _Token(value, self._clock() + lifetime)
+            self._token = _Token(value, self._clock() + lifetime, replaces_refused=self._refused)
             return value, True
 
     def drop(self, value: str) -> None:
@@ -142,34 +148,84 @@ class TokenSource:
             if self._token is not None and self._token.value == value:
                 self._token = None
 
+    def refused(self, value: str) -> bool:
+        """The API answered 401 to `value`: True when that was already a replacement for a
+        refused token, i.e. the credentials are wrong. Either way the next `get` fetches a new
+        token. A token revoked or rotated on the server's side is routine: only a second fresh
+        token refused says the target is misconfigured."""
+        with self._lock:
+            if value == self._condemned:
+                return True  # requests sent beside the one that found it out
+            token = self._token
+            if token is None or token.value != value:
+                # Another request saw the 401 first and dropped it; its replacement decides.
+                return False
+            self._token = None
+            if token.replaces_refused and self._refused:
+                self._condemned = value
+                return True
+            self._refused = True
+            return False
+
+    def accepted(self, value: str) -> None:
+        """The API took `value`: a later 401 is again one refusal, not a second."""
+        if self._refused and self._token is not None and self._token.value == value:
+            with self._lock:
+                self._refused = False
+
     def _fetch(self) -> tuple[str, float]:
         """A new token. In `auto` mode, HTTP Basic first (RFC 6749 2.3.1: every server must
         support it), then the credentials as form fields if Basic is refused; the method that
-        worked is kept for later fetches."""
-        if self._client_auth != "auto":
-            return self._fetch_with(self._client_auth)
+        worked is kept for later fetches. See `_methods` for the two ways of writing Basic."""
         if self._learned is not None:
             return self._fetch_with(self._learned)
-        try:
-            result = self._fetch_with("basic")
-        except TokenRefused as basic_refused:
-            if basic_refused.http_status not in (400, 401, 403):
-                raise
-            result = self._fetch_with("body")
-            self._learned = "body"
+        methods = self._methods()
+        for method in methods[:-1]:
+            try:
+                result = self._fetch_with(method)
+            except TokenRefused as refused:
+                if refused.http_status not in (400, 401, 403):
+                    raise
+                continue
+            self._learned = method
             return result
-        self._learned = "basic"
+        result = self._fetch_with(methods[-1])
+        self._learned = methods[-1]
         return result
+
+    def _methods(self) -> list[str]:
+        """Client authentication methods to try, in order.
+
+        `basic`: RFC 6749 2.3.1 form-encodes id and secret before the Basic encoding; written
+        with `%20` for a space (not `+`), both form decoders and the percent decoders some
+        servers use instead (Authlib) read it back. `basic-raw`: RFC 7617 Basic with the id and
+        secret as they are, in UTF-8, for servers that decode neither (older Authlib, such as
+        Debian 12's 1.2); tried only when it differs and the id has no `:`.
+        """
+        raw_differs = _form_encoded(self._client_id) != self._client_id or (
+            _form_encoded(self._client_secret) != self._client_secret
+        )
+        basic = ["basic"]
+        if raw_differs and ":" not in self._client_id:
+            basic.append("basic-raw")
+        if self._client_auth == "basic":
+            return basic
+        if self._client_auth == "body":
+            return ["body"]
+        return [*basic, "body"]
 
     def _fetch_with(self, client_auth: str) -> tuple[str, float]:
         what = "nymbl token request"
         form = {"grant_type": "client_credentials"}
         if self._scope:
             form["scope"] = self._scope
-        auth: tuple[str, str] | None = None
+        headers = {"Accept": "application/json"}
         if client_auth == "basic":
-            # RFC 6749 2.3.1: form-encode the credentials before Basic encoding them.
-            auth = (quote_plus(self._client_id), quote_plus(self._client_secret))
+            headers["Authorization"] = _basic(
+                _form_encoded(self._client_id), _form_encoded(self._client_secret)
+            )
+        elif client_auth == "basic-raw":
+            headers["Authorization"] = _basic(self._client_id, self._client_secret)
         else:
             form["client_id"] = self._client_id
             form["client_secret"] = self._client_secret
@@ -178,8 +234,7 @@ class TokenSource:
                 response = self._session.post(
                     self._token_url,
                     data=form,
-                    auth=auth,
-                    headers={"Accept": "application/json"},
+                    headers=headers,
                     timeout=timeouts(self._timeout_seconds),
                     allow_redirects=False,
                 )
@@ -213,8 +268,15 @@ class TokenSource:
         return value, token_lifetime(payload.get("expires_in"))
 
 
-def odata_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+def _form_encoded(value: str) -> str:
+    """application/x-www-form-urlencoded as RFC 6749 2.3.1 asks, but with `%20` for a space:
+    a form decoder reads `%20` as a space too, and a percent decoder would keep a `+`."""
+    return quote(value, safe="", errors="surrogateescape")
+
+
+def _basic(user: str, password: str) -> str:
+    pair = f"{user}:{password}".encode("utf-8", "surrogateescape")
+    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 class NymblTarget(HttpTarget):
@@ -262,7 +324,7 @@ class NymblTarget(HttpTarget):
 
     def send(self, upload: Upload) -> str:
         what = f"{self.name} upload"
-        token, fresh = self._tokens.get()
+        token, _fresh = self._tokens.get()
         fields = []
         if upload.doc_type:
             fields.append(("document_type", upload.doc_type))
@@ -271,11 +333,12 @@ class NymblTarget(HttpTarget):
         response = self._post(
             f"{self._patient_url(upload)}/Documents", body, what, self._auth(token)
         )
-        if response.status_code == 401 and not fresh:
-            # The cached token may have been revoked or expired early: the retry gets a new one.
-            self._tokens.drop(token)
+        if response.status_code != 401:
+            self._tokens.accepted(token)
+        elif not self._tokens.refused(token):
+            # Revoked, rotated or expired early: one new token and one resend decide.
             raise TransientError(
-                f"{what}: HTTP 401 with a cached token; fetching a new one",
+                f"{what}: HTTP 401; fetching a new token and sending once more",
                 401,
                 retry_after=0.0,
             )
@@ -283,12 +346,15 @@ class NymblTarget(HttpTarget):
         return created_id(response, what)
 
     def find(self, upload: Upload) -> str | None:
+        """The patient's documents of our size, stored since we could have sent this one, are
+        candidates; the one whose `$value` has our SHA-256 is ours. The name only orders them:
+        an EHR may normalise it, and a parser may have read it differently."""
         redact = _redact(upload)
         try:
             candidates = self._candidates(upload, redact, use_filter=True)
         except _FilterRefused:
             candidates = self._candidates(upload, redact, use_filter=False)
-        for doc_id in candidates:
+        for doc_id in check_order(candidates):
             if self._same_content(upload, doc_id, [*redact, doc_id]):
                 return doc_id
         return None
@@ -300,30 +366,31 @@ class NymblTarget(HttpTarget):
         return f"{self._base_url}/Patients({quote(upload.patient_id, safe='')})"
 
     def _get(self, url: str, what: str, *, stream: bool = False) -> requests.Response:
-        """GET with the bearer token; a 401 on a cached token is retried once with a new one."""
+        """GET with the bearer token; a 401 is retried once with a new token."""
         response: requests.Response | None = None
         for _ in range(2):
-            token, fresh = self._tokens.get()
+            token, _fresh = self._tokens.get()
             response = self._get_once(url, what, self._auth(token), stream=stream)
-            if response.status_code != 401 or fresh:
+            if response.status_code != 401:
+                self._tokens.accepted(token)
+                return response
+            if self._tokens.refused(token):
                 return response
             response.close()
-            self._tokens.drop(token)
         assert response is not None
         return response
 
-    def _candidates(self, upload: Upload, redact: list[str], *, use_filter: bool) -> list[str]:
-        """Ids of the patient's documents with this file name and size, over every page."""
+    def _candidates(
+        self, upload: Upload, redact: list[str], *, use_filter: bool
+    ) -> list[Candidate]:
+        """The patient's documents of this size in the time window, over every page."""
         what = f"{self.name} look-up"
         documents = f"{self._patient_url(upload)}/Documents"
         query = ""
         if use_filter:
-            condition = (
-                f"file_name eq {odata_string(upload.file_name)} "
-                f"and file_size_bytes eq {upload.size}"
-            )
+            condition = f"file_size_bytes eq {upload.size}"
             query = f"$filter={quote(condition, safe='')}&"
-        found: list[str] = []
+        found: list[Candidate] = []
         seen_links: set[str] = set()
         skip = 0
         url = f"{documents}?{query}$top={PAGE_SIZE}&$skip={skip}"
@@ -338,7 +405,7 @@ class NymblTarget(HttpTarget):
             page = payload.get("value")
             if not isinstance(page, list):
                 raise TransientError(f"{what}: HTTP {response.status_code} without a value list")
-            found.extend(_matching_ids(page, upload))
+            found.extend(_candidates_in(page, upload))
             next_link = payload.get("@odata.nextLink")
             if isinstance(next_link, str) and next_link:
                 url = urljoin(url, next_link)
@@ -379,20 +446,21 @@ class _FilterRefused(Exception):
     """The server answered 400 to our $filter: list without it and filter here."""
 
 
-def _matching_ids(page: list[Any], upload: Upload) -> list[str]:
-    ids: list[str] = []
+def _candidates_in(page: list[Any], upload: Upload) -> list[Candidate]:
+    found: list[Candidate] = []
     for item in page:
         if not isinstance(item, dict):
-            continue
-        if item.get("file_name") != upload.file_name:
             continue
         size = item.get("file_size_bytes")
         if size is not None and str(size) != str(upload.size):
             continue
+        when = stored_at(item.get("uploaded_at"))
+        if not in_window(when, upload.not_before):
+            continue
         doc_id = document_id(item.get("id"))
         if doc_id is not None:
-            ids.append(doc_id)
-    return ids
+            found.append(Candidate(doc_id, item.get("file_name") == upload.file_name, when))
+    return found
 
 
 def _redact(upload: Upload) -> list[str]:

@@ -329,3 +329,23 @@ def test_serve_forever_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_revoke_fault_issues_a_token_that_is_already_revoked(sb: Sandbox) -> None:
+    sb.add_fault(Fault(api="token", route="token", action="revoke"))
+    revoked = nymbl_token(sb)
+    assert revoked.status_code == 200  # the client cannot tell from the answer
+    assert nymbl_upload(sb, revoked.json()["access_token"]).status_code == 401
+    fresh = nymbl_token(sb).json()["access_token"]
+    assert nymbl_upload(sb, fresh).status_code == 201
+    assert len(sb.documents("nymbl")) == 1
+
+
+def test_proxy_body_limit_refuses_a_larger_body_unread() -> None:
+    with Sandbox(port=0, proxy_body_limit=1024) as sb:
+        big = requests.post(
+            docs_url(sb), headers=HEADERS, json={**PAYLOAD, "title": "x" * 2000}, timeout=10
+        )
+        assert big.status_code == 413
+        assert sb.documents() == []
+        assert upload(sb).status_code == 201

@@ -18,6 +18,16 @@ from ingestd.targets.base import Target, Upload
 
 UploadFactory = Callable[..., Upload]
 
+# File names real scanners and people produce that a multipart upload must carry as they are.
+HARD_FILE_NAMES = [
+    'Remiss "Dr. O\'Brien".pdf',
+    "back\\slash.pdf",
+    "ends in a backslash\\",
+    'semi;colon; filename="x.pdf".pdf',
+    "100% sure %22 %41.pdf",
+    "Röntgen åäö 日本 €.pdf",
+]
+
 
 def pdf_bytes(size: int, seed: int = 1) -> bytes:
     """`size` bytes that start like a PDF and are otherwise pseudo-random (and repeatable)."""

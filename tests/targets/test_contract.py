@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from ingestd import USER_AGENT
-from ingestd.delivery.retrying import Delivered, deliver
+from ingestd.delivery.retrying import Delivered, Refused, deliver
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import COMMON_OPTIONS, KINDS, TargetSettings, make_target
 from ingestd.targets.base import AuthError, PermanentError, TargetError, TransientError, Upload
@@ -202,6 +202,24 @@ def test_unknown_patient_is_patient_not_found(
     assert target.send(upload_for())  # the known one is taken
 
 
+def test_a_proxys_413_before_the_body_is_read_is_too_large(
+    sandbox_factory: Callable[..., Sandbox],
+    api: Kind,
+    target_for: TargetFactory,
+    upload_for: Callable[..., Upload],
+) -> None:
+    """A proxy in front of the EHR with a lower body limit refuses unread (issue 11, item 7)."""
+    sb = sandbox_factory(proxy_body_limit=64 * 1024)
+    target = target_for(sb, api.kind)
+    refused = deliver(target, upload_for(pdf_bytes(100 * 1024)), sleep=lambda seconds: None)
+    assert isinstance(refused, Refused)
+    assert isinstance(refused.error, PermanentError)
+    assert (refused.error.kind, refused.error.http_status) == ("too_large", 413)
+    assert refused.attempts == 1
+    assert sb.documents(api.kind) == []
+    assert target.send(upload_for(pdf_bytes(1024)))  # a small one still goes
+
+
 def test_429_retry_after_as_http_date(
     sb: Sandbox, api: Kind, target_for: TargetFactory, upload_for: Callable[..., Upload]
 ) -> None:
@@ -300,10 +318,12 @@ def test_wrong_credentials_are_an_auth_error(
 ) -> None:
     for option in api.credential_options:
         target = target_for(sb, api.kind, options={option: "wrong-secret"})
-        with pytest.raises(AuthError) as info:
-            target.send(upload_for())
-        assert info.value.http_status == 401
-        assert "wrong-secret" not in info.value.message
+        # Through the retry policy: Nymbl's first 401 earns one new token and one resend.
+        refused = deliver(target, upload_for(), sleep=lambda seconds: None)
+        assert isinstance(refused, Refused)
+        assert isinstance(refused.error, AuthError)
+        assert refused.error.http_status == 401
+        assert "wrong-secret" not in refused.error.message
         with pytest.raises(AuthError):
             target.find(upload_for())
     assert sb.documents(api.kind) == []

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import pytest
+import requests
 
 from ingestd.identifiers import luhn_ok
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import KINDS
-from ingestd.targets.leyr import DEFAULT_ACCEPT, DEFAULT_MAX_BYTES, validate_patient_id
+from ingestd.targets.leyr import (
+    DEFAULT_ACCEPT,
+    DEFAULT_MAX_BYTES,
+    _too_short,
+    validate_patient_id,
+)
+from ingestd.targets.lookup import CLOCK_SLACK_SECONDS
 
 from .conftest import TargetFactory, UploadFactory, pdf_bytes
 
@@ -112,10 +122,32 @@ def test_find_compares_content_among_documents_with_the_same_title(
     ups = [make_upload(pdf_bytes(10_000, seed=i), patient_id="p1", title="Same") for i in range(3)]
     ids = [target.send(up) for up in ups]
     assert [target.find(up) for up in ups] == ids
-    other_format = make_upload(
-        pdf_bytes(10_000, seed=0), patient_id="p1", title="Same", mime="image/png"
+
+
+def test_find_goes_by_content_when_the_ehr_changed_title_and_format(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    """Title and format are hints: an EHR may normalise both; the content is the proof."""
+    target = target_for(sb, "leyr")
+    doc_id = target.send(make_upload(pdf_bytes(10_000, seed=0), patient_id="p1", title="Kopia"))
+    target.send(make_upload(pdf_bytes(10_000, seed=1), patient_id="p1", title="Remiss"))
+    as_listed_otherwise = make_upload(
+        pdf_bytes(10_000, seed=0), patient_id="p1", title="Remiss", mime="image/png"
     )
-    assert target.find(other_format) is None
+    assert target.find(as_listed_otherwise) == doc_id
+    assert target.find(make_upload(pdf_bytes(10_000, seed=2), patient_id="p1")) is None
+
+
+def test_find_skips_documents_stored_well_before_the_file_arrived(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "leyr")
+    up = make_upload(patient_id="p1")
+    target.send(up)
+    later = dataclasses.replace(up, not_before=time.time() + CLOCK_SLACK_SECONDS + 60)
+    assert target.find(later) is None
+    assert [r.route for r in sb.requests("leyr")] == ["upload", "list"]  # nothing downloaded
+    assert target.find(dataclasses.replace(up, not_before=time.time() + 60)) is not None
 
 
 def test_find_skips_a_document_deleted_between_list_and_get(
@@ -138,3 +170,26 @@ def test_a_2xx_without_an_id_leaves_the_outcome_unknown(
         target_for(sb, "leyr").send(make_upload(patient_id="p1"))
     assert info.value.outcome_unknown is True
     assert info.value.http_status == 202
+
+
+@pytest.mark.parametrize(
+    ("content_length", "size", "too_short"),
+    [("100", 1000, True), ("1331", 1000, True), ("1332", 1000, False), (None, 1000, False)],
+)
+def test_a_candidate_whose_body_cannot_hold_our_base64_is_not_read(
+    content_length: str | None, size: int, too_short: bool
+) -> None:
+    response = requests.Response()
+    if content_length is not None:
+        response.headers["Content-Length"] = content_length
+    assert _too_short(response, size) is too_short
+
+
+def test_find_reads_past_smaller_documents_to_ours(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "leyr")
+    target.send(make_upload(pdf_bytes(100, seed=1), patient_id="p1", title="Small"))
+    doc_id = target.send(make_upload(pdf_bytes(9_000, seed=2), patient_id="p1", title="Big"))
+    ours = make_upload(pdf_bytes(9_000, seed=2), patient_id="p1", title="Renamed")
+    assert target.find(ours) == doc_id

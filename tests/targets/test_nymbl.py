@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,18 +17,19 @@ from ingestd.delivery.retrying import Delivered, Refused, deliver
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import KINDS
 from ingestd.targets.base import AuthError, Target, TransientError, Upload
+from ingestd.targets.lookup import CLOCK_SLACK_SECONDS
 from ingestd.targets.nymbl import (
     DEFAULT_ACCEPT,
     DEFAULT_MAX_BYTES,
     NymblTarget,
-    odata_string,
+    TokenSource,
     token_lifetime,
     validate_options,
     validate_patient_id,
 )
 from tests.conftest import wait_for
 
-from .conftest import TargetFactory, UploadFactory, pdf_bytes
+from .conftest import HARD_FILE_NAMES, TargetFactory, UploadFactory, pdf_bytes
 
 
 def token_requests(sb: Sandbox) -> int:
@@ -76,10 +80,6 @@ def test_registry_defaults_match_the_documentation() -> None:
 )
 def test_token_lifetime_keeps_a_margin(expires_in: object, lifetime: float) -> None:
     assert token_lifetime(expires_in) == lifetime
-
-
-def test_odata_string_doubles_quotes() -> None:
-    assert odata_string("O'Brien's.pdf") == "'O''Brien''s.pdf'"
 
 
 def test_non_ascii_file_name_is_kept(
@@ -178,19 +178,52 @@ def test_deliver_rides_over_a_revoked_token(
     assert token_requests(sb) == 2
 
 
-def test_a_401_on_a_fresh_token_is_an_auth_error(
+def test_a_401_on_a_fresh_token_gets_one_more_token_and_one_resend(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    """Revoked right after it was issued: routine, not wrong credentials (issue 11, item 4)."""
+    sb.add_fault(Fault(api="token", route="token", action="revoke"))
+    target = target_for(sb, "nymbl")
+    result = deliver(target, make_upload(patient_id="1"), sleep=lambda s: None)
+    assert isinstance(result, Delivered)
+    assert result.attempts == 2
+    assert [r.status for r in uploads(sb)] == [401, 201]
+    assert token_requests(sb) == 2
+    assert len(sb.documents("nymbl")) == 1
+
+
+def test_a_401_on_a_second_fresh_token_is_an_auth_error(
     sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
 ) -> None:
     sb.add_fault(Fault(api="nymbl", route="upload", status=401, times=None))
     target = target_for(sb, "nymbl")
-    with pytest.raises(AuthError):
-        target.send(make_upload(patient_id="1"))
     refused = deliver(target, make_upload(patient_id="1"), sleep=lambda s: None)
     assert isinstance(refused, Refused)
     assert isinstance(refused.error, AuthError)
-    # The cached token was tried, dropped, then a fresh one was refused too.
+    # A fresh token was refused, then a second fresh one: the credentials are wrong.
     assert refused.attempts == 2
     assert token_requests(sb) == 2
+    assert sb.documents("nymbl") == []
+    # Still refused later (a probe of the paused target): one new token, one request, no loop.
+    again = deliver(target, make_upload(patient_id="1"), sleep=lambda s: None)
+    assert isinstance(again, Refused)
+    assert isinstance(again.error, AuthError)
+    assert again.attempts == 1
+    assert token_requests(sb) == 3
+
+
+def test_an_accepted_token_makes_the_next_401_a_first_one_again(
+    sb: Sandbox, revoked: Target, make_upload: UploadFactory
+) -> None:
+    for seed in (1, 2):
+        result = deliver(
+            revoked, make_upload(pdf_bytes(100, seed=seed), patient_id="1"), sleep=lambda s: None
+        )
+        assert isinstance(result, Delivered)
+        assert result.attempts == 2
+        sb.add_fault(Fault(api="nymbl", route="upload", status=401))
+    assert token_requests(sb) == 3
+    assert len(sb.documents("nymbl")) == 3
 
 
 @pytest.mark.parametrize("token_auth", ["body", "basic"])
@@ -259,9 +292,9 @@ def test_find_falls_back_to_client_side_filtering_when_filter_is_refused(
     assert statuses == [400, 200]
 
 
-def _fake_response(url: str, payload: dict[str, Any]) -> requests.Response:
+def _fake_response(url: str, payload: dict[str, Any], status: int = 200) -> requests.Response:
     response = requests.Response()
-    response.status_code = 200
+    response.status_code = status
     response.url = url
     response._content = json.dumps(payload).encode()
     return response
@@ -309,6 +342,45 @@ def test_find_ignores_a_candidate_whose_content_differs(
     assert target.find(same_name_and_size) is None
 
 
+def routes(sb: Sandbox) -> list[str]:
+    return [r.route for r in sb.requests("nymbl")]
+
+
+def test_find_does_not_depend_on_the_name_the_ehr_lists(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    """An EHR (or its form parser) may store another name: size and content decide."""
+    target = target_for(sb, "nymbl")
+    doc_id = target.send(make_upload(pdf_bytes(700, seed=1), patient_id="4", file_name="a.pdf"))
+    renamed = make_upload(pdf_bytes(700, seed=1), patient_id="4", file_name='Remiss "x".pdf')
+    assert target.find(renamed) == doc_id
+    assert target.find(make_upload(pdf_bytes(700, seed=2), patient_id="4")) is None
+
+
+def test_find_checks_the_document_with_our_name_first(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl")
+    for seed, name in [(1, "b.pdf"), (2, "a.pdf"), (3, "c.pdf")]:
+        target.send(make_upload(pdf_bytes(700, seed=seed), patient_id="4", file_name=name))
+    ours = make_upload(pdf_bytes(700, seed=2), patient_id="4", file_name="a.pdf")
+    before = len(routes(sb))
+    assert target.find(ours)
+    assert routes(sb)[before:] == ["list", "value"]  # one download: the hinted one matched
+
+
+def test_find_skips_documents_stored_well_before_the_file_arrived(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl")
+    up = make_upload(pdf_bytes(700, seed=1), patient_id="4")
+    target.send(up)
+    later = dataclasses.replace(up, not_before=time.time() + CLOCK_SLACK_SECONDS + 60)
+    assert target.find(later) is None
+    assert routes(sb) == ["upload", "list"]  # nothing downloaded
+    assert target.find(dataclasses.replace(up, not_before=time.time() + 60)) is not None
+
+
 @pytest.mark.parametrize("accepted", [("basic",), ("body",), ("basic", "body")])
 def test_auto_client_authentication_finds_what_the_server_takes_and_keeps_it(
     target_for: TargetFactory, make_upload: UploadFactory, accepted: tuple[str, ...]
@@ -330,3 +402,112 @@ def test_auto_client_authentication_finds_what_the_server_takes_and_keeps_it(
         assert token_requests(server) == first + 1  # the method that worked is kept
     finally:
         server.stop()
+
+
+class _TokenEndpoint:
+    """A stand-in session for TokenSource: records each token request, refuses the first
+    `refusals` with 401, then issues a token."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.sent: list[tuple[dict[str, str], dict[str, str]]] = []  # (form, headers)
+
+    def post(self, url: str, *, data: dict[str, str], headers: dict[str, str], **_: Any) -> Any:
+        self.sent.append((dict(data), dict(headers)))
+        refused = len(self.sent) <= self.refusals
+        payload = {"error": "invalid_client"} if refused else {"access_token": "t"}
+        return _fake_response(url, payload, 401 if refused else 200)
+
+
+def _token_source(endpoint: _TokenEndpoint, client_id: str, secret: str, auth: str) -> Any:
+    return TokenSource(
+        endpoint,  # type: ignore[arg-type]
+        token_url="https://auth.example.test/token",
+        client_id=client_id,
+        client_secret=secret,
+        client_auth=auth,
+    )
+
+
+def _basic_pair(headers: dict[str, str]) -> str:
+    scheme, _, value = headers["Authorization"].partition(" ")
+    assert scheme == "Basic"
+    return base64.b64decode(value).decode("utf-8")
+
+
+def test_basic_credentials_on_the_wire_percent_encode_with_20_for_a_space() -> None:
+    """RFC 6749 2.3.1 form-encoding with `%20`, not `+`: form decoders and percent decoders
+    (Authlib) both get `a b+c%:é` back."""
+    endpoint = _TokenEndpoint(refusals=0)
+    _token_source(endpoint, "id one", "a b+c%:é", "basic").get()
+    [(form, headers)] = endpoint.sent
+    assert _basic_pair(headers) == "id%20one:a%20b%2Bc%25%3A%C3%A9"
+    assert form == {"grant_type": "client_credentials"}
+
+
+def test_refused_encoded_basic_is_tried_raw_then_as_form_fields_and_kept() -> None:
+    endpoint = _TokenEndpoint(refusals=2)
+    source = _token_source(endpoint, "ingestd", "a b", "auto")
+    assert source.get() == ("t", True)
+    pairs = [_basic_pair(h) if "Authorization" in h else f for f, h in endpoint.sent]
+    assert pairs == [
+        "ingestd:a%20b",
+        "ingestd:a b",  # RFC 7617 as it is, for servers that decode nothing
+        {"grant_type": "client_credentials", "client_id": "ingestd", "client_secret": "a b"},
+    ]
+    source.drop("t")
+    source.get()
+    assert "Authorization" not in endpoint.sent[-1][1]  # what worked is kept
+
+
+@pytest.mark.parametrize(
+    ("client_id", "secret", "auth", "tries"),
+    [
+        ("ingestd", "plain-secret_1.~", "auto", 2),  # raw equals encoded: not tried twice
+        ("id:colon", "a b", "auto", 2),  # an id with `:` cannot go raw in Basic
+        ("ingestd", "a b", "basic", 2),  # Basic both ways, never form fields
+        ("ingestd", "a b", "body", 1),
+    ],
+)
+def test_token_requests_tried_before_giving_up(
+    client_id: str, secret: str, auth: str, tries: int
+) -> None:
+    endpoint = _TokenEndpoint(refusals=10)
+    with pytest.raises(AuthError):
+        _token_source(endpoint, client_id, secret, auth).get()
+    assert len(endpoint.sent) == tries
+
+
+@pytest.mark.parametrize("name", HARD_FILE_NAMES)
+def test_the_sandbox_stores_each_file_name_as_it_was(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory, name: str
+) -> None:
+    target_for(sb, "nymbl").send(make_upload(patient_id="9", file_name=name))
+    [doc] = sb.documents("nymbl")
+    assert doc.name == name
+
+
+def test_concurrent_uploads_refused_with_wrong_credentials_stop_after_the_second_token(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl", options={"api_key": "wrong"})
+    uploads_ = [make_upload(pdf_bytes(100, seed=n), patient_id="1") for n in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def send(up: Upload) -> None:
+        barrier.wait()
+        result = deliver(target, up, sleep=lambda s: None)
+        if isinstance(result, Refused) and isinstance(result.error, AuthError):
+            errors.append(result.error)
+
+    threads = [threading.Thread(target=send, args=(up,)) for up in uploads_]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(errors) == 4
+    assert sb.documents("nymbl") == []
+    # Each upload: its first token refused, then one replacement: never a third send.
+    assert len(uploads(sb)) <= 8
+    assert token_requests(sb) <= 1 + len(uploads_)

@@ -10,7 +10,7 @@ import pytest
 
 from ingestd.content import Snapshot
 from ingestd.inbox.claims import Claimer
-from ingestd.inbox.watch import Ready
+from ingestd.inbox.settle import Ready
 from ingestd.journal import Journal
 from ingestd.observe.logs import Masker
 from tests.samples import pdf, png

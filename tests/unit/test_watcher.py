@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from ingestd.inbox.watch import Settler, filesystem_type, needs_polling, scan
+from ingestd.inbox.scan import scan
+from ingestd.inbox.settle import Settler
+from ingestd.inbox.watch import filesystem_type, needs_polling
 from tests.samples import pdf
 
 MOUNTINFO = """\

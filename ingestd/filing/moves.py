@@ -1,0 +1,154 @@
+"""Moves that never overwrite, also on network shares without hard links.
+
+ a hard link then an unlink is the move that cannot overwrite. SMB mounts through FUSE
+(smbnetfs) and SFTP servers without the hardlink extension refuse link() (EPERM, ENOTSUP, …);
+there the fallback is renameat2(RENAME_NOREPLACE) where the kernel and file system support it,
+else a new file created with O_EXCL, copied, fsynced, and then the source unlinked. Either way the
+destination is never overwritten and no hidden copy is left behind. The first fallback is logged
+once per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import stat
+import threading
+from pathlib import Path
+
+from ingestd.observe.logs import event
+from ingestd.unreachable import errno_name
+
+log = logging.getLogger("ingestd.shares")
+
+# link() answers on file systems that have no hard links (or refuse them).
+NO_LINK_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EMLINK")
+    if hasattr(errno, name)
+)
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_said: set[str] = set()
+_said_lock = threading.Lock()
+
+
+def _say_once(fallback: str, exc: OSError) -> None:
+    with _said_lock:
+        if fallback in _said:
+            return
+        _said.add(fallback)
+    event(
+        log,
+        logging.WARNING,
+        "hard_links_unavailable",
+        reason=exc.strerror or errno_name(exc),
+        fallback=fallback,
+        action="none needed; files are still never overwritten",
+    )
+
+
+def _libc_renameat2() -> object | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    return getattr(libc, "renameat2", None)
+
+
+_renameat2 = _libc_renameat2()
+
+
+def rename_noreplace(src: Path, dest: Path) -> bool:
+    """rename(src, dest) that fails if dest exists. False when this system or file system
+    cannot do it (the caller copies instead); FileExistsError when dest exists."""
+    if _renameat2 is None:
+        return False
+    result = _renameat2(  # type: ignore[operator]
+        _AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dest), _RENAME_NOREPLACE
+    )
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError(err, os.strerror(err))
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err))
+
+
+def copy_exclusive(src: Path, dest: Path, mode: int = 0o640) -> None:
+    """Create `dest` (O_EXCL: never over another file) as a copy of `src`, fsynced. A copy
+    that fails half-way is removed: nothing partial is left under `dest`."""
+    st = os.lstat(src)
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dest)
+        return
+    if stat.S_ISFIFO(st.st_mode):
+        os.mkfifo(dest, 0o600)
+        return
+    dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(dst_fd, "wb") as writer:
+            if stat.S_ISREG(st.st_mode):
+                # Sockets and devices cannot be copied: an empty placeholder keeps the name.
+                with open(src, "rb", opener=_no_follow) as reader:
+                    shutil.copyfileobj(reader, writer, 1 << 20)
+            writer.flush()
+            os.fsync(writer.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(dest)
+        raise
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def move_no_replace(src: Path, dest: Path, copy_from: Path | bytes | None = None) -> None:
+    """Move `src` to `dest` on one file system without ever overwriting `dest`
+    (FileExistsError): a hard link and an unlink, else the fallbacks above.
+
+    `copy_from`, when `src` is a temporary copy, is what it was made from (a path, or the
+    bytes): an exclusive copy is then made from that and `src` is never read again (on a FUSE
+    share a file just closed may still count as open when it is removed)."""
+    try:
+        os.link(src, dest, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise FileExistsError(errno.EEXIST, "destination exists") from exc
+        if exc.errno not in NO_LINK_ERRNOS:
+            raise
+        if rename_noreplace(src, dest):
+            _say_once("rename without overwrite", exc)
+            return
+        _say_once("exclusive copy", exc)
+        if copy_from is None:
+            copy_exclusive(src, dest)
+        else:
+            os.unlink(src)
+            if isinstance(copy_from, bytes):
+                _write_exclusive(dest, copy_from)
+            else:
+                copy_exclusive(copy_from, dest)
+            return
+    os.unlink(src)
+
+
+def _write_exclusive(dest: Path, data: bytes, mode: int = 0o640) -> None:
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as writer:
+            writer.write(data)
+            writer.flush()
+            os.fsync(writer.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(dest)
+        raise

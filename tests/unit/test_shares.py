@@ -1,0 +1,473 @@
+"""Network shares (issue 12): every error a dying share gives, on the polling, scanning, claiming
+and filing paths; claim names any file system keeps; moves without hard links.
+
+The errors are injected by monkeypatching the os calls (a real dying share is in
+tests/test_shares.py); files and folders are real temporary ones.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+
+from ingestd.config.load import load_config
+from ingestd.content import Snapshot
+from ingestd.daemon.loop import Daemon
+from ingestd.filing import moves as shares
+from ingestd.filing.places import place
+from ingestd.filing.receipts import write_receipt
+from ingestd.inbox.claims import WORK_DIR, Claimer, source_of, work_name
+from ingestd.inbox.scan import INBOX_ROOT, scan
+from ingestd.inbox.settle import Ready
+from ingestd.journal import Journal, Row
+from ingestd.observe.logs import Masker
+from ingestd.sandbox import Sandbox
+from tests.conftest import Tree, make_config
+from tests.samples import pdf
+
+SHARE_ERRNOS = [errno.ENOTCONN, errno.EIO, errno.ESTALE, errno.EHOSTDOWN, errno.ETIMEDOUT]
+SHARE_ERRNOS.append(errno.ENODEV)
+IDS = [errno.errorcode[e] for e in SHARE_ERRNOS]
+SMB_REFUSES = set('\\/:*?"<>|%')
+
+
+def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if f"event={name}" in r.getMessage()]
+
+
+def _failing(real: Any, bad: Path, code: int) -> Any:
+    """`real` (an os call taking paths first) that fails with `code` for a path at or below
+    `bad`."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        for arg in args[:2]:
+            if isinstance(arg, (str, bytes, os.PathLike)):
+                target = Path(os.fsdecode(arg))
+                if target == bad or bad in target.parents:
+                    raise OSError(code, os.strerror(code), str(arg))
+        return real(*args, **kwargs)
+
+    return call
+
+
+@pytest.fixture
+def daemon(tree: Tree, sandbox: Sandbox) -> Iterator[Daemon]:
+    watch = {"poll": True, "settle_seconds": 0.1, "scan_interval_seconds": 5}
+    d = Daemon(load_config(str(make_config(tree, sandbox, watch=watch))))
+    try:
+        yield d
+    finally:
+        d.journal.close()
+
+
+# --- polling and scanning -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", SHARE_ERRNOS, ids=IDS)
+def test_a_polled_folder_that_stops_answering_is_paused_once_and_resumed_with_a_scan(
+    daemon: Daemon,
+    tree: Tree,
+    code: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for folder in ("p_1", "p_2"):
+        (tree.inbox / folder).mkdir()
+    list(daemon.intake._scan())
+    assert daemon.intake.folders._polled == {PurePosixPath("p_1"), PurePosixPath("p_2")}
+    dead = tree.inbox / "p_1"
+    monkeypatch.setattr(os, "scandir", _failing(os.scandir, dead, code))
+    monkeypatch.setattr(os, "stat", _failing(os.stat, dead, code))
+    tree.drop("p_2/other.pdf", pdf("other"))
+    for _ in range(3):
+        daemon.intake.check_folders()  # what crashed the daemon: is_dir() raising ENOTCONN
+    assert daemon.intake.folders.availability.is_down(PurePosixPath("p_1"))
+    assert not daemon.intake.folders.availability.inbox_down()
+    assert len(_events(caplog, "folder_unavailable")) == 1
+    assert f"errno={errno.errorcode[code]}" in _events(caplog, "folder_unavailable")[0]
+    assert "p_1" not in _events(caplog, "folder_unavailable")[0]  # masked: a patient id
+    assert PurePosixPath("p_2/other.pdf") in daemon.intake.settler._pending  # the others go on
+    snap = daemon.snapshot()
+    assert not snap.healthy
+    assert snap.folders_down == 1
+    assert snap.inbox_up
+    # It answers again: resumed with a scan of it, which finds what arrived meanwhile.
+    monkeypatch.undo()
+    tree.drop("p_1/meanwhile.pdf", pdf("meanwhile"))
+    daemon.intake.folders.availability._down[PurePosixPath("p_1")].retry_at = 0.0
+    daemon.intake.check_folders()
+    assert len(_events(caplog, "folder_available")) == 1
+    daemon.intake.advance_scans()
+    assert PurePosixPath("p_1/meanwhile.pdf") in daemon.intake.settler._pending
+    assert daemon.snapshot().healthy or daemon.snapshot().folders_down == 0
+
+
+@pytest.mark.parametrize("code", SHARE_ERRNOS, ids=IDS)
+def test_an_inbox_that_stops_answering_is_one_outage_not_one_per_folder(
+    daemon: Daemon,
+    tree: Tree,
+    code: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for n in range(5):
+        (tree.inbox / f"p_{n}").mkdir()
+    list(daemon.intake._scan())
+    for call in ("scandir", "stat", "lstat"):
+        monkeypatch.setattr(os, call, _failing(getattr(os, call), tree.inbox, code))
+    daemon.intake.check_folders()
+    daemon.intake._scans.append((daemon.intake._scan(), True))
+    daemon.intake.advance_scans()  # a scan that meets the dead inbox does not raise either
+    assert daemon.intake.folders.availability.inbox_down()
+    assert len(_events(caplog, "folder_unavailable")) == 1
+    assert "folder=." in _events(caplog, "folder_unavailable")[0]
+    assert not daemon.snapshot().inbox_up
+    assert not daemon.snapshot().healthy
+    monkeypatch.undo()
+    tree.drop("p_3/meanwhile.pdf", pdf("meanwhile"))
+    daemon.intake.folders.availability._down[INBOX_ROOT].retry_at = 0.0
+    daemon.intake.check_folders()
+    assert not daemon.intake.folders.availability.inbox_down()
+    while daemon.intake._scans:
+        daemon.intake.advance_scans()
+    assert PurePosixPath("p_3/meanwhile.pdf") in daemon.intake.settler._pending
+
+
+def test_a_cleanly_unmounted_inbox_takes_the_same_path(
+    daemon: Daemon, tree: Tree, caplog: pytest.LogCaptureFixture
+) -> None:
+    work = tree.inbox / WORK_DIR / daemon.claimer.instance
+    hidden = work.with_name("moved-away")
+    work.rename(hidden)  # what an unmount leaves: a bare mount point
+    daemon.intake.folders._inbox_was_mount = True  # it was one at start-up, and is not one now
+    daemon.intake.check_folders()
+    daemon.intake.check_folders()
+    [line] = _events(caplog, "folder_unavailable")
+    assert "the inbox folder is missing" in line
+    assert not work.exists()  # no work folder built on the bare mount point
+    hidden.rename(work)
+    daemon.intake.folders.availability._down[INBOX_ROOT].retry_at = 0.0
+    daemon.intake.check_folders()
+    assert not daemon.intake.folders.availability.inbox_down()
+    assert _events(caplog, "folder_available")
+
+
+def test_an_emptied_inbox_that_is_no_mount_point_gets_its_work_folder_back(
+    daemon: Daemon, tree: Tree, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tree.inbox / WORK_DIR / daemon.claimer.instance).rmdir()
+    daemon.intake.check_folders()
+    assert (tree.inbox / WORK_DIR / daemon.claimer.instance).is_dir()
+    assert not _events(caplog, "folder_unavailable")
+    assert _events(caplog, "work_folder_made")
+
+
+def test_the_backoff_grows_and_is_capped() -> None:
+    from ingestd.inbox.availability import BACKOFF_MAX_SECONDS, Availability
+
+    now = [100.0]
+    availability = Availability(describe=str, clock=lambda: now[0])
+    rel = PurePosixPath("p_1")
+    waits = []
+    for _ in range(6):
+        availability.failed(rel, OSError(errno.EIO, "x"))
+        waits.append(availability._down[rel].retry_at - now[0])
+    assert waits[0] < waits[1] < waits[2]
+    assert max(waits) == BACKOFF_MAX_SECONDS
+    assert availability.due() == []
+
+
+@pytest.mark.parametrize("code", SHARE_ERRNOS, ids=IDS)
+def test_scan_reports_a_folder_that_does_not_answer_and_lists_the_rest(
+    tmp_path: Path, code: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for rel in ("a/1.pdf", "b/2.pdf"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    monkeypatch.setattr(os, "scandir", _failing(os.scandir, tmp_path / "a", code))
+    errors: list[tuple[PurePosixPath, int | None]] = []
+    found = list(scan(tmp_path, on_error=lambda rel, exc: errors.append((rel, exc.errno))))
+    assert found == [PurePosixPath("b/2.pdf")]
+    assert errors == [(PurePosixPath("a"), code)]
+    with pytest.raises(OSError) as raised:  # noqa: PT011 - the errno is checked below
+        list(scan(tmp_path))  # without on_error: raised, never silently skipped
+    assert raised.value.errno == code
+
+
+# --- claiming -----------------------------------------------------------------------------
+
+
+def _claimer(tmp_path: Path) -> Claimer:
+    claimer = Claimer(tmp_path / "inbox", Journal(tmp_path / "j.sqlite"), "me", Masker(b"k"))
+    (tmp_path / "inbox" / "leyrpat").mkdir(parents=True)
+    claimer.prepare()
+    return claimer
+
+
+def _ready(claimer: Claimer, rel: str, data: bytes = b"%PDF-1.4 x") -> Ready:
+    path = claimer.inbox / rel
+    path.write_bytes(data)
+    return Ready(PurePosixPath(rel), time.time(), Snapshot.of(path.stat()))
+
+
+def test_work_names_survive_smb_and_url_decoding() -> None:
+    for rel in ("leyrpat/file.pdf", "se_personal_number:19121212-1212/a b%2F.pdf", "å/ü?.tif"):
+        name = work_name("0123456789abcdef", PurePosixPath(rel))
+        assert not SMB_REFUSES & set(name)
+        assert not name.endswith((".", " "))
+        assert len(name) <= 255
+        assert name.isascii()
+        assert source_of(name) == PurePosixPath(rel)
+    long = PurePosixPath("p/" + "x" * 300 + ".pdf")
+    cut = work_name("0123456789abcdef", long)
+    assert len(cut) <= 255
+    assert source_of(cut) is None
+    # Work files of the earlier scheme (claimed before an upgrade) are still traced.
+    assert source_of("0123456789abcdef~leyrpat%2Ffile.pdf") == PurePosixPath("leyrpat/file.pdf")
+    assert source_of("0123456789abcdef!leyrpat%2Ffi") is None
+
+
+@pytest.mark.parametrize(
+    "code", [*SHARE_ERRNOS, errno.EACCES, errno.EBUSY], ids=[*IDS, "EACCES", "EBUSY"]
+)
+def test_a_file_that_cannot_be_claimed_is_logged_once_and_stays(
+    tmp_path: Path, code: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    claimer = _claimer(tmp_path)
+    ready = _ready(claimer, "leyrpat/file.pdf")
+    monkeypatch.setattr(os, "rename", _failing(os.rename, claimer.inbox / "leyrpat", code))
+    assert claimer.claim(ready) is None
+    assert claimer.claim(ready) is None
+    [line] = _events(caplog, "claim_failed")
+    assert f"errno={errno.errorcode[code]}" in line
+    assert "leyrpat" not in line
+    assert (claimer.inbox / ready.rel).exists()
+    assert claimer.journal.active() == []
+
+
+@pytest.mark.parametrize("code", SHARE_ERRNOS, ids=IDS)
+def test_a_share_error_while_claiming_pauses_the_folder(
+    tmp_path: Path, code: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    claimer = _claimer(tmp_path)
+    told: list[PurePosixPath] = []
+    claimer.on_unavailable = lambda rel, exc: told.append(rel)
+    ready = _ready(claimer, "leyrpat/file.pdf")
+    monkeypatch.setattr(os, "rename", _failing(os.rename, claimer.inbox / "leyrpat", code))
+    assert claimer.claim(ready) is None
+    assert told == [PurePosixPath("leyrpat")]
+    assert not _events(caplog, "claim_failed")
+
+
+def test_a_rename_that_lands_elsewhere_is_not_taken_for_another_instances_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """smbnetfs URL-decoded the old work name, so the rename went to a folder that does not
+    exist (ENOENT) while the file stayed in the inbox: once read as "another instance took
+    it", silently, forever."""
+    claimer = _claimer(tmp_path)
+    ready = _ready(claimer, "leyrpat/file.pdf")
+    real = os.rename
+
+    def decoding_rename(src: Any, dest: Any) -> None:
+        real(src, os.fsdecode(dest).replace("_2F", "/"))  # what a name-rewriting share does
+
+    monkeypatch.setattr(os, "rename", decoding_rename)
+    assert claimer.claim(ready) is None
+    assert claimer.claim(ready) is None
+    [line] = _events(caplog, "claim_failed")
+    assert "level" not in line
+    assert (claimer.inbox / ready.rel).exists()
+    assert [r.levelno for r in caplog.records if "claim_failed" in r.getMessage()] == [
+        logging.ERROR
+    ]
+
+
+def test_a_file_another_instance_holds_is_its_win_and_a_vanished_one_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    claimer = _claimer(tmp_path)
+    other = claimer.inbox / WORK_DIR / "other"
+    other.mkdir()
+    ready = _ready(claimer, "leyrpat/file.pdf")
+    os.rename(claimer.inbox / ready.rel, other / "0123456789abcdef-x")  # the other won
+    assert claimer.claim(ready) is None
+    assert not _events(caplog, "claim_failed")
+    gone = _ready(claimer, "leyrpat/gone.pdf", b"%PDF-1.4 different size")
+    (claimer.inbox / gone.rel).unlink()  # removed by a person between the look and the claim
+    assert claimer.claim(gone) is None
+    [line] = _events(caplog, "claim_failed")
+    assert "disappeared" in line
+
+
+# --- filing -------------------------------------------------------------------------------
+
+
+def _filed_row(daemon: Daemon, tree: Tree, name: str) -> Row:
+    tree.drop(f"p_1/{name}", pdf(name))
+    path = tree.inbox / "p_1" / name
+    row = daemon.claimer.claim(
+        Ready(PurePosixPath(f"p_1/{name}"), time.time(), Snapshot.of(path.stat()))
+    )
+    assert row is not None
+    error = {"kind": "rejected", "message": "test"}
+    values = daemon.pipeline._destination(row, "failed")
+    return daemon.journal.change(row, state="rejected", error=error, **values)
+
+
+def _failed_folder(tree: Tree) -> list[str]:
+    return sorted(p.name for p in (tree.failed / "p_1").iterdir())
+
+
+@pytest.mark.parametrize("hard_links", [False, True], ids=["copy", "link"])
+@pytest.mark.parametrize("code", [*SHARE_ERRNOS, errno.EBUSY], ids=[*IDS, "EBUSY"])
+def test_filing_that_fails_after_the_copy_is_retried_without_a_second_copy(
+    daemon: Daemon,
+    tree: Tree,
+    code: int,
+    hard_links: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The source's unlink fails (SMB refuses to delete an open file: EBUSY; a share that
+    dies: ENOTCONN …): the retry recognises the copy it made instead of making `X (1).pdf`."""
+    row = _filed_row(daemon, tree, "X.pdf")
+    work = daemon.claimer.inbox / row.work
+    monkeypatch.setattr(os, "unlink", _failing(os.unlink, work, code))
+    if hard_links:
+        monkeypatch.setattr(shares, "_renameat2", None)
+        monkeypatch.setattr(os, "link", _failing(os.link, work, errno.EPERM))
+    assert daemon.pipeline.finish(row).result == "deferred"
+    assert len(_events(caplog, "filing_failed")) == 1
+    monkeypatch.undo()
+    assert daemon.pipeline.finish(daemon.journal.get(row.id) or row).result == "failed"
+    assert _failed_folder(tree) == ["X.pdf", "X.pdf.receipt.json"]
+    assert not work.exists()
+
+
+@pytest.mark.parametrize("code", SHARE_ERRNOS, ids=IDS)
+def test_filing_into_a_folder_that_does_not_answer_waits_and_leaves_nothing_behind(
+    daemon: Daemon,
+    tree: Tree,
+    code: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    row = _filed_row(daemon, tree, "Y.pdf")
+    (tree.failed / "p_1").mkdir(parents=True)
+    for call in ("link", "open", "mkdir"):
+        monkeypatch.setattr(os, call, _failing(getattr(os, call), tree.failed / "p_1", code))
+    assert daemon.pipeline.finish(row).result == "deferred"
+    assert daemon.pipeline.finish(row).result == "deferred"
+    assert len(_events(caplog, "filing_failed")) == 1
+    monkeypatch.undo()
+    assert (daemon.claimer.inbox / row.work).exists()  # still claimed: nothing lost
+    assert daemon.pipeline.finish(daemon.journal.get(row.id) or row).result == "failed"
+    assert _failed_folder(tree) == ["Y.pdf", "Y.pdf.receipt.json"]
+    assert _events(caplog, "filing_recovered")
+
+
+def test_no_hard_links_falls_back_to_a_rename_that_cannot_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(shares, "_said", set())
+    monkeypatch.setattr(os, "link", _failing(os.link, tmp_path, errno.EPERM))
+    for n in range(2):
+        (tmp_path / f"a{n}").write_bytes(b"a")
+        place(tmp_path / f"a{n}", tmp_path / "done" / f"b{n}")
+    (tmp_path / "c").write_bytes(b"c")
+    with pytest.raises(FileExistsError):
+        place(tmp_path / "c", tmp_path / "done" / "b0")
+    assert (tmp_path / "done" / "b0").read_bytes() == b"a"
+    assert (tmp_path / "c").exists()
+    [line] = _events(caplog, "hard_links_unavailable")
+    assert 'fallback="rename without overwrite"' in line
+    assert sorted(os.listdir(tmp_path / "done")) == ["b0", "b1"]  # no hidden copies
+
+
+def test_no_hard_links_and_no_renameat2_copies_exclusively(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(shares, "_said", set())
+    monkeypatch.setattr(shares, "_renameat2", None)
+    monkeypatch.setattr(os, "link", _failing(os.link, tmp_path, errno.EPERM))
+    (tmp_path / "a").write_bytes(b"a" * 100_000)
+    place(tmp_path / "a", tmp_path / "done" / "b")
+    assert (tmp_path / "done" / "b").read_bytes() == b"a" * 100_000
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "c").write_bytes(b"c")
+    with pytest.raises(FileExistsError):
+        place(tmp_path / "c", tmp_path / "done" / "b")
+    write_receipt(tmp_path / "done" / "b.receipt.json", {"status": "done"})
+    assert os.listdir(tmp_path / "done") == sorted(["b", "b.receipt.json"]) or sorted(
+        os.listdir(tmp_path / "done")
+    ) == ["b", "b.receipt.json"]
+    [line] = _events(caplog, "hard_links_unavailable")
+    assert 'fallback="exclusive copy"' in line
+
+
+def test_a_copy_that_fails_half_way_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shares, "_renameat2", None)
+    monkeypatch.setattr(os, "link", _failing(os.link, tmp_path, errno.EPERM))
+    monkeypatch.setattr(os, "fsync", _failing_fsync)
+    (tmp_path / "a").write_bytes(b"a")
+    with pytest.raises(OSError):  # noqa: PT011 - whatever fsync raised, passed on
+        place(tmp_path / "a", tmp_path / "done" / "b")
+    assert os.listdir(tmp_path / "done") == []
+    assert (tmp_path / "a").exists()
+
+
+def _failing_fsync(fd: int) -> None:
+    raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+@pytest.mark.parametrize("code", SHARE_ERRNOS, ids=IDS)
+def test_a_claimed_file_on_a_share_that_does_not_answer_waits(
+    daemon: Daemon, tree: Tree, code: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never a rejection ("unreadable") for what is the share's trouble, not the file's."""
+    tree.drop("p_1/Z.pdf", pdf("Z"))
+    path = tree.inbox / "p_1" / "Z.pdf"
+    row = daemon.claimer.claim(
+        Ready(PurePosixPath("p_1/Z.pdf"), time.time(), Snapshot.of(path.stat()))
+    )
+    assert row is not None
+    work = daemon.claimer.inbox / row.work
+    monkeypatch.setattr(os, "open", _failing(os.open, work, code))
+    assert daemon.pipeline.process(row).result == "deferred"
+    monkeypatch.undo()
+    assert (work.exists() and not tree.failed.exists()) or not list(tree.failed.rglob("*.pdf"))
+
+
+@pytest.mark.parametrize("dest_links", [True, False], ids=["dest-links", "dest-no-links"])
+def test_a_move_across_file_systems_leaves_no_hidden_copy(
+    tmp_path: Path, dest_links: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's `.X.pdf.ingestd-copy`: a cross-device copy whose final link was refused."""
+    real_link = os.link
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "X.pdf").write_bytes(b"x" * 5000)
+
+    def link(src: Any, dest: Any, **kwargs: Any) -> None:
+        if Path(src).parent.name == "work":
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        if not dest_links:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        real_link(src, dest, **kwargs)
+
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(shares, "_renameat2", None)
+    place(tmp_path / "work" / "X.pdf", tmp_path / "done" / "X.pdf")
+    assert os.listdir(tmp_path / "done") == ["X.pdf"]
+    assert (tmp_path / "done" / "X.pdf").read_bytes() == b"x" * 5000
+    assert os.listdir(tmp_path / "work") == []
