@@ -17,7 +17,7 @@ from ingestd.commands.retry import run_retry
 from ingestd.commands.run import run_once, run_run
 from ingestd.commands.sandbox import run_sandbox
 from ingestd.commands.status import run_status
-from ingestd.config.load import ConfigError
+from ingestd.config.model import ConfigError
 from ingestd.journal import JournalError
 
 

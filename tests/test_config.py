@@ -8,7 +8,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from ingestd.config.load import Config, ConfigError, SourceConfig, WatchConfig, load_config
+from ingestd.config.load import load_config
+from ingestd.config.model import Config, ConfigError, SourceConfig, WatchConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-do-not-print"
@@ -61,7 +62,7 @@ def test_good_config_loads(tmp_path: Path) -> None:
     assert config.paths.inbox == Path("/srv/in")
     assert config.paths.state == Path("/var/lib/ingestd/journal.sqlite")
     leyr = config.targets["leyr"]
-    assert (leyr.name, leyr.kind, leyr.concurrency, leyr.timeout_seconds) == (
+    assert (leyr.name, leyr.kind, leyr.common.concurrency, leyr.common.timeout_seconds) == (
         "leyr",
         "leyr",
         4,
@@ -70,8 +71,8 @@ def test_good_config_loads(tmp_path: Path) -> None:
     assert leyr.options["client_secret"] == SECRET
     assert leyr.options["care_unit_id"] == "0123"  # as written, not the octal number 83
     assert "kind" not in leyr.options
-    assert leyr.accept is None
-    assert leyr.max_bytes is None
+    assert leyr.common.accept is None
+    assert leyr.common.max_bytes is None
     assert config.targets["nymbl"].options["api_key"] == SECRET + "-k"
     assert config.watch == WatchConfig()
     assert config.patients.patient_id("x") == "x"
@@ -353,10 +354,10 @@ def test_target_common_keys_are_applied(tmp_path: Path) -> None:
         "    created_by_id: resource-1\n",
     )
     leyr = load_config(write(tmp_path, text), ENV).targets["leyr"]
-    assert leyr.concurrency == 2
-    assert leyr.max_bytes == 10_000_000
-    assert leyr.timeout_seconds == 30.0
-    assert leyr.accept == frozenset({"application/pdf", "image/png"})
+    assert leyr.common.concurrency == 2
+    assert leyr.common.max_bytes == 10_000_000
+    assert leyr.common.timeout_seconds == 30.0
+    assert leyr.common.accept == frozenset({"application/pdf", "image/png"})
     assert leyr.options["created_by_id"] == "resource-1"
 
 

@@ -22,7 +22,7 @@ from ingestd import content
 from ingestd.config.load import load_config
 from ingestd.daemon.loop import Daemon
 from ingestd.sandbox import Sandbox
-from ingestd.targets.leyr import DEFAULT_ACCEPT as LEYR_ACCEPT
+from ingestd.targets.leyr import LeyrTarget
 from tests.conftest import Tree, make_config, wait_for
 from tests.samples import SAMPLES, gif, pdf
 
@@ -111,7 +111,7 @@ def test_every_failure_kind_has_a_receipt_with_every_contract_field(
     text = config.read_text().replace(
         "kind: leyr\n",
         f"kind: leyr\n    max_bytes: {LEYR_MAX_BYTES}\n    accept: "
-        f"[{', '.join(sorted(LEYR_ACCEPT | {'image/gif'}))}]\n",
+        f"[{', '.join(sorted(LeyrTarget.default_accept | {'image/gif'}))}]\n",
     )
     config.write_text(text)
     expected = _files(tree)

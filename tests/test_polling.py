@@ -25,14 +25,14 @@ def test_polled_folders_are_found_by_scans_and_listed_each_cycle(
     try:
         list(daemon.intake._scan())
         # A subfolder of a polled folder is listed with it, not on its own.
-        assert daemon.intake._polled == {PurePosixPath("p_1/fax"), PurePosixPath("p_2/fax")}
+        assert daemon.intake.folders._polled == {PurePosixPath("p_1/fax"), PurePosixPath("p_2/fax")}
         assert config.watch.settle_for(PurePosixPath("p_1/lab/x.pdf")) == 9
         (tree.inbox / "p_1/fax/old/from-smb.pdf").write_bytes(pdf("smb"))
         (tree.inbox / "p_1/lab/not-polled.pdf").write_bytes(pdf("lab"))
-        daemon.intake.poll_folders()
+        daemon.intake.folders.poll()
         assert len(daemon.intake.settler) == 1
         (tree.inbox / "p_2/fax").rmdir()
-        daemon.intake.poll_folders()
-        assert daemon.intake._polled == {PurePosixPath("p_1/fax")}
+        daemon.intake.folders.poll()
+        assert daemon.intake.folders._polled == {PurePosixPath("p_1/fax")}
     finally:
         daemon.journal.close()

@@ -19,7 +19,7 @@ from ingestd.delivery.retrying import (
     deliver,
 )
 from ingestd.targets.base import AuthError, PermanentError, Refusal, TransientError, Upload
-from ingestd.targets.nymbl import TokenRefused
+from ingestd.targets.oauth2 import TokenRefused
 
 UPLOAD = Upload(
     patient_id="12345",

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.config.load import ConfigError, load_config
+from ingestd.config.load import load_config
+from ingestd.config.model import ConfigError
 from ingestd.delivery.retrying import Delivered, Refused, deliver
 from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox
-from ingestd.targets import TargetSettings, make_target
+from ingestd.targets import CommonSettings, TargetSettings, make_target
 from ingestd.targets.base import CertificateUntrusted, Target, Upload
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 from tests.samples import pdf
@@ -92,7 +93,10 @@ def _target(sb: Sandbox, kind: str, ca_file: Path | None) -> Target:
         options |= {"base_url": sb.nymbl_base_url, "token_url": sb.nymbl_token_url}
     return make_target(
         TargetSettings(
-            f"{kind}-tls", kind, options, ca_file=None if ca_file is None else str(ca_file)
+            f"{kind}-tls",
+            kind,
+            options,
+            common=CommonSettings(ca_file=None if ca_file is None else str(ca_file)),
         )
     )
 
@@ -266,7 +270,7 @@ def test_ca_file_relative_to_the_config_loads(tmp_path: Path, pki: Pki) -> None:
     path.write_text(CONFIG.format(ca_file="clinic-ca.pem"))
     path.chmod(0o600)
     config = load_config(str(path), {})
-    assert config.targets["leyr"].ca_file == str(tmp_path / "clinic-ca.pem")
+    assert config.targets["leyr"].common.ca_file == str(tmp_path / "clinic-ca.pem")
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ def run_check(args: argparse.Namespace) -> int:
     warn(config)
     print(f"{config.file}: ok")
     for name, target in config.targets.items():
-        print(f"  target {name}: {target.kind}, {target.concurrency} at once")
+        print(f"  target {name}: {target.kind}, {target.common.concurrency} at once")
     for rule in config.rules:
         print(f"  rule {rule.name!r} (line {rule.line})")
     return EXIT_OK

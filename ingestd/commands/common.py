@@ -8,7 +8,8 @@ import os
 import pwd
 import sys
 
-from ingestd.config.load import Config, load_config
+from ingestd.config.load import load_config
+from ingestd.config.model import Config
 
 DEFAULT_CONFIG = "/etc/ingestd/ingestd.yaml"
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ingestd import content
 from ingestd.commands.common import EXIT_OK, UsageError, load
-from ingestd.config.load import Config
+from ingestd.config.model import Config
 from ingestd.delivery.decide import (
     Reading,
     Rejected,

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from ingestd import content
 from ingestd.commands.common import EXIT_OK, UsageError, as_state_owner, load
-from ingestd.config.load import Config
+from ingestd.config.model import Config
 from ingestd.filing.places import free_name, place
 from ingestd.filing.receipts import SUFFIX, Receipt
 from ingestd.journal import Journal

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ingestd.commands.common import EXIT_OK, as_state_owner, load
-from ingestd.config.load import Config
+from ingestd.config.model import Config
 from ingestd.inbox.scan import scan
 from ingestd.journal import ACTIVE_STATES, FINAL_STATES, Journal
 from ingestd.observe.logs import load_masker

@@ -1,39 +1,25 @@
 """The one YAML config file: `load_config` turns it into frozen settings or one `ConfigError`.
 
-Owns the top level, `paths:`, `targets:` and `watch:`; `patients:` and `rules:` are checked by
-their own modules. Every problem is collected (as `FILE:LINE:COL: message`) before raising once;
-warnings alone do not raise. No message echoes a value, so a secret never ends up in a log.
+Owns the top level, `paths:` and `watch:`; `targets:` (config/targets.py), `patients:` and
+`rules:` are checked by their own modules. Every problem is collected (as `FILE:LINE:COL:
+message`) before raising once; warnings alone do not raise. No message echoes a value, so a
+secret never ends up in a log.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
+from ingestd.config.model import Config, ConfigError, Paths, SourceConfig, WatchConfig
 from ingestd.config.secrets import readable_by_others, resolve_tree
-from ingestd.rules.globs import path_regex
-from ingestd.rules.matching import Rule
-from ingestd.rules.parse import MIME, parse_rules, parse_size
+from ingestd.config.targets import loopback, parse_targets
+from ingestd.rules.parse import parse_rules
 from ingestd.rules.patients import PatientMap, parse_patients
-from ingestd.targets import KINDS, TargetSettings
 from ingestd.yamlsource import START, MarkedDict, MarkedList, Problem, Report, kind_of, load
-
-__all__ = [
-    "Config",
-    "ConfigError",
-    "Paths",
-    "Problem",
-    "SourceConfig",
-    "WatchConfig",
-    "load_config",
-]
 
 TOP_KEYS = ("paths", "targets", "watch", "patients", "rules", "metrics")
 METRICS_KEYS = ("listen",)
@@ -48,94 +34,6 @@ WATCH_KEYS = (
     "sources",
 )
 SOURCE_KEYS = ("folder", "settle_seconds", "poll")
-COMMON_TARGET_KEYS = ("kind", "concurrency", "accept", "max_bytes", "timeout_seconds", "ca_file")
-PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
-CA_FILE_MAX_BYTES = 16 * 1024 * 1024
-URL_KEYS = ("base_url", "token_url")
-TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-MIN_TIMEOUT_SECONDS = 8.0  # the EHRs can take several seconds to store a 20 MB document
-
-
-class ConfigError(Exception):
-    """The config cannot be used; `problems` holds every problem found, in file order."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Absolute folders (inbox, done, failed) and the journal's SQLite file (state)."""
-
-    inbox: Path
-    done: Path
-    failed: Path
-    state: Path
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """Per-folder watch tuning: `glob` on the inbox-relative folder path; None = the default."""
-
-    glob: str
-    settle_seconds: float | None = None
-    poll: bool | None = None
-
-    def applies_to(self, rel_path: PurePosixPath) -> bool:
-        """Whether the glob matches `rel_path` or one of the folders above it."""
-        regex = path_regex(self.glob)
-        candidates = [rel_path, *rel_path.parents]
-        return any(regex.fullmatch(p.as_posix()) for p in candidates if p.parts)
-
-
-@dataclass(frozen=True)
-class WatchConfig:
-    """How the inbox is watched; `sources` override settle and poll per folder, first match wins."""
-
-    settle_seconds: float = 1.0
-    scan_interval_seconds: float = 60.0
-    empty_fail_seconds: float = 3600.0
-    unknown_type_grace_seconds: float = 30.0
-    claim_lease_seconds: float = 600.0
-    poll: bool = False
-    sources: tuple[SourceConfig, ...] = ()
-
-    def source_for(self, rel_path: PurePosixPath) -> SourceConfig | None:
-        return next((s for s in self.sources if s.applies_to(rel_path)), None)
-
-    def settle_for(self, rel_path: PurePosixPath) -> float:
-        """The settle time for an inbox-relative file or folder path."""
-        source = self.source_for(rel_path)
-        if source is None or source.settle_seconds is None:
-            return self.settle_seconds
-        return source.settle_seconds
-
-    def poll_for(self, rel_path: PurePosixPath) -> bool:
-        """Whether to poll (rather than rely on inotify) for an inbox-relative path."""
-        source = self.source_for(rel_path)
-        if source is None or source.poll is None:
-            return self.poll
-        return source.poll
-
-
-@dataclass(frozen=True)
-class Config:
-    """Everything the daemon needs from the config file, checked and with secrets resolved."""
-
-    file: str
-    paths: Paths
-    targets: Mapping[str, TargetSettings] = field(repr=False)  # options hold secrets
-    watch: WatchConfig = field(default_factory=WatchConfig)
-    patients: PatientMap = field(default_factory=PatientMap)
-    rules: tuple[Rule, ...] = ()
-    metrics_listen: tuple[str, int] | None = None  # loopback host and port; None: no metrics
-    warnings: tuple[Problem, ...] = ()
-
-    @property
-    def rule_lines(self) -> Mapping[str, int]:
-        """Rule name → the line it starts on, for messages and `explain`."""
-        return {rule.name: rule.line for rule in self.rules}
 
 
 def load_config(
@@ -185,7 +83,7 @@ def _build(report: Report, tree: MarkedDict) -> Config | None:
     paths_node = report.mapping(tree, "paths", "paths")
     paths = _paths(report, paths_node) if paths_node is not None else None
     targets_node = report.mapping(tree, "targets", "targets")
-    targets = _targets(report, targets_node) if targets_node is not None else {}
+    targets = parse_targets(report, targets_node) if targets_node is not None else {}
     watch_node = report.mapping(tree, "watch", "watch")
     watch = _watch(report, watch_node) if watch_node is not None else WatchConfig()
     patients_node = report.mapping(tree, "patients", "patients")
@@ -288,126 +186,6 @@ def _source(report: Report, node: MarkedDict, where: str) -> SourceConfig | None
     return SourceConfig(glob.strip("/"), None if settle is None else float(settle), poll)
 
 
-def _targets(report: Report, node: MarkedDict) -> dict[str, TargetSettings]:
-    if not node:
-        report.error(node.mark, "targets must name at least one target")
-    result: dict[str, TargetSettings] = {}
-    for name in node:
-        if not TARGET_NAME.fullmatch(name):
-            report.error(
-                node.key_mark(name),
-                f"target name {name!r} may hold only letters, digits, '_', '.' and '-'",
-            )
-        target_node = report.mapping(node, name, f"targets.{name}")
-        if target_node is None:
-            if name in node and node[name] is None:
-                report.error(node.value_mark(name), f"targets.{name} needs at least kind:")
-            continue
-        settings = _target(report, name, target_node)
-        if settings is not None:
-            result[name] = settings
-    return result
-
-
-def _target(report: Report, name: str, node: MarkedDict) -> TargetSettings | None:
-    where = f"targets.{name}"
-    kind_name = report.string(node, "kind", f"{where}.kind")
-    if kind_name is None:
-        if "kind" not in node:
-            report.missing(node, where, "kind")
-        report.keys(node, where, [*node])  # no kind: its options cannot be checked
-        return None
-    kind = KINDS.get(kind_name)
-    if kind is None:
-        known = ", ".join(sorted(KINDS))
-        report.error(node.value_mark("kind"), f"{where}.kind must be one of {known}")
-        return None
-    option_keys = sorted(kind.required | kind.optional)
-    report.keys(node, f"{where} (kind {kind_name})", [*COMMON_TARGET_KEYS, *option_keys])
-    for key in sorted(kind.required):
-        if key not in node:
-            report.missing(node, where, key)
-    options: dict[str, str] = {}
-    for key in option_keys:
-        value = report.string(node, key, f"{where}.{key}")
-        if value is None:
-            continue
-        if key in URL_KEYS and not _url_ok(report, node, key, f"{where}.{key}"):
-            continue
-        options[key] = value
-    for key, message in kind.validate_options(options).items():
-        report.error(node.value_mark(key), f"{where}.{key}: {message}")
-    concurrency = report.number(node, "concurrency", f"{where}.concurrency", integer=True)
-    if concurrency is not None and concurrency < 1:
-        report.error(node.value_mark("concurrency"), f"{where}.concurrency must be 1 or more")
-    timeout = report.number(node, "timeout_seconds", f"{where}.timeout_seconds")
-    if timeout is not None and timeout <= MIN_TIMEOUT_SECONDS:
-        report.error(
-            node.value_mark("timeout_seconds"),
-            f"{where}.timeout_seconds must be more than {MIN_TIMEOUT_SECONDS:g}",
-        )
-    max_bytes = _max_bytes(report, node, where, kind.default_max_bytes)
-    accept = _accept(report, node, where)
-    ca_file = _ca_file(report, node, where)
-    return TargetSettings(
-        name=name,
-        kind=kind_name,
-        options=MappingProxyType(options),
-        concurrency=int(concurrency) if concurrency and concurrency >= 1 else 4,
-        accept=accept,
-        max_bytes=max_bytes,
-        timeout_seconds=float(timeout) if timeout and timeout > MIN_TIMEOUT_SECONDS else 60.0,
-        ca_file=ca_file,
-    )
-
-
-def _ca_file(report: Report, node: MarkedDict, where: str) -> str | None:
-    """A PEM file of CA certificates to trust for this target (relative to the config file)."""
-    text = report.string(node, "ca_file", f"{where}.ca_file")
-    if text is None:
-        return None
-    at = node.value_mark("ca_file")
-    base = os.path.dirname(os.path.abspath(report.file))
-    path = os.path.abspath(os.path.join(base, os.path.expanduser(text)))
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(CA_FILE_MAX_BYTES)
-    except IsADirectoryError:
-        report.error(at, f"{where}.ca_file is a folder; name the PEM file of the CA certificate")
-        return None
-    except OSError as exc:
-        report.error(at, f"{where}.ca_file cannot be read ({exc.strerror})")
-        return None
-    if PEM_CERTIFICATE not in head:
-        report.error(
-            at,
-            f"{where}.ca_file holds no PEM certificate (-----BEGIN CERTIFICATE-----); "
-            "convert a DER file with `openssl x509 -inform der -in CA.cer -out CA.pem`",
-        )
-        return None
-    return path
-
-
-def _url_ok(report: Report, node: MarkedDict, key: str, where: str) -> bool:
-    """https://, or http:// to a loopback host; reported without echoing the URL."""
-    try:
-        parts = urlsplit(node[key])
-        host = parts.hostname or ""
-    except ValueError:
-        report.error(node.value_mark(key), f"{where} is not a valid URL")
-        return False
-    if parts.scheme not in ("https", "http") or not host:
-        report.error(node.value_mark(key), f"{where} must be an https:// URL")
-        return False
-    if parts.scheme == "http" and not _loopback(host):
-        report.error(
-            node.value_mark(key),
-            f"{where} must use https:// (plain http:// is allowed only to a loopback host)",
-        )
-        return False
-    return True
-
-
 def _metrics_listen(report: Report, node: MarkedDict) -> tuple[str, int] | None:
     """`listen: 127.0.0.1:9464` (or `[::1]:9464`, `localhost:9464`); loopback only."""
     report.keys(node, "metrics", METRICS_KEYS, METRICS_KEYS)
@@ -420,44 +198,7 @@ def _metrics_listen(report: Report, node: MarkedDict) -> tuple[str, int] | None:
     if not sep or not port.isdigit() or int(port) > 65535 or not host:
         report.error(at, "metrics.listen must be HOST:PORT, e.g. 127.0.0.1:9464")
         return None
-    if not _loopback(host):
+    if not loopback(host):
         report.error(at, "metrics.listen must be a loopback address (127.0.0.1, ::1, localhost)")
         return None
     return host, int(port)
-
-
-def _loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _max_bytes(report: Report, node: MarkedDict, where: str, limit: int) -> int | None:
-    if node.get("max_bytes") is None:
-        return None
-    at = node.value_mark("max_bytes")
-    try:
-        value = parse_size(node["max_bytes"])
-    except ValueError as error:
-        report.error(at, f"{where}.max_bytes: {error}")
-        return None
-    if value < 1 or value > limit:
-        report.error(at, f"{where}.max_bytes may only lower the limit: between 1 and {limit}")
-        return None
-    return value
-
-
-def _accept(report: Report, node: MarkedDict, where: str) -> frozenset[str] | None:
-    items = report.strings(node, "accept", f"{where}.accept")
-    if items is None:
-        return None
-    for mime in items:
-        if not MIME.fullmatch(mime) or mime.endswith("/*"):
-            report.error(
-                node.value_mark("accept"),
-                f"{where}.accept: {mime!r} is not a MIME type like application/pdf",
-            )
-    return frozenset(m.lower() for m in items)

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
-from ingestd.config.load import Config
+from ingestd.config.model import Config
 from ingestd.inbox.availability import Availability
 from ingestd.inbox.claims import Claimer
 from ingestd.inbox.scan import INBOX_ROOT, scan

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from ingestd import content
-from ingestd.config.load import Config
+from ingestd.config.model import Config
 from ingestd.daemon.folders import Folders
 from ingestd.delivery.decide import Rejected, judge, reading
 from ingestd.inbox.claims import WORK_DIR, Claimer

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from ingestd.config.load import Config
+from ingestd.config.model import Config
 from ingestd.daemon.intake import Intake
 from ingestd.daemon.reload import CONFIG_CHECK_EVERY, ConfigWatch, load_new
 from ingestd.daemon.report import publish_status, snapshot, status_line
@@ -111,7 +111,7 @@ class Daemon:
         # Twice the upload slots (TargetHealth.slots caps the sends): while some files are
         # being sent, others are read, decided and filed (fsyncs), so an upload slot never
         # waits for local work.
-        return 2 * sum(t.concurrency for t in self._config.targets.values()) + 2
+        return 2 * sum(t.common.concurrency for t in self._config.targets.values()) + 2
 
     def _target_up(self, name: str) -> None:
         """A target answers again (worker thread): its waiting files may go at once."""

@@ -9,7 +9,8 @@ import logging
 import os
 import time
 
-from ingestd.config.load import Config, ConfigError, load_config
+from ingestd.config.load import load_config
+from ingestd.config.model import Config, ConfigError
 from ingestd.observe.logs import event
 
 log = logging.getLogger("ingestd.daemon")

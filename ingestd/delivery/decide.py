@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingestd import content
-from ingestd.config.load import Config
+from ingestd.config.model import Config
 from ingestd.names import patient_folder
 from ingestd.rules.matching import Decision, Facts, Verdict, decide
 from ingestd.targets.base import Target, Upload

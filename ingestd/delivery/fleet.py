@@ -55,7 +55,7 @@ class Fleet:
                 continue
             # New or changed (fixed credentials, say): a fresh start, not the old pause.
             targets[name] = make_target(wanted)
-            self._health[name] = TargetHealth(name, wanted.concurrency)
+            self._health[name] = TargetHealth(name, wanted.common.concurrency)
         self._targets = targets
         self._settings = dict(settings)
 

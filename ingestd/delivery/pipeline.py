@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingestd import content
-from ingestd.config.load import Config
+from ingestd.config.model import Config
 from ingestd.delivery.decide import (
     Reading,
     Rejected,

@@ -1,76 +1,17 @@
-"""The registry of target kinds, keyed by the config's `kind`, and building targets from settings.
-
-Owns `TargetSettings` (one `targets.NAME` entry, secrets already resolved), `TargetKind` (what the
-config module needs to validate a kind's options and patient ids, read from the kind's target
-class) and `make_target`.
+"""The registry of target kinds, keyed by the config's `kind`: each kind's target class is the
+one description of it (its options, limits, accepted types, patient-id rule), and `make_target`
+builds a target from its settings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-
-from ingestd.targets import leyr, nymbl
 from ingestd.targets.base import Target
 from ingestd.targets.http import HttpTarget
+from ingestd.targets.leyr import LeyrTarget
+from ingestd.targets.nymbl import NymblTarget
+from ingestd.targets.settings import COMMON_KEYS, COMMON_OPTIONS, CommonSettings, TargetSettings
 
-COMMON_OPTIONS = frozenset(
-    {"kind", "concurrency", "accept", "max_bytes", "timeout_seconds", "ca_file"}
-)
-
-
-@dataclass(frozen=True)
-class TargetSettings:
-    """One configured target: `options` are the kind's own keys (not the common ones)."""
-
-    name: str
-    kind: str
-    options: Mapping[str, str] = field(repr=False)  # holds resolved secrets
-    concurrency: int = 4
-    accept: frozenset[str] | None = None  # None: the kind's default list
-    max_bytes: int | None = None  # None: the kind's default limit
-    timeout_seconds: float = 60.0
-    ca_file: str | None = None  # a PEM file of CA certificates; None: the system's (or env's)
-
-
-def _no_option_problems(options: Mapping[str, str]) -> dict[str, str]:
-    return {}
-
-
-@dataclass(frozen=True)
-class TargetKind:
-    """What the config module needs to know about one kind of EHR."""
-
-    kind: str
-    required: frozenset[str]  # option keys besides COMMON_OPTIONS
-    optional: frozenset[str]
-    default_max_bytes: int
-    default_accept: frozenset[str]
-    validate_patient_id: Callable[[str], str | None]  # an error message, or None when valid
-    make_target: Callable[[TargetSettings], Target]
-    # Problems with option values, by option key; messages never quote the value.
-    validate_options: Callable[[Mapping[str, str]], dict[str, str]] = field(
-        default=_no_option_problems
-    )
-
-    @classmethod
-    def of(cls, target: type[HttpTarget]) -> TargetKind:
-        """The entry for a target class, which declares everything about its kind."""
-        return cls(
-            kind=target.kind,
-            required=target.required,
-            optional=target.optional,
-            default_max_bytes=target.default_max_bytes,
-            default_accept=target.default_accept,
-            validate_patient_id=target.validate_patient_id,
-            make_target=target.from_settings,
-            validate_options=target.validate_options,
-        )
-
-
-KINDS: dict[str, TargetKind] = {
-    kind.kind: kind for kind in map(TargetKind.of, (leyr.LeyrTarget, nymbl.NymblTarget))
-}
+KINDS: dict[str, type[HttpTarget]] = {kind.kind: kind for kind in (LeyrTarget, NymblTarget)}
 
 
 def make_target(cfg: TargetSettings) -> Target:
@@ -87,7 +28,14 @@ def make_target(cfg: TargetSettings) -> Target:
     problems = kind.validate_options(cfg.options)
     if problems:
         raise ValueError(f"target {cfg.name!r}: " + "; ".join(problems.values()))
-    return kind.make_target(cfg)
+    return kind.from_settings(cfg)
 
 
-__all__ = ["COMMON_OPTIONS", "KINDS", "TargetKind", "TargetSettings", "make_target"]
+__all__ = [
+    "COMMON_KEYS",
+    "COMMON_OPTIONS",
+    "KINDS",
+    "CommonSettings",
+    "TargetSettings",
+    "make_target",
+]

@@ -1,25 +1,20 @@
 """Streaming request bodies with an exact length, read from the upload's descriptor.
 
-Owns `LeyrJsonBody` (JSON with the file as base64) and `MultipartBody` (multipart/form-data).
-Both are plain iterables of chunks with `__len__` (see StreamingBody for why). Bytes are read with
+Each EHR's module owns its body (Leyr's JSON with base64 content, Nymbl's multipart/form-data);
+what they share is here: `StreamingBody`, a plain iterable of chunks with `__len__` (see it for
+why), and reading the file. Bytes are read with
 `upload.read_at` (os.pread) in chunks of about 64 KiB, so memory does not grow with the file and
 a new body built for each attempt starts again from offset 0. A body is used up by one send.
 """
 
 from __future__ import annotations
 
-import base64
 import errno
-import json
-import secrets
-from collections.abc import Iterator, Sequence
-from urllib.parse import quote
+from collections.abc import Iterator
 
 from ingestd.targets.base import Upload
 
 CHUNK = 64 * 1024
-# A multiple of 3, so every chunk but the last encodes to base64 without padding: 64 KiB out.
-B64_RAW_CHUNK = 48 * 1024
 
 
 class SourceChanged(Exception):
@@ -81,108 +76,3 @@ class StreamingBody:
 
     def __iter__(self) -> Iterator[bytes]:
         return self._chunks
-
-
-class LeyrJsonBody(StreamingBody):
-    """`{"content": "<base64>", "format", "title", "type", "created_by_id"?}` for Leyr."""
-
-    content_type = "application/json"
-
-    def __init__(self, upload: Upload, created_by_id: str | None = None) -> None:
-        meta = {"format": upload.mime, "title": upload.title, "type": upload.doc_type}
-        if created_by_id:
-            meta["created_by_id"] = created_by_id
-        prefix = b'{"content": "'
-        # json.dumps of the other fields, minus its "{", appended after the content string.
-        suffix = b'", ' + json.dumps(meta).encode("ascii")[1:]
-        encoded = 4 * ((upload.size + 2) // 3)
-        super().__init__(len(prefix) + encoded + len(suffix), self._gen(upload, prefix, suffix))
-
-    @staticmethod
-    def _gen(upload: Upload, prefix: bytes, suffix: bytes) -> Iterator[bytes]:
-        yield prefix
-        for chunk in file_chunks(upload, B64_RAW_CHUNK):
-            yield base64.b64encode(chunk)
-        yield suffix
-
-
-def quote_form_name(value: str) -> str:
-    """A multipart field name as HTML5 forms send it: raw UTF-8, three characters escaped.
-    Only for our own ASCII field names; a file name goes through `filename_params`."""
-    return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
-
-
-# Printable ASCII that every parser reads back from a quoted `filename` as it was sent.
-_PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - set('"\\%')
-
-
-def _quoted_filename(name: str) -> str:
-    """The inside of `filename="…"`: `\\` and `"` escaped as RFC 9110 quoted-string pairs
-    (Werkzeug, python-multipart and busboy all undo them; the `%22` browsers write for `"` is
-    undone by Werkzeug alone), control characters as `%XX` (a raw CR or LF would end the header;
-    browsers write those two the same way), everything else raw UTF-8."""
-    out: list[str] = []
-    for char in name:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"%{ord(char):02X}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-def filename_params(name: str) -> str:
-    """The Content-Disposition parameters naming the file: `filename="…"`, and, when the name
-    holds anything but plain printable ASCII, `filename*=UTF-8''…` (RFC 8187) after it.
-
-    RFC 7578 4.2 says not to send `filename*`, and parsers that follow it (python-multipart)
-    ignore it and read `filename`. Others prefer it: busboy (multer) reads `filename` as Latin-1
-    unless told otherwise and so garbles raw UTF-8; Werkzeug turns a literal `%22` in `filename`
-    into `"`. From `filename*`, they get the exact name. See README, "The two EHR APIs".
-    """
-    plain = f'filename="{_quoted_filename(name)}"'
-    if all(char in _PLAIN for char in name):
-        return plain
-    extended = "filename*=UTF-8''" + quote(name, safe="", errors="surrogateescape")
-    if name.endswith("\\"):
-        # python-multipart finds where a parameter ends by counting quotes, and takes the `\\"`
-        # that ends this one for an escaped quote: read last, it is whole. Werkzeug, which
-        # takes the last of the two, reads this one right too (unless it holds a literal %22).
-        return f"{extended}; {plain}"
-    # RFC 6266's order; Werkzeug takes the last of the two, busboy `filename*` wherever it is.
-    return f"{plain}; {extended}"
-
-
-class MultipartBody(StreamingBody):
-    """multipart/form-data: the text `fields` in order, then the file as `file_field`."""
-
-    def __init__(
-        self,
-        upload: Upload,
-        fields: Sequence[tuple[str, str]],
-        file_field: str = "file",
-        boundary: str | None = None,
-    ) -> None:
-        self.boundary = boundary or f"ingestd-{secrets.token_hex(16)}"
-        self.content_type = f"multipart/form-data; boundary={self.boundary}"
-        dash = f"--{self.boundary}\r\n"
-        head = bytearray()
-        for name, value in fields:
-            disposition = f'form-data; name="{quote_form_name(name)}"'
-            head += f"{dash}Content-Disposition: {disposition}\r\n\r\n".encode()
-            head += value.encode("utf-8", "surrogateescape") + b"\r\n"
-        mime = upload.mime if upload.mime.isprintable() else "application/octet-stream"
-        head += (
-            f'{dash}Content-Disposition: form-data; name="{quote_form_name(file_field)}"; '
-            f"{filename_params(upload.file_name)}\r\n"
-            f"Content-Type: {mime}\r\n\r\n"
-        ).encode("utf-8", "surrogateescape")
-        tail = f"\r\n--{self.boundary}--\r\n".encode()
-        super().__init__(len(head) + upload.size + len(tail), self._gen(upload, bytes(head), tail))
-
-    @staticmethod
-    def _gen(upload: Upload, head: bytes, tail: bytes) -> Iterator[bytes]:
-        yield head
-        yield from file_chunks(upload)
-        yield tail

@@ -9,41 +9,21 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
-from typing import Unpack
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import requests
 
 from ingestd.identifiers import luhn_ok
+from ingestd.targets.answers import created_id, document_id, json_object, raise_for_outcome
 from ingestd.targets.base import TransientError, Upload
-from ingestd.targets.bodies import LeyrJsonBody
-from ingestd.targets.http import (
-    CommonOptions,
-    HttpTarget,
-    created_id,
-    document_id,
-    json_object,
-    raise_for_outcome,
-    transport_errors,
-)
+from ingestd.targets.bodies import StreamingBody, file_chunks
+from ingestd.targets.http import DEFAULTS, HttpTarget
 from ingestd.targets.lookup import Candidate, check_order, in_window, stored_at
-
-KIND = "leyr"
-REQUIRED = frozenset({"base_url", "emr", "care_unit_id", "client_id", "client_secret"})
-OPTIONAL = frozenset({"created_by_id"})
-DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-DEFAULT_ACCEPT = frozenset(
-    {
-        "application/pdf",
-        "image/jpeg",
-        "image/png",
-        "application/msword",
-        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-        "application/dicom",
-        "text/plain",
-    }
-)
+from ingestd.targets.settings import CommonSettings
+from ingestd.targets.transport import transport_errors
 
 _EMR_ID = re.compile(r"[A-Za-z0-9._-]+")
 _PERSONAL_NUMBER = re.compile(r"[0-9]{12}")
@@ -78,16 +58,27 @@ def _segment(value: str) -> str:
 class LeyrTarget(HttpTarget):
     """One Leyr care unit: documents are POSTed as JSON, found again by title, format and hash."""
 
-    kind = KIND
-    required = REQUIRED
-    optional = OPTIONAL
-    default_accept = DEFAULT_ACCEPT
-    default_max_bytes = DEFAULT_MAX_BYTES
+    kind = "leyr"
+    required = frozenset({"base_url", "emr", "care_unit_id", "client_id", "client_secret"})
+    optional = frozenset({"created_by_id"})
+    default_accept = frozenset(
+        {
+            "application/pdf",
+            "image/jpeg",
+            "image/png",
+            "application/msword",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            "application/dicom",
+            "text/plain",
+        }
+    )
+    default_max_bytes = 20 * 1024 * 1024
     validate_patient_id = staticmethod(validate_patient_id)
 
     def __init__(
         self,
         name: str,
+        common: CommonSettings = DEFAULTS,
         *,
         base_url: str,
         emr: str,
@@ -95,9 +86,8 @@ class LeyrTarget(HttpTarget):
         client_id: str,
         client_secret: str,
         created_by_id: str | None = None,
-        **common: Unpack[CommonOptions],
     ) -> None:
-        super().__init__(name, **common)
+        super().__init__(name, common)
         self.created_by_id = created_by_id or None
         self._units = (
             f"{base_url.rstrip('/')}/emrs/{_segment(emr)}/care-units/{_segment(care_unit_id)}"
@@ -200,3 +190,30 @@ def _b64_sha256(content: str) -> tuple[int, str] | None:
             return None
         return len(data), hashlib.sha256(data).hexdigest()
     return size, digest.hexdigest()
+
+
+# A multiple of 3, so every chunk but the last encodes to base64 without padding: 64 KiB out.
+B64_RAW_CHUNK = 48 * 1024
+
+
+class LeyrJsonBody(StreamingBody):
+    """`{"content": "<base64>", "format", "title", "type", "created_by_id"?}` for Leyr."""
+
+    content_type = "application/json"
+
+    def __init__(self, upload: Upload, created_by_id: str | None = None) -> None:
+        meta = {"format": upload.mime, "title": upload.title, "type": upload.doc_type}
+        if created_by_id:
+            meta["created_by_id"] = created_by_id
+        prefix = b'{"content": "'
+        # json.dumps of the other fields, minus its "{", appended after the content string.
+        suffix = b'", ' + json.dumps(meta).encode("ascii")[1:]
+        encoded = 4 * ((upload.size + 2) // 3)
+        super().__init__(len(prefix) + encoded + len(suffix), self._gen(upload, prefix, suffix))
+
+    @staticmethod
+    def _gen(upload: Upload, prefix: bytes, suffix: bytes) -> Iterator[bytes]:
+        yield prefix
+        for chunk in file_chunks(upload, B64_RAW_CHUNK):
+            yield base64.b64encode(chunk)
+        yield suffix

@@ -7,53 +7,27 @@ POST, preceded by a token request only when no valid token is cached; retries li
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
-import threading
+import secrets
 import time
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
-from typing import Any, Unpack
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 
-from ingestd.targets.base import AuthError, TransientError, Upload
-from ingestd.targets.bodies import CHUNK, MultipartBody
-from ingestd.targets.http import (
-    RETRY_STATUSES,
-    CommonOptions,
-    HttpTarget,
-    created_id,
-    describe,
-    document_id,
-    json_object,
-    parse_retry_after,
-    raise_for_outcome,
-    timeouts,
-    transport_errors,
-)
+from ingestd.targets.answers import created_id, document_id, json_object, raise_for_outcome
+from ingestd.targets.base import TransientError, Upload
+from ingestd.targets.bodies import CHUNK, StreamingBody, file_chunks
+from ingestd.targets.http import DEFAULTS, HttpTarget
 from ingestd.targets.lookup import Candidate, check_order, in_window, stored_at
+from ingestd.targets.oauth2 import TOKEN_AUTH_MODES, TokenSource
+from ingestd.targets.settings import CommonSettings
+from ingestd.targets.transport import transport_errors
 
-KIND = "nymbl"
-REQUIRED = frozenset({"base_url", "api_key", "token_url", "client_id", "client_secret"})
-OPTIONAL = frozenset({"token_auth", "scope"})
-TOKEN_AUTH_MODES = ("auto", "basic", "body")
-DEFAULT_MAX_BYTES = 25 * 1024 * 1024
-DEFAULT_ACCEPT = frozenset(
-    {
-        "application/pdf",
-        "image/png",
-        "image/jpeg",
-        "image/tiff",
-        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    }
-)
 PAGE_SIZE = 100
 MAX_PAGES = 1000
-TOKEN_MARGIN_SECONDS = 30.0
-TOKEN_DEFAULT_LIFETIME = 60.0
 
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -74,225 +48,29 @@ def validate_options(options: Mapping[str, str]) -> dict[str, str]:
     return problems
 
 
-def token_lifetime(expires_in: object) -> float:
-    """How long to use a token: `expires_in` less a margin, never past half of a short life."""
-    if isinstance(expires_in, str):
-        try:
-            expires_in = float(expires_in)
-        except ValueError:
-            return TOKEN_DEFAULT_LIFETIME
-    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
-        return TOKEN_DEFAULT_LIFETIME
-    if not expires_in > 0:
-        return TOKEN_DEFAULT_LIFETIME
-    return max(expires_in - TOKEN_MARGIN_SECONDS, expires_in / 2)
-
-
-class TokenRefused(AuthError):
-    """The token endpoint refused the client credentials: no upload request was sent."""
-
-    sent = False
-
-
-@dataclass(frozen=True)
-class _Token:
-    value: str
-    expires_at: float
-    # Fetched to replace a token the API refused: a 401 for this one means wrong credentials.
-    replaces_refused: bool = False
-
-
-class TokenSource:
-    """Client-credentials tokens, cached; one fetch at a time however many threads ask."""
-
-    def __init__(
-        self,
-        session: requests.Session,
-        *,
-        token_url: str,
-        client_id: str,
-        client_secret: str,
-        client_auth: str = "auto",
-        scope: str | None = None,
-        timeout_seconds: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._session = session
-        self._token_url = token_url
-        self._client_id = client_id
-        self._client_secret = client_secret
-        self._client_auth = client_auth
-        self._learned: str | None = None  # auto mode: the method the server accepted
-        self._scope = scope
-        self._timeout_seconds = timeout_seconds
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._token: _Token | None = None
-        self._refused = False  # the API refused a token and none has been accepted since
-        self._condemned: str | None = None  # the replacement token whose 401 condemned it
-
-    def get(self) -> tuple[str, bool]:
-        """(token, fresh): fresh when it was fetched by this very call."""
-        with self._lock:
-            token = self._token
-            if token is not None and self._clock() < token.expires_at:
-                return token.value, False
-            self._token = None
-            value, lifetime = self._fetch()
-            self._token = _Token(value, self._clock() + lifetime, replaces_refused=self._refused)
-            return value, True
-
-    def drop(self, value: str) -> None:
-        """Forget `value` if it is still the cached token (another thread may have replaced it)."""
-        with self._lock:
-            if self._token is not None and self._token.value == value:
-                self._token = None
-
-    def refused(self, value: str) -> bool:
-        """The API answered 401 to `value`: True when that was already a replacement for a
-        refused token, i.e. the credentials are wrong. Either way the next `get` fetches a new
-        token. A token revoked or rotated on the server's side is routine: only a second fresh
-        token refused says the target is misconfigured."""
-        with self._lock:
-            if value == self._condemned:
-                return True  # requests sent beside the one that found it out
-            token = self._token
-            if token is None or token.value != value:
-                # Another request saw the 401 first and dropped it; its replacement decides.
-                return False
-            self._token = None
-            if token.replaces_refused and self._refused:
-                self._condemned = value
-                return True
-            self._refused = True
-            return False
-
-    def accepted(self, value: str) -> None:
-        """The API took `value`: a later 401 is again one refusal, not a second."""
-        if self._refused and self._token is not None and self._token.value == value:
-            with self._lock:
-                self._refused = False
-
-    def _fetch(self) -> tuple[str, float]:
-        """A new token. In `auto` mode, HTTP Basic first (RFC 6749 2.3.1: every server must
-        support it), then the credentials as form fields if Basic is refused; the method that
-        worked is kept for later fetches. See `_methods` for the two ways of writing Basic."""
-        if self._learned is not None:
-            return self._fetch_with(self._learned)
-        methods = self._methods()
-        for method in methods[:-1]:
-            try:
-                result = self._fetch_with(method)
-            except TokenRefused as refused:
-                if refused.http_status not in (400, 401, 403):
-                    raise
-                continue
-            self._learned = method
-            return result
-        result = self._fetch_with(methods[-1])
-        self._learned = methods[-1]
-        return result
-
-    def _methods(self) -> list[str]:
-        """Client authentication methods to try, in order.
-
-        `basic`: RFC 6749 2.3.1 form-encodes id and secret before the Basic encoding; written
-        with `%20` for a space (not `+`), both form decoders and the percent decoders some
-        servers use instead (Authlib) read it back. `basic-raw`: RFC 7617 Basic with the id and
-        secret as they are, in UTF-8, for servers that decode neither (older Authlib, such as
-        Debian 12's 1.2); tried only when it differs and the id has no `:`.
-        """
-        raw_differs = _form_encoded(self._client_id) != self._client_id or (
-            _form_encoded(self._client_secret) != self._client_secret
-        )
-        basic = ["basic"]
-        if raw_differs and ":" not in self._client_id:
-            basic.append("basic-raw")
-        if self._client_auth == "basic":
-            return basic
-        if self._client_auth == "body":
-            return ["body"]
-        return [*basic, "body"]
-
-    def _fetch_with(self, client_auth: str) -> tuple[str, float]:
-        what = "nymbl token request"
-        form = {"grant_type": "client_credentials"}
-        if self._scope:
-            form["scope"] = self._scope
-        headers = {"Accept": "application/json"}
-        if client_auth == "basic":
-            headers["Authorization"] = _basic(
-                _form_encoded(self._client_id), _form_encoded(self._client_secret)
-            )
-        elif client_auth == "basic-raw":
-            headers["Authorization"] = _basic(self._client_id, self._client_secret)
-        else:
-            form["client_id"] = self._client_id
-            form["client_secret"] = self._client_secret
-        try:
-            with transport_errors(what, self._timeout_seconds):
-                response = self._session.post(
-                    self._token_url,
-                    data=form,
-                    headers=headers,
-                    timeout=timeouts(self._timeout_seconds),
-                    allow_redirects=False,
-                )
-        except TransientError as exc:
-            raise TransientError(exc.message, exc.http_status, sent=False) from None
-        status = response.status_code
-        if status in RETRY_STATUSES or status >= 500:
-            raise TransientError(
-                describe(response, f"{what}: the token endpoint is busy or failing"),
-                status,
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                sent=False,
-            )
-        if not 200 <= status < 300:
-            raise TokenRefused(
-                describe(
-                    response,
-                    f"{what} refused: check client_id, client_secret, token_url and token_auth",
-                ),
-                status,
-            )
-        try:
-            payload: Any = response.json()
-        except ValueError:
-            payload = None
-        value = payload.get("access_token") if isinstance(payload, dict) else None
-        if not isinstance(value, str) or not value:
-            raise TokenRefused(
-                f"{what}: HTTP {status} without an access_token: check token_url", status
-            )
-        return value, token_lifetime(payload.get("expires_in"))
-
-
-def _form_encoded(value: str) -> str:
-    """application/x-www-form-urlencoded as RFC 6749 2.3.1 asks, but with `%20` for a space:
-    a form decoder reads `%20` as a space too, and a percent decoder would keep a `+`."""
-    return quote(value, safe="", errors="surrogateescape")
-
-
-def _basic(user: str, password: str) -> str:
-    pair = f"{user}:{password}".encode("utf-8", "surrogateescape")
-    return "Basic " + base64.b64encode(pair).decode("ascii")
-
-
 class NymblTarget(HttpTarget):
     """One Nymbl tenant: multipart uploads with a bearer token and an API key."""
 
-    kind = KIND
-    required = REQUIRED
-    optional = OPTIONAL
-    default_accept = DEFAULT_ACCEPT
-    default_max_bytes = DEFAULT_MAX_BYTES
+    kind = "nymbl"
+    required = frozenset({"base_url", "api_key", "token_url", "client_id", "client_secret"})
+    optional = frozenset({"token_auth", "scope"})
+    default_accept = frozenset(
+        {
+            "application/pdf",
+            "image/png",
+            "image/jpeg",
+            "image/tiff",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        }
+    )
+    default_max_bytes = 25 * 1024 * 1024
     validate_patient_id = staticmethod(validate_patient_id)
     validate_options = staticmethod(validate_options)
 
     def __init__(
         self,
         name: str,
+        common: CommonSettings = DEFAULTS,
         *,
         base_url: str,
         api_key: str,
@@ -302,12 +80,11 @@ class NymblTarget(HttpTarget):
         token_auth: str | None = None,  # None: "auto"
         scope: str | None = None,
         clock: Callable[[], float] = time.monotonic,
-        **common: Unpack[CommonOptions],
     ) -> None:
         client_auth = token_auth or "auto"
         if client_auth not in TOKEN_AUTH_MODES:
             raise ValueError("token_auth must be one of: " + ", ".join(TOKEN_AUTH_MODES))
-        super().__init__(name, **common)
+        super().__init__(name, common)
         self._base_url = base_url.rstrip("/")
         self._origin = urlsplit(self._base_url)[:2]
         self._api_key = api_key
@@ -465,3 +242,85 @@ def _candidates_in(page: list[Any], upload: Upload) -> list[Candidate]:
 
 def _redact(upload: Upload) -> list[str]:
     return [upload.patient_id, upload.file_name, upload.title]
+
+
+def quote_form_name(value: str) -> str:
+    """A multipart field name as HTML5 forms send it: raw UTF-8, three characters escaped.
+    Only for our own ASCII field names; a file name goes through `filename_params`."""
+    return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+# Printable ASCII that every parser reads back from a quoted `filename` as it was sent.
+_PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - set('"\\%')
+
+
+def _quoted_filename(name: str) -> str:
+    """The inside of `filename="…"`: `\\` and `"` escaped as RFC 9110 quoted-string pairs
+    (Werkzeug, python-multipart and busboy all undo them; the `%22` browsers write for `"` is
+    undone by Werkzeug alone), control characters as `%XX` (a raw CR or LF would end the header;
+    browsers write those two the same way), everything else raw UTF-8."""
+    out: list[str] = []
+    for char in name:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"%{ord(char):02X}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def filename_params(name: str) -> str:
+    """The Content-Disposition parameters naming the file: `filename="…"`, and, when the name
+    holds anything but plain printable ASCII, `filename*=UTF-8''…` (RFC 8187) after it.
+
+    RFC 7578 4.2 says not to send `filename*`, and parsers that follow it (python-multipart)
+    ignore it and read `filename`. Others prefer it: busboy (multer) reads `filename` as Latin-1
+    unless told otherwise and so garbles raw UTF-8; Werkzeug turns a literal `%22` in `filename`
+    into `"`. From `filename*`, they get the exact name. See README, "The two EHR APIs".
+    """
+    plain = f'filename="{_quoted_filename(name)}"'
+    if all(char in _PLAIN for char in name):
+        return plain
+    extended = "filename*=UTF-8''" + quote(name, safe="", errors="surrogateescape")
+    if name.endswith("\\"):
+        # python-multipart finds where a parameter ends by counting quotes, and takes the `\\"`
+        # that ends this one for an escaped quote: read last, it is whole. Werkzeug, which
+        # takes the last of the two, reads this one right too (unless it holds a literal %22).
+        return f"{extended}; {plain}"
+    # RFC 6266's order; Werkzeug takes the last of the two, busboy `filename*` wherever it is.
+    return f"{plain}; {extended}"
+
+
+class MultipartBody(StreamingBody):
+    """multipart/form-data: the text `fields` in order, then the file as `file_field`."""
+
+    def __init__(
+        self,
+        upload: Upload,
+        fields: Sequence[tuple[str, str]],
+        file_field: str = "file",
+        boundary: str | None = None,
+    ) -> None:
+        self.boundary = boundary or f"ingestd-{secrets.token_hex(16)}"
+        self.content_type = f"multipart/form-data; boundary={self.boundary}"
+        dash = f"--{self.boundary}\r\n"
+        head = bytearray()
+        for name, value in fields:
+            disposition = f'form-data; name="{quote_form_name(name)}"'
+            head += f"{dash}Content-Disposition: {disposition}\r\n\r\n".encode()
+            head += value.encode("utf-8", "surrogateescape") + b"\r\n"
+        mime = upload.mime if upload.mime.isprintable() else "application/octet-stream"
+        head += (
+            f'{dash}Content-Disposition: form-data; name="{quote_form_name(file_field)}"; '
+            f"{filename_params(upload.file_name)}\r\n"
+            f"Content-Type: {mime}\r\n\r\n"
+        ).encode("utf-8", "surrogateescape")
+        tail = f"\r\n--{self.boundary}--\r\n".encode()
+        super().__init__(len(head) + upload.size + len(tail), self._gen(upload, bytes(head), tail))
+
+    @staticmethod
+    def _gen(upload: Upload, head: bytes, tail: bytes) -> Iterator[bytes]:
+        yield head
+        yield from file_chunks(upload)
+        yield tail

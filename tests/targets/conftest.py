@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox
-from ingestd.targets import TargetSettings, make_target
+from ingestd.targets import CommonSettings, TargetSettings, make_target
 from ingestd.targets.base import Target, Upload
 
 UploadFactory = Callable[..., Upload]
@@ -112,7 +112,9 @@ def settings_for(
             "client_id": creds["client_id"],
             "client_secret": creds["client_secret"],
         }
-    return TargetSettings(name=kind, kind=kind, options={**base, **(options or {})}, **common)
+    return TargetSettings(
+        name=kind, kind=kind, options={**base, **(options or {})}, common=CommonSettings(**common)
+    )
 
 
 TargetFactory = Callable[..., Target]

@@ -14,13 +14,9 @@ import pytest
 import requests
 
 from ingestd.targets import bodies
-from ingestd.targets.bodies import (
-    LeyrJsonBody,
-    MultipartBody,
-    SourceChanged,
-    SourceUnreadable,
-    StreamingBody,
-)
+from ingestd.targets.bodies import SourceChanged, SourceUnreadable, StreamingBody
+from ingestd.targets.leyr import LeyrJsonBody
+from ingestd.targets.nymbl import MultipartBody
 
 from .conftest import UploadFactory, pdf_bytes
 

@@ -21,8 +21,9 @@ from ingestd import USER_AGENT
 from ingestd.delivery.retrying import Delivered, Refused, deliver
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import COMMON_OPTIONS, KINDS, TargetSettings, make_target
+from ingestd.targets.answers import parse_retry_after, server_reason
 from ingestd.targets.base import AuthError, PermanentError, TargetError, TransientError, Upload
-from ingestd.targets.http import HttpTarget, parse_retry_after, server_reason
+from ingestd.targets.http import HttpTarget
 from ingestd.targets.leyr import LeyrTarget
 from ingestd.targets.nymbl import NymblTarget
 

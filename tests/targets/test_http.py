@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from ingestd.sandbox import Sandbox
-from ingestd.targets.http import EnvironmentOnceSession, make_session
+from ingestd.targets.transport import EnvironmentOnceSession, make_session
 
 ENVIRONMENTS = [
     {},

@@ -12,8 +12,7 @@ from ingestd.identifiers import luhn_ok
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import KINDS
 from ingestd.targets.leyr import (
-    DEFAULT_ACCEPT,
-    DEFAULT_MAX_BYTES,
+    LeyrTarget,
     _too_short,
     validate_patient_id,
 )
@@ -69,10 +68,10 @@ def test_luhn() -> None:
 
 def test_registry_defaults_match_the_documentation() -> None:
     kind = KINDS["leyr"]
-    assert kind.default_max_bytes == DEFAULT_MAX_BYTES == 20 * 1024 * 1024
-    assert kind.default_accept == DEFAULT_ACCEPT
-    assert "application/dicom" in DEFAULT_ACCEPT
-    assert "text/plain" in DEFAULT_ACCEPT
+    assert kind.default_max_bytes == 20 * 1024 * 1024
+    assert kind.default_accept == LeyrTarget.default_accept
+    assert "application/dicom" in LeyrTarget.default_accept
+    assert "text/plain" in LeyrTarget.default_accept
     assert kind.required == {"base_url", "emr", "care_unit_id", "client_id", "client_secret"}
     assert kind.optional == {"created_by_id"}
 

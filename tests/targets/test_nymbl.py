@@ -18,15 +18,8 @@ from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import KINDS
 from ingestd.targets.base import AuthError, Target, TransientError, Upload
 from ingestd.targets.lookup import CLOCK_SLACK_SECONDS
-from ingestd.targets.nymbl import (
-    DEFAULT_ACCEPT,
-    DEFAULT_MAX_BYTES,
-    NymblTarget,
-    TokenSource,
-    token_lifetime,
-    validate_options,
-    validate_patient_id,
-)
+from ingestd.targets.nymbl import NymblTarget, validate_options, validate_patient_id
+from ingestd.targets.oauth2 import TokenSource, token_lifetime
 from tests.conftest import wait_for
 
 from .conftest import HARD_FILE_NAMES, TargetFactory, UploadFactory, pdf_bytes
@@ -54,10 +47,10 @@ def test_anything_else_is_invalid(patient_id: str) -> None:
 
 def test_registry_defaults_match_the_documentation() -> None:
     kind = KINDS["nymbl"]
-    assert kind.default_max_bytes == DEFAULT_MAX_BYTES == 25 * 1024 * 1024
-    assert kind.default_accept == DEFAULT_ACCEPT
-    assert len(DEFAULT_ACCEPT) == 5
-    assert "image/tiff" in DEFAULT_ACCEPT
+    assert kind.default_max_bytes == 25 * 1024 * 1024
+    assert kind.default_accept == NymblTarget.default_accept
+    assert len(NymblTarget.default_accept) == 5
+    assert "image/tiff" in NymblTarget.default_accept
     assert kind.required == {"base_url", "api_key", "token_url", "client_id", "client_secret"}
     assert kind.optional == {"token_auth", "scope"}
     assert kind.validate_options({"token_auth": "basic"}) == {}

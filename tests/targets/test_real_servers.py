@@ -34,13 +34,14 @@ import pytest
 import requests
 import yaml
 
-from ingestd.config import load as config_module
+from ingestd.config import targets as config_module
 from ingestd.config.load import load_config
 from ingestd.daemon.loop import Daemon
 from ingestd.delivery.retrying import Delivered, deliver
 from ingestd.sandbox import odata
 from ingestd.targets.base import PermanentError
 from ingestd.targets.nymbl import NymblTarget
+from ingestd.targets.settings import CommonSettings
 from tests.conftest import Tree, wait_for
 
 from .conftest import HARD_FILE_NAMES, UploadFactory, pdf_bytes
@@ -151,7 +152,7 @@ class Stack:
             "client_secret": CLIENT_SECRET,
             **options,
         }
-        return NymblTarget(self.name, timeout_seconds=timeout, **settings)
+        return NymblTarget(self.name, CommonSettings(timeout_seconds=timeout), **settings)
 
 
 def _python_documents(store: Store) -> Callable[[], list[dict[str, Any]]]:
