@@ -21,6 +21,7 @@ test: $(STAMP)  ## lint, type-check and run the whole test suite
 	$(BIN)/ruff check ingestd tests bench
 	$(BIN)/ruff format --check ingestd tests bench
 	$(BIN)/mypy ingestd
+	$(BIN)/lint-imports
 	tests/share-tools.sh
 	$(BIN)/pytest -q
 

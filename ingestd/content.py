@@ -67,7 +67,7 @@ class UnsafeFile(Exception):
         self.message = message
 
 
-def kind_of(mode: int) -> str:
+def file_type(mode: int) -> str:
     """A human name for what a non-regular path is."""
     for test, name in (
         (stat.S_ISLNK, "a symbolic link"),
@@ -91,7 +91,7 @@ def open_regular(path: Path) -> tuple[int, os.stat_result]:
     mode = os.lstat(path).st_mode
     if not stat.S_ISREG(mode):
         raise UnsafeFile(
-            "not_a_regular_file", f"is {kind_of(mode)}; only regular files are uploaded"
+            "not_a_regular_file", f"is {file_type(mode)}; only regular files are uploaded"
         )
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     try:
@@ -120,7 +120,7 @@ def open_regular(path: Path) -> tuple[int, os.stat_result]:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise UnsafeFile(
-            "not_a_regular_file", f"is {kind_of(st.st_mode)}; only regular files are uploaded"
+            "not_a_regular_file", f"is {file_type(st.st_mode)}; only regular files are uploaded"
         )
     return fd, st
 

@@ -197,7 +197,7 @@ _KIND_NAMES: tuple[tuple[type | tuple[type, ...], str], ...] = (
 )
 
 
-def kind_of(value: object) -> str:
+def yaml_type(value: object) -> str:
     """The config-level name of a value's type, for messages that must not echo the value."""
     if value is None:
         return "empty"
@@ -278,7 +278,7 @@ class Report:
             if isinstance(item, MarkedDict):
                 yield at, item
             else:
-                self.error(items.item_mark(index), f"{at} must be a mapping, not {kind_of(item)}")
+                self.error(items.item_mark(index), f"{at} must be a mapping, not {yaml_type(item)}")
 
     def _node(
         self, parent: MarkedDict, key: str, where: str, kind: type[NodeT], noun: str
@@ -287,7 +287,7 @@ class Report:
         if value is None:
             return None
         if not isinstance(value, kind):
-            self.error(parent.value_mark(key), f"{where} must be {noun}, not {kind_of(value)}")
+            self.error(parent.value_mark(key), f"{where} must be {noun}, not {yaml_type(value)}")
             return None
         return value
 
@@ -307,7 +307,7 @@ class Report:
             return value
         if isinstance(value, (bool, int, float)) and key in parent.raw:
             return parent.raw[key]
-        self.error(parent.value_mark(key), f"{where} must be a string, not {kind_of(value)}")
+        self.error(parent.value_mark(key), f"{where} must be a string, not {yaml_type(value)}")
         return None
 
     def number(
@@ -321,7 +321,7 @@ class Report:
         wanted = (int,) if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, wanted):
             noun = "a whole number" if integer else "a number"
-            self.error(parent.value_mark(key), f"{where} must be {noun}, not {kind_of(value)}")
+            self.error(parent.value_mark(key), f"{where} must be {noun}, not {yaml_type(value)}")
             return None
         if not math.isfinite(value):
             self.error(parent.value_mark(key), f"{where} must be a finite number")
@@ -336,7 +336,7 @@ class Report:
             return None
         if not isinstance(value, bool):
             self.error(
-                parent.value_mark(key), f"{where} must be true or false, not {kind_of(value)}"
+                parent.value_mark(key), f"{where} must be true or false, not {yaml_type(value)}"
             )
             return None
         return value
@@ -349,7 +349,7 @@ class Report:
         if isinstance(value, str):
             return [value]
         if not isinstance(value, MarkedList):
-            self.error(parent.value_mark(key), f"{where} must be a list, not {kind_of(value)}")
+            self.error(parent.value_mark(key), f"{where} must be a list, not {yaml_type(value)}")
             return None
         items: list[str] = []
         for index, item in enumerate(value):
@@ -360,6 +360,6 @@ class Report:
             else:
                 self.error(
                     value.item_mark(index),
-                    f"{where}[{index + 1}] must be a non-empty string, not {kind_of(item)}",
+                    f"{where}[{index + 1}] must be a non-empty string, not {yaml_type(item)}",
                 )
         return items

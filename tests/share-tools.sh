@@ -1,5 +1,5 @@
 #!/bin/sh
-# Installs what tests/test_shares.py needs for a real network file system: sshfs (FUSE) and an
+# Installs what tests/scenarios/test_shares.py needs for a real network file system: sshfs (FUSE) and an
 # OpenSSH server, started by the tests on 127.0.0.1 only. Run by `make test` and .ci/run; does
 # nothing when they are there, or when it cannot (not root, no apt-get, no /dev/fuse): the
 # tests then skip and say why.

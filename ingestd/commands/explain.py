@@ -102,7 +102,7 @@ def explain(config: Config, targets: Mapping[str, Target], rel: PurePosixPath) -
         result.verdict, result.reason = "skip", "no such file"
         return result
     if not stat.S_ISREG(mode):
-        return _failed(result, Rejected("not_a_regular_file", f"is {content.kind_of(mode)}"))
+        return _failed(result, Rejected("not_a_regular_file", f"is {content.file_type(mode)}"))
     try:
         with reading(path) as read:
             return _explain_open(config, targets, rel, read, result)

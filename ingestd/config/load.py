@@ -19,7 +19,7 @@ from ingestd.config.secrets import readable_by_others, resolve_tree
 from ingestd.config.targets import loopback, parse_targets
 from ingestd.rules.parse import parse_rules
 from ingestd.rules.patients import PatientMap, parse_patients
-from ingestd.yamlsource import START, MarkedDict, MarkedList, Problem, Report, kind_of, load
+from ingestd.yamlsource import START, MarkedDict, MarkedList, Problem, Report, load, yaml_type
 
 TOP_KEYS = ("paths", "targets", "watch", "patients", "rules", "metrics")
 METRICS_KEYS = ("listen",)
@@ -58,7 +58,7 @@ def load_config(
     if tree is None and not problems:
         report.error(START, "the config file is empty")
     elif tree is not None and not isinstance(tree, MarkedDict):
-        report.error(START, f"the config must be a mapping of sections, not {kind_of(tree)}")
+        report.error(START, f"the config must be a mapping of sections, not {yaml_type(tree)}")
     if not isinstance(tree, MarkedDict):
         raise ConfigError(report.problems)
     resolve_tree(
@@ -165,7 +165,9 @@ def _watch(report: Report, node: MarkedDict) -> WatchConfig:
         assert isinstance(items, MarkedList)
         where = f"watch.sources[{index + 1}]"
         if not isinstance(item, MarkedDict):
-            report.error(items.item_mark(index), f"{where} must be a mapping, not {kind_of(item)}")
+            report.error(
+                items.item_mark(index), f"{where} must be a mapping, not {yaml_type(item)}"
+            )
             continue
         source = _source(report, item, where)
         if source is not None:

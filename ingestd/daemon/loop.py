@@ -13,18 +13,16 @@ SIGHUP reloads the config: an invalid one is logged and the old one keeps runnin
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 from ingestd.config.model import Config
 from ingestd.daemon.intake import Intake
 from ingestd.daemon.reload import CONFIG_CHECK_EVERY, ConfigWatch, load_new
 from ingestd.daemon.report import publish_status, snapshot, status_line
+from ingestd.daemon.signals import Signals
 from ingestd.daemon.workers import WorkerPool
 from ingestd.delivery.fleet import Fleet
 from ingestd.delivery.pipeline import Pipeline
@@ -33,7 +31,7 @@ from ingestd.inbox.claims import Claimer, instance_id
 from ingestd.journal import ACTIVE_STATES, Journal, Row
 from ingestd.observe import notify
 from ingestd.observe.logs import event, load_masker
-from ingestd.observe.metrics import Metrics, MetricsServer, Snapshot, start_server
+from ingestd.observe.metrics import DaemonState, Metrics, MetricsServer, start_server
 from ingestd.unreachable import is_unavailable
 
 log = logging.getLogger("ingestd.daemon")
@@ -71,13 +69,12 @@ class Daemon:
         self.fleet = Fleet(on_up=self._target_up)
         self.fleet.build(config.targets)
         self.stopping = threading.Event()
-        self._stop_requests = 0
-        self._reload_requested = False
         self._config_watch = ConfigWatch(config.file)
         self.metrics = Metrics()
         self.metrics.watch(self.snapshot)
         self._metrics_server: MetricsServer | None = None
         self.intake = Intake(lambda: self._config, self.claimer, self.journal, self.masker, once)
+        self.signals = Signals(self.stopping, self.intake.hints.wake)
         self.pipeline = Pipeline(
             config=lambda: self._config,
             journal=self.journal,
@@ -122,24 +119,10 @@ class Daemon:
     # --- signals ---------------------------------------------------------------------------
 
     def install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_reload)
-
-    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
-        self._stop_requests += 1
-        if self._stop_requests > 1:
-            # Second signal: leave now. Every claimed file is parked in the journal.
-            os._exit(0)
-        self.stopping.set()
-        self.intake.hints.wake.set()
-
-    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
-        self._reload_requested = True
-        self.intake.hints.wake.set()
+        self.signals.install()
 
     def request_stop(self) -> None:
-        self._on_stop(signal.SIGTERM, None)
+        self.signals.request_stop()
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -165,7 +148,7 @@ class Daemon:
         last_watchdog = 0.0
         next_poll = time.monotonic() + POLL_EVERY
         next_lease = 0.0
-        self._publish_status()
+        publish_status(self)
         notify.notify("READY=1", "STATUS=scanning the inbox")
         event(
             log,
@@ -176,7 +159,7 @@ class Daemon:
             rules=len(self._config.rules),
         )
         while not self.stopping.is_set():
-            if self._reload_requested or self._config_watch.changed():
+            if self.signals.reload_requested or self._config_watch.changed():
                 self._reload()
             self.intake.take_hints()
             self.intake.advance_scans()
@@ -189,8 +172,8 @@ class Daemon:
                     self.intake.periodic_scan()
                     next_scan = now + self._config.watch.scan_interval_seconds
                 if now - last_watchdog >= self._watchdog_every:
-                    notify.notify("WATCHDOG=1", self._status_line())
-                    self._publish_status()
+                    notify.notify("WATCHDOG=1", status_line(self))
+                    publish_status(self)
                     last_watchdog = now
                 if now >= next_poll:
                     self.intake.check_folders()
@@ -272,20 +255,14 @@ class Daemon:
 
     # --- what it reports -------------------------------------------------------------------
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> DaemonState:
         """The daemon's state for /metrics, /healthz and `ingestd status` (any thread)."""
         return snapshot(self)
-
-    def _publish_status(self) -> None:
-        publish_status(self)
-
-    def _status_line(self) -> str:
-        return status_line(self)
 
     # --- reload and shutdown ---------------------------------------------------------------
 
     def _reload(self) -> None:
-        self._reload_requested = False
+        self.signals.reload_requested = False
         self._config_watch.loading()
         notify.notify("RELOADING=1", notify.monotonic_usec())
         config = load_new(self._config)
@@ -300,29 +277,14 @@ class Daemon:
             event(
                 log, logging.INFO, "reloaded", targets=len(config.targets), rules=len(config.rules)
             )
-        notify.notify("READY=1", self._status_line())
+        notify.notify("READY=1", status_line(self))
 
     def _shutdown(self) -> Summary:
         notify.notify("STOPPING=1")
-        in_flight = len(self.workers)
-        if in_flight and not self.once:
-            event(
-                log,
-                logging.INFO,
-                "stopping",
-                in_progress=in_flight,
-                grace_seconds=SHUTDOWN_GRACE_SECONDS,
-                action="a second signal stops at once",
-            )
         self.intake.folders.observation.stop()
         if self._metrics_server is not None:
             self._metrics_server.stop()
-        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-        while time.monotonic() < deadline and len(self.workers):
-            self.intake.hints.wake.wait(0.2)
-            self._collect()
-        self._collect()
-        self.workers.stop()
+        self.workers.finish(SHUTDOWN_GRACE_SECONDS, self._collect, say=not self.once)
         # Files parked at shutdown are journal rows in an active state: counted there, once.
         counts = self.journal.counts()
         self.summary.waiting = sum(counts.get(state, 0) for state in ACTIVE_STATES)

@@ -8,14 +8,14 @@ import time
 from typing import TYPE_CHECKING
 
 from ingestd.journal import ACTIVE_STATES, FINAL_STATES
-from ingestd.observe.metrics import Snapshot
+from ingestd.observe.metrics import DaemonState
 from ingestd.observe.statusfile import publish
 
 if TYPE_CHECKING:
     from ingestd.daemon.loop import Daemon
 
 
-def snapshot(daemon: Daemon) -> Snapshot:
+def snapshot(daemon: Daemon) -> DaemonState:
     """The daemon's state (any thread)."""
     now = time.time()
     intake, config = daemon.intake, daemon.config
@@ -36,7 +36,7 @@ def snapshot(daemon: Daemon) -> Snapshot:
         problem = "the inbox observer is not running"
     elif (scan_age if scan_age is not None else now - daemon.started) > limit:
         problem = "no full inbox scan finished recently"
-    return Snapshot(
+    return DaemonState(
         files=files,
         oldest_waiting_seconds=now - min(oldest) if oldest else 0.0,
         last_scan_age_seconds=scan_age,

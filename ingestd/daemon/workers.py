@@ -77,6 +77,25 @@ class WorkerPool:
             except queue.Empty:
                 return
 
+    def finish(self, grace_seconds: float, collect: Callable[[], None], say: bool) -> None:
+        """Let the rows in flight finish for up to `grace_seconds` (collecting their outcomes),
+        then stop the threads; what is still in flight then stays parked in the journal."""
+        if say and len(self):
+            event(
+                log,
+                logging.INFO,
+                "stopping",
+                in_progress=len(self),
+                grace_seconds=grace_seconds,
+                action="a second signal stops at once",
+            )
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and len(self):
+            self._wake.wait(0.2)
+            collect()
+        collect()
+        self.stop()
+
     def stop(self) -> None:
         """Let each thread end after its current row."""
         for _ in self._threads:

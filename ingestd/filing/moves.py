@@ -18,7 +18,9 @@ import os
 import shutil
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ingestd.observe.logs import event
 from ingestd.unreachable import errno_name
@@ -92,18 +94,26 @@ def copy_exclusive(src: Path, dest: Path, mode: int = 0o640) -> None:
     if stat.S_ISFIFO(st.st_mode):
         os.mkfifo(dest, 0o600)
         return
-    dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    with new_file(dest, mode) as writer:
+        if stat.S_ISREG(st.st_mode):
+            # Sockets and devices cannot be copied: an empty placeholder keeps the name.
+            with open(src, "rb", opener=_no_follow) as reader:
+                shutil.copyfileobj(reader, writer, 1 << 20)
+
+
+@contextlib.contextmanager
+def new_file(path: Path, mode: int = 0o640) -> Iterator[BinaryIO]:
+    """A file created with O_EXCL (never over another), flushed and fsynced when the block
+    ends; removed if the block fails, so nothing partial is left under `path`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        with os.fdopen(dst_fd, "wb") as writer:
-            if stat.S_ISREG(st.st_mode):
-                # Sockets and devices cannot be copied: an empty placeholder keeps the name.
-                with open(src, "rb", opener=_no_follow) as reader:
-                    shutil.copyfileobj(reader, writer, 1 << 20)
+        with os.fdopen(fd, "wb") as writer:
+            yield writer
             writer.flush()
             os.fsync(writer.fileno())
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(dest)
+            os.unlink(path)
         raise
 
 
@@ -134,21 +144,9 @@ def move_no_replace(src: Path, dest: Path, copy_from: Path | bytes | None = None
         else:
             os.unlink(src)
             if isinstance(copy_from, bytes):
-                _write_exclusive(dest, copy_from)
+                with new_file(dest) as writer:
+                    writer.write(copy_from)
             else:
                 copy_exclusive(copy_from, dest)
             return
     os.unlink(src)
-
-
-def _write_exclusive(dest: Path, data: bytes, mode: int = 0o640) -> None:
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as writer:
-            writer.write(data)
-            writer.flush()
-            os.fsync(writer.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(dest)
-        raise

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingestd.filing.moves import move_no_replace
+from ingestd.filing.moves import move_no_replace, new_file
 from ingestd.journal import Row
 
 SUFFIX = ".receipt.json"
@@ -182,12 +182,9 @@ def write_receipt(path: Path, receipt: dict[str, Any]) -> None:
     tmp = path.with_name(f".{tag}.receipt.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with new_file(tmp, FILE_MODE) as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         try:
             move_no_replace(tmp, path, data)
         except FileExistsError:

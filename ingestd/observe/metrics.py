@@ -31,7 +31,7 @@ UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class DaemonState:
     """The daemon's state at scrape time."""
 
     files: Mapping[str, int]  # by state: waiting, claimed, uploading, …, done, failed
@@ -79,7 +79,7 @@ class Metrics:
     def retried(self, target: str) -> None:
         self.retries.labels(target).inc()
 
-    def watch(self, snapshot: Callable[[], Snapshot]) -> None:
+    def watch(self, snapshot: Callable[[], DaemonState]) -> None:
         """Read the daemon's gauges from `snapshot` at every scrape."""
         self.registry.register(_StateCollector(snapshot))  # type: ignore[arg-type, unused-ignore]
 
@@ -87,7 +87,7 @@ class Metrics:
 class _StateCollector:
     """Gauges read at scrape time (any object with `collect` is a collector)."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, snapshot: Callable[[], DaemonState]) -> None:
         self._snapshot = snapshot
 
     def describe(self) -> list[GaugeMetricFamily]:
@@ -131,7 +131,7 @@ class _StateCollector:
 class MetricsServer:
     """A small HTTP server on a loopback address, in a daemon thread."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics, health: Callable[[], Snapshot]):
+    def __init__(self, host: str, port: int, metrics: Metrics, health: Callable[[], DaemonState]):
         handler = _handler(metrics, health)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
@@ -149,7 +149,7 @@ class MetricsServer:
         self._server.server_close()
 
 
-def _handler(metrics: Metrics, health: Callable[[], Snapshot]) -> type[BaseHTTPRequestHandler]:
+def _handler(metrics: Metrics, health: Callable[[], DaemonState]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -176,7 +176,7 @@ def _handler(metrics: Metrics, health: Callable[[], Snapshot]) -> type[BaseHTTPR
 
 
 def start_server(
-    listen: tuple[str, int], metrics: Metrics, health: Callable[[], Snapshot]
+    listen: tuple[str, int], metrics: Metrics, health: Callable[[], DaemonState]
 ) -> MetricsServer | None:
     """Serve metrics; a port already taken (a second instance) is logged, not fatal."""
     try:

@@ -8,7 +8,7 @@ from collections.abc import Collection
 
 from ingestd.rules.matching import Match, Rule
 from ingestd.rules.templates import BUILTIN_FIELDS, Template, check_template
-from ingestd.yamlsource import MarkedDict, MarkedList, Report, did_you_mean, kind_of
+from ingestd.yamlsource import MarkedDict, MarkedList, Report, did_you_mean, yaml_type
 
 RULE_KEYS = ("name", "match", "set", "ignore", "fail")
 MATCH_KEYS = ("filename", "filename_regex", "path", "format", "size", "patient")
@@ -182,7 +182,7 @@ def parse_rules(report: Report, items: MarkedList, targets: Collection[str]) -> 
         number = index + 1
         if not isinstance(node, MarkedDict):
             report.error(
-                items.item_mark(index), f"rules[{number}] must be a mapping, not {kind_of(node)}"
+                items.item_mark(index), f"rules[{number}] must be a mapping, not {yaml_type(node)}"
             )
             continue
         name = report.string(node, "name", f"rules[{number}].name") or f"rule {number}"

@@ -11,7 +11,7 @@ import pytest
 from ingestd.config.load import load_config
 from ingestd.config.model import Config, ConfigError, SourceConfig, WatchConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "hunter2-do-not-print"
 ENV = {"LEYR_SECRET": SECRET, "NYMBL_SECRET": SECRET + "-n", "NYMBL_KEY": SECRET + "-k"}
 

@@ -20,7 +20,7 @@ from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 from tests.samples import pdf, tiff
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRETS = [
     SANDBOX_CREDENTIALS["leyr"]["client_secret"],
     SANDBOX_CREDENTIALS["nymbl"]["client_secret"],

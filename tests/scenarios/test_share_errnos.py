@@ -2,7 +2,7 @@
 and filing paths; claim names any file system keeps; moves without hard links.
 
 The errors are injected by monkeypatching the os calls (a real dying share is in
-tests/test_shares.py); files and folders are real temporary ones.
+tests/scenarios/test_shares.py); files and folders are real temporary ones.
 """
 
 from __future__ import annotations
