@@ -1,7 +1,7 @@
 """`ingestd explain`: what would happen to these inbox files, and why — with no side effects.
 
 It reads each file the way the pipeline does (one descriptor, type from content) and runs the
-same decisions (`ingestd.assess`), but claims, uploads and moves nothing.
+same decisions (`ingestd.delivery.decide`), but claims, uploads and moves nothing.
 """
 
 from __future__ import annotations

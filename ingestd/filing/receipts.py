@@ -4,7 +4,7 @@ another file.
 
 A receipt is written to a hidden temporary name in the same folder, fsynced, then hard-linked to
 its final name (which fails instead of overwriting; without hard links, a rename that cannot
-overwrite or an exclusive copy: see shares.py), and the folder is fsynced: a reader sees either no
+overwrite or an exclusive copy: see moves.py), and the folder is fsynced: a reader sees either no
 receipt or a whole one.
 """
 

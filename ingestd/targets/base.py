@@ -1,7 +1,7 @@
 """What every EHR target offers the pipeline, and the outcomes an upload can have.
 
 A target sends exactly one HTTP request per `send` (plus, for Nymbl, a token request when it has
-no valid token). Retrying, backoff and reconciliation live in `ingestd.retrying`, not here, so that
+no valid token). Retrying, backoff and reconciliation live in `ingestd.delivery.retrying`, not here, so that
 every target is retried by the same rules.
 """
 
