@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -112,6 +113,10 @@ class Filer:
                     # The receipt's write syncs the folder for both names.
                     place(work, dest, sync=False)
                 except FileExistsError:
+                    if _cut_short(work, dest):
+                        # A copy (no hard links on this share) that a crash cut short.
+                        os.unlink(dest)
+                        continue
                     if not _our_copy(work, dest, row.sha256):
                         # The name was taken since it was chosen.
                         row = self.journal.change(row, dest=None)
@@ -157,9 +162,34 @@ def _our_copy(work: Path, dest: Path, sha256: str | None) -> bool:
     return len(digests) == 1 and (sha256 is None or sha256 in digests)
 
 
-def _sha256_of(path: Path) -> str:
+def _cut_short(work: Path, dest: Path) -> bool:
+    """Whether `dest` is a copy of `work` that was cut short (the process died while copying
+    onto a share without hard links): shorter, its bytes a prefix of `work`'s, and no receipt
+    beside it. Only a copy of ours can be that; it is removed and the copy made again."""
+    try:
+        st_work, st_dest = os.lstat(work), os.lstat(dest)
+        if os.path.lexists(receipt_path(dest)) or not st_dest.st_size < st_work.st_size:
+            return False
+        if not (stat.S_ISREG(st_work.st_mode) and stat.S_ISREG(st_dest.st_mode)):
+            return False
+        return _sha256_of(dest) == _sha256_of(work, limit=st_dest.st_size)
+    except (OSError, content.UnsafeFile):
+        return False
+
+
+def _sha256_of(path: Path, limit: int | None = None) -> str:
+    """SHA-256 of the file at `path`, or of its first `limit` bytes."""
     fd, _ = content.open_regular(path)
     try:
-        return content.StreamedDigest(fd).hexdigest()
+        if limit is None:
+            return content.StreamedDigest(fd).hexdigest()
+        digest, offset = hashlib.sha256(), 0
+        while offset < limit:
+            chunk = os.pread(fd, min(content.CHUNK, limit - offset), offset)
+            if not chunk:
+                break
+            digest.update(chunk)
+            offset += len(chunk)
+        return digest.hexdigest()
     finally:
         os.close(fd)

@@ -1,8 +1,8 @@
 """What every EHR target offers the pipeline, and the outcomes an upload can have.
 
 A target sends exactly one HTTP request per `send` (plus, for Nymbl, a token request when it has
-no valid token). Retrying, backoff and reconciliation live in `ingestd.delivery.retrying`, not here, so that
-every target is retried by the same rules.
+no valid token). Retrying, backoff and reconciliation live in `ingestd.delivery.retrying`, not
+here, so that every target is retried by the same rules.
 """
 
 from __future__ import annotations

@@ -352,6 +352,35 @@ def test_filing_that_fails_after_the_copy_is_retried_without_a_second_copy(
     assert not work.exists()
 
 
+def test_a_copy_cut_short_by_a_crash_is_made_again_not_filed_beside(
+    daemon: Daemon, tree: Tree
+) -> None:
+    """A crash while copying onto a share without hard links leaves part of the file under
+    its final name and no receipt; the next try recognises the prefix of its own file, makes
+    the copy again and files it there: no `X (1).pdf`, no partial file left in failed/."""
+    row = _filed_row(daemon, tree, "Cut.pdf")
+    work = daemon.claimer.inbox / row.work
+    assert row.dest is not None
+    dest = tree.failed / row.dest
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(work.read_bytes()[:100])  # what the killed process had copied
+    assert daemon.pipeline.finish(row).result == "failed"
+    assert _failed_folder(tree) == ["Cut.pdf", "Cut.pdf.receipt.json"]
+    assert dest.read_bytes() == pdf("Cut.pdf")
+    assert not work.exists()
+
+
+def test_a_shorter_file_that_is_not_ours_is_never_replaced(daemon: Daemon, tree: Tree) -> None:
+    row = _filed_row(daemon, tree, "Other.pdf")
+    assert row.dest is not None
+    dest = tree.failed / row.dest
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"%PDF-1.4 put here by hand")
+    assert daemon.pipeline.finish(row).result == "failed"
+    assert _failed_folder(tree) == ["Other (1).pdf", "Other (1).pdf.receipt.json", "Other.pdf"]
+    assert dest.read_bytes() == b"%PDF-1.4 put here by hand"
+
+
 @pytest.mark.parametrize("code", SHARE_ERRNOS, ids=IDS)
 def test_filing_into_a_folder_that_does_not_answer_waits_and_leaves_nothing_behind(
     daemon: Daemon,
