@@ -18,7 +18,7 @@ from typing import Any
 from ingestd import content
 from ingestd.config.model import Config
 from ingestd.names import patient_folder
-from ingestd.rules.matching import Decision, Facts, Verdict, decide
+from ingestd.rules.matching import Decision, Facts, Verdict, first_match
 from ingestd.targets.base import Target, Upload
 
 RECOGNISED = "PDF, TIFF, JPEG, PNG, DOCX, DICOM or text"
@@ -68,7 +68,7 @@ def evaluate(
     facts = Facts(
         rel_path=rel, patient_id=patient_id, format=fmt, size=size, mtime=mtime, received=received
     )
-    return patient_id, decide(config.rules, facts)
+    return patient_id, first_match(config.rules, facts)
 
 
 @dataclass(frozen=True)

@@ -191,7 +191,7 @@ class Rule:
         )
 
 
-def decide(rules: Iterable[Rule], facts: Facts) -> Verdict:
+def first_match(rules: Iterable[Rule], facts: Facts) -> Verdict:
     """The first rule whose criteria all hold decides; earlier rules say why they did not."""
     misses: list[tuple[str, str]] = []
     for rule in rules:

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from ingestd.rules.globs import name_regex, path_regex
-from ingestd.rules.matching import Decision, Facts, Match, Rule, Verdict, decide
+from ingestd.rules.matching import Decision, Facts, Match, Rule, Verdict, first_match
 from ingestd.rules.parse import parse_rules, parse_size
 from ingestd.rules.templates import TemplateError, parse_template
 from ingestd.yamlsource import MarkedList, Report, load
@@ -83,7 +83,7 @@ def test_every_template_field_renders() -> None:
     created_by_id: "by-{folder}"
 """
     )
-    decision = decide([rule], facts("Anna/lab/LAB_42.pdf")).decision
+    decision = first_match([rule], facts("Anna/lab/LAB_42.pdf")).decision
     assert decision is not None
     assert decision.title == "LAB_42.pdf|LAB_42|.pdf|Anna|pid-1|LAB|42"
     assert decision.doc_type == "2024-03-01|01.03.2024 09:30:15|2024-03-02|2024-03-02 14:05"
@@ -207,7 +207,7 @@ RULES = """
 
 def test_first_match_wins_with_misses_explained() -> None:
     rules = rules_from(RULES)
-    verdict = decide(rules, facts("p1/scan.PDF"))
+    verdict = first_match(rules, facts("p1/scan.PDF"))
     assert verdict.decision is not None
     assert verdict.decision.rule == "rest"
     assert verdict.decision.action == "upload"
@@ -223,7 +223,7 @@ def test_first_match_wins_with_misses_explained() -> None:
 
 def test_earlier_rule_wins_over_later_matching_ones() -> None:
     rules = rules_from(RULES)
-    verdict = decide(rules, facts("p1/lab/2024/LAB_1.pdf"))
+    verdict = first_match(rules, facts("p1/lab/2024/LAB_1.pdf"))
     assert verdict.decision is not None
     assert verdict.decision.rule == "lab"
     assert verdict.decision.rule_line == 5
@@ -233,33 +233,33 @@ def test_earlier_rule_wins_over_later_matching_ones() -> None:
 
 def test_lab_filename_miss_reason() -> None:
     rules = rules_from(RULES)
-    verdict = decide(rules, facts("p1/lab/scan.PDF"))
+    verdict = first_match(rules, facts("p1/lab/scan.PDF"))
     assert ("lab", "filename 'lab_*.pdf' does not match 'scan.PDF'") in verdict.misses
 
 
 def test_ignore_fail_format_size_and_patient() -> None:
     rules = rules_from(RULES)
-    ignored = decide(rules, facts("p1/lab/scanner.LOG")).decision
+    ignored = first_match(rules, facts("p1/lab/scanner.LOG")).decision
     assert ignored == Decision("logs", 2, "ignore")
-    fax = decide(rules, facts("p1/fax/in/1.tif", "image/tiff")).decision
+    fax = first_match(rules, facts("p1/fax/in/1.tif", "image/tiff")).decision
     assert fax is not None
     assert (fax.rule, fax.target, fax.title) == ("faxes", "nymbl", "Fax 14:05")
-    big_fax = decide(rules, facts("p1/fax/1.tif", "image/tiff", 20_000_000))
+    big_fax = first_match(rules, facts("p1/fax/1.tif", "image/tiff", 20_000_000))
     assert ("faxes", "size 20000000 bytes is above max 10000000") in big_fax.misses
-    photo = decide(rules, facts("p1/IMG_1.jpg", "image/jpeg")).decision
+    photo = first_match(rules, facts("p1/IMG_1.jpg", "image/jpeg")).decision
     assert photo is not None
     assert photo.rule == "photos"
     other = Facts(PurePosixPath("p/IMG.jpg"), "x-1", "image/jpeg", 1000, MTIME, RECEIVED)
-    other_verdict = decide(rules, other)
+    other_verdict = first_match(rules, other)
     assert ("photos", "patient id does not match 'pid-\\\\d+'") in other_verdict.misses
-    failed = decide(rules, facts("p1/tiny.txt", "text/plain", 3)).decision
+    failed = first_match(rules, facts("p1/tiny.txt", "text/plain", 3)).decision
     assert failed is not None
     assert (failed.action, failed.message) == ("fail", "too small to be a scan: tiny.txt")
 
 
 def test_unknown_format_never_matches_a_format_list() -> None:
     rules = rules_from(RULES)
-    verdict = decide(rules, facts("p1/fax/x.bin", ""))
+    verdict = first_match(rules, facts("p1/fax/x.bin", ""))
     assert ("faxes", "format unknown is not one of application/pdf, image/tiff") in verdict.misses
 
 
@@ -271,16 +271,16 @@ def test_min_size_and_filename_regex_miss() -> None:
   ignore: true
 """
     )
-    too_small = decide(rules, facts("p1/x.pdf", size=5))
+    too_small = first_match(rules, facts("p1/x.pdf", size=5))
     assert too_small.misses == (("r", "size 5 bytes is below min 1000"),)
-    assert decide(rules, facts(size=5000)).misses == (
+    assert first_match(rules, facts(size=5000)).misses == (
         ("r", "filename_regex 'x' finds nothing in 'scan.PDF'"),
     )
 
 
 def test_no_rule_matches() -> None:
     rules = rules_from("- {name: only, match: {filename: '*.tif'}, ignore: true}\n")
-    assert decide(rules, facts()) == Verdict(
+    assert first_match(rules, facts()) == Verdict(
         None, (("only", "filename '*.tif' does not match 'scan.PDF'"),)
     )
 
@@ -289,7 +289,7 @@ def test_no_match_section_is_a_catch_all() -> None:
     (rule,) = rules_from("- set: {title: t, type: y, target: leyr}\n")
     assert rule.name == "rule 1"
     assert rule.match == Match()
-    assert decide([rule], facts()).decision is not None
+    assert first_match([rule], facts()).decision is not None
 
 
 def test_decision_round_trips_through_json_dict() -> None:
