@@ -22,6 +22,7 @@ test: $(STAMP)  ## lint, type-check and run the whole test suite
 	$(BIN)/ruff format --check ingestd tests bench
 	$(BIN)/mypy ingestd
 	tests/share-tools.sh
+	tests/image-tools.sh
 	$(BIN)/pytest -q
 
 demo: $(STAMP)  ## sandbox EHR + daemon + sample files, end to end

@@ -17,6 +17,8 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from ingestd.config.conversion import KEY as CONVERT_TO_PDF
+from ingestd.config.conversion import parse_convert_to_pdf
 from ingestd.config.secrets import readable_by_others, resolve_tree
 from ingestd.rules.globs import path_regex
 from ingestd.rules.matching import Rule
@@ -323,7 +325,8 @@ def _target(report: Report, name: str, node: MarkedDict) -> TargetSettings | Non
         report.error(node.value_mark("kind"), f"{where}.kind must be one of {known}")
         return None
     option_keys = sorted(kind.required | kind.optional)
-    report.keys(node, f"{where} (kind {kind_name})", [*COMMON_TARGET_KEYS, *option_keys])
+    keys = [*COMMON_TARGET_KEYS, CONVERT_TO_PDF, *option_keys]  # issue 14: convert_to_pdf
+    report.keys(node, f"{where} (kind {kind_name})", keys)
     for key in sorted(kind.required):
         if key not in node:
             report.missing(node, where, key)
@@ -349,6 +352,8 @@ def _target(report: Report, name: str, node: MarkedDict) -> TargetSettings | Non
     max_bytes = _max_bytes(report, node, where, kind.default_max_bytes)
     accept = _accept(report, node, where)
     ca_file = _ca_file(report, node, where)
+    # issue 14: formats converted to PDF (config.conversion)
+    convert = parse_convert_to_pdf(report, node, where, accept or kind.default_accept)
     return TargetSettings(
         name=name,
         kind=kind_name,
@@ -358,6 +363,7 @@ def _target(report: Report, name: str, node: MarkedDict) -> TargetSettings | Non
         max_bytes=max_bytes,
         timeout_seconds=float(timeout) if timeout and timeout > MIN_TIMEOUT_SECONDS else 60.0,
         ca_file=ca_file,
+        convert_to_pdf=convert,
     )
 
 

@@ -15,7 +15,7 @@ from ingestd.targets.base import Target
 from ingestd.targets.http import HttpTarget
 
 COMMON_OPTIONS = frozenset(
-    {"kind", "concurrency", "accept", "max_bytes", "timeout_seconds", "ca_file"}
+    {"kind", "concurrency", "accept", "max_bytes", "timeout_seconds", "ca_file", "convert_to_pdf"}
 )
 
 
@@ -31,6 +31,7 @@ class TargetSettings:
     max_bytes: int | None = None  # None: the kind's default limit
     timeout_seconds: float = 60.0
     ca_file: str | None = None  # a PEM file of CA certificates; None: the system's (or env's)
+    convert_to_pdf: frozenset[str] = frozenset()  # detected formats sent as PDF (issue 14)
 
 
 def _no_option_problems(options: Mapping[str, str]) -> dict[str, str]:
