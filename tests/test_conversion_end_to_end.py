@@ -90,7 +90,8 @@ def test_a_corrupt_tiff_fails_unsent(
     [receipt] = tree.receipts("failed")
     assert receipt["error"]["kind"] == "conversion_failed"
     assert "ingestd retry" in receipt["error"]["message"]
-    assert receipt["format"] == "image/tiff" and "source_sha256" not in receipt
+    assert receipt["format"] == "image/tiff"
+    assert "source_sha256" not in receipt
     assert receipt["attempts"] == 0
     assert sandbox.documents() == []
     assert (tree.failed / "p_1" / "fax.tif").read_bytes() == fax[: len(fax) // 2]

@@ -115,11 +115,13 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
     version = journal._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     assert version == ("4",)
     assert row.sent_at is None
-    assert row.converted_sha256 is None and row.converted_pages is None
+    assert row.converted_sha256 is None
+    assert row.converted_pages is None
     journal.update(row.id, converted_format="application/pdf", converted_sha256="ab" * 32,
                    converted_size=10, converted_pages=3)  # fmt: skip
     kept = journal.get(row.id)
-    assert kept is not None and (kept.converted_sha256, kept.converted_pages) == ("ab" * 32, 3)
+    assert kept is not None
+    assert (kept.converted_sha256, kept.converted_pages) == ("ab" * 32, 3)
 
 
 def test_receipts_kept_for_a_retried_file_are_taken_once_and_only_for_that_content(
