@@ -1,6 +1,7 @@
 """Cost of conversion to PDF: peak memory (the peak of Python allocations while converting,
-tracemalloc: image data is Python bytes) and time per page, ingestd's converter against the `img2pdf` command on
-the same files: a 20-page G4 fax and a 15 MB JPEG. Each run is a fresh process.
+tracemalloc: image data is Python bytes) and time per page, ingestd's converter against the
+`img2pdf` command on the same files: a 20-page G4 fax and a 15 MB JPEG. Each run is a fresh
+process.
 
     .venv/bin/python bench/convert.py
 """
