@@ -25,7 +25,7 @@ def test_polled_folders_are_found_by_scans_and_listed_each_cycle(
     try:
         list(daemon.intake._scan())
         # A subfolder of a polled folder is listed with it, not on its own.
-        assert daemon.intake._polled == {PurePosixPath("p_1/fax"), PurePosixPath("p_2/fax")}
+        assert daemon.intake.folders._polled == {PurePosixPath("p_1/fax"), PurePosixPath("p_2/fax")}
         assert config.watch.settle_for(PurePosixPath("p_1/lab/x.pdf")) == 9
         (tree.inbox / "p_1/fax/old/from-smb.pdf").write_bytes(pdf("smb"))
         (tree.inbox / "p_1/lab/not-polled.pdf").write_bytes(pdf("lab"))
@@ -33,6 +33,6 @@ def test_polled_folders_are_found_by_scans_and_listed_each_cycle(
         assert len(daemon.intake.settler) == 1
         (tree.inbox / "p_2/fax").rmdir()
         daemon.intake.poll_folders()
-        assert daemon.intake._polled == {PurePosixPath("p_1/fax")}
+        assert daemon.intake.folders._polled == {PurePosixPath("p_1/fax")}
     finally:
         daemon.journal.close()

@@ -121,6 +121,16 @@ def _receipts(root: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _show_conversion(receipt: dict[str, Any], opened: int | None) -> bool:
+    """Say what a converted file was sent as; False when the EHR's PDF lacks its pages."""
+    seen = "was not opened (no pypdf)" if opened is None else f"opens with {opened} page(s)"
+    _say(
+        f"         converted {receipt['source_format']} -> {receipt['format']}, "
+        f"{receipt['pages']} page(s); the EHR's copy {seen}"
+    )
+    return opened in (None, receipt["pages"])
+
+
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
@@ -177,22 +187,12 @@ def demo(keep: bool = False) -> int:
                     else "NOT IN THE EHR"
                 )
                 ok = ok and doc is not None
-                if doc is not None and receipt.get("source_format"):
-                    opened = doc.pages
-                    ok = ok and opened in (None, receipt["pages"])
-                    _say(
-                        f"         converted {receipt['source_format']} -> {receipt['format']}, "
-                        f"{receipt['pages']} page(s); the EHR's copy "
-                        + (
-                            "was not opened (no pypdf)"
-                            if opened is None
-                            else f"opens with {opened} page(s)"
-                        )
-                    )
                 _say(
                     f"done     {rel} -> {receipt['target']} document {receipt['document_id']} "
                     f"({listed}), rule {receipt['rule']!r}"
                 )
+                if doc is not None and receipt.get("source_format"):
+                    ok = _show_conversion(receipt, doc.pages) and ok
             else:
                 error = receipt["error"]
                 _say(f"failed   {rel} -> {error['kind']}: {error['message']}")

@@ -318,7 +318,7 @@ def _filed_row(daemon: Daemon, tree: Tree, name: str) -> Row:
     )
     assert row is not None
     error = {"kind": "rejected", "message": "test"}
-    values = daemon.pipeline._destination(row, "failed")
+    values = daemon.pipeline.filer.destination(row, "failed")
     return daemon.journal.change(row, state="rejected", error=error, **values)
 
 
