@@ -29,10 +29,10 @@ def test_polled_folders_are_found_by_scans_and_listed_each_cycle(
         assert config.watch.settle_for(PurePosixPath("p_1/lab/x.pdf")) == 9
         (tree.inbox / "p_1/fax/old/from-smb.pdf").write_bytes(pdf("smb"))
         (tree.inbox / "p_1/lab/not-polled.pdf").write_bytes(pdf("lab"))
-        daemon.intake.poll_folders()
+        daemon.intake.folders.poll()
         assert len(daemon.intake.settler) == 1
         (tree.inbox / "p_2/fax").rmdir()
-        daemon.intake.poll_folders()
+        daemon.intake.folders.poll()
         assert daemon.intake.folders._polled == {PurePosixPath("p_1/fax")}
     finally:
         daemon.journal.close()
