@@ -66,9 +66,13 @@ class _Sink:
 
 
 def read_all(fd: int, size: int) -> bytes:
-    """The whole file behind `fd` (from offset 0, by pread: the descriptor's offset is kept)."""
-    parts: list[bytes] = []
-    offset = 0
+    """The whole file behind `fd` (from offset 0, by pread: the descriptor's offset is kept).
+    One read for a regular file: no parts joined, so no second copy of the source."""
+    data = os.pread(fd, size, 0)
+    if len(data) == size:
+        return data
+    parts = [data]  # a short read (a network share): the rest in parts
+    offset = len(data)
     while offset < size:
         part = os.pread(fd, min(CHUNK, size - offset), offset)
         if not part:
