@@ -85,13 +85,13 @@ class Stager:
 
     def _make(self, row: Row, fd: int, size: int) -> Converted:
         final = self.path(row)
-        final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)  # left by a crash mid-conversion
         started = time.monotonic()
-        out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
+            final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # left by a crash mid-conversion
+            out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             with os.fdopen(out_fd, "wb") as out:
                 made = convert(fd, size, out)
                 out.flush()
@@ -100,6 +100,17 @@ class Stager:
         except ConversionFailed as exc:
             self.metrics.converted("failed", time.monotonic() - started)
             raise Rejected("conversion_failed", exc.message) from None
+        except OSError as exc:
+            event(
+                log,
+                logging.ERROR,
+                "conversion_io_error",
+                file=self.masker.path(row.source),
+                reason=exc.strerror or type(exc).__name__,
+                action="check free space and permissions of the state folder (and that the "
+                "inbox answers); the file waits claimed and is converted when it works",
+            )
+            raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
