@@ -20,7 +20,9 @@ from tests import images
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 
 pytestmark = pytest.mark.slow
-pypdf = pytest.importorskip("pypdf", reason="pypdf (a test extra) opens the PDFs the EHR got")
+pypdf = pytest.importorskip(
+    "pypdf", minversion="4", reason="pypdf (a test extra) opens the PDFs the EHR got"
+)
 
 
 def _config(tree: Tree, sandbox: Sandbox) -> Path:

@@ -13,7 +13,9 @@ from ingestd.delivery.topdf import convert
 from ingestd.sandbox.pdfcheck import pdf_pages
 from tests import images
 
-pytest.importorskip("pypdf", reason="pypdf (a test extra) is what the sandbox opens PDFs with")
+pytest.importorskip(
+    "pypdf", minversion="4", reason="pypdf (a test extra) is what the sandbox opens PDFs with"
+)
 
 
 def _pdf(tmp_path: Path, pages: int) -> bytes:

@@ -15,7 +15,11 @@ from PIL import Image
 from ingestd.delivery.topdf import ConversionFailed, Converted, convert
 from tests import images
 
-pypdf = pytest.importorskip("pypdf", reason="pypdf (a test extra) reads the PDFs made")
+
+def _reader(pdf: bytes) -> Any:
+    """pypdf's reader of a PDF made (a test extra: the package build, without it, skips)."""
+    pypdf = pytest.importorskip("pypdf", minversion="4", reason="pypdf (a test extra) reads PDFs")
+    return pypdf.PdfReader(io.BytesIO(pdf))
 
 
 def _convert(tmp_path: Path, data: bytes) -> tuple[Converted, bytes]:
@@ -65,7 +69,7 @@ def test_g4_fax_pages_are_embedded_as_they_are_in_order_at_their_resolution(
     assert made.pages == 3
     assert made.size == len(pdf)
     assert made.sha256 == hashlib.sha256(pdf).hexdigest()
-    reader = pypdf.PdfReader(io.BytesIO(pdf))
+    reader = _reader(pdf)
     assert len(reader.pages) == 3
     for page, strip in zip(reader.pages, _strips(tiff), strict=True):
         # 1728 × 2200 pixels at 204 × 196 dpi: 8.47 × 11.22 inches, not stretched to square.
@@ -83,7 +87,7 @@ def test_g3_fax_becomes_g4_with_every_pixel_kept(tmp_path: Path) -> None:
     made, pdf = _convert(tmp_path, tiff)
     assert made.pages == 2
     with Image.open(io.BytesIO(tiff)) as original:
-        for number, page in enumerate(pypdf.PdfReader(io.BytesIO(pdf)).pages):
+        for number, page in enumerate(_reader(pdf).pages):
             original.seek(number)
             assert _one(_image(page)["/Filter"]) == "/CCITTFaxDecode"
             assert _pixels(page) == original.convert("1").tobytes()
@@ -96,7 +100,7 @@ def test_pages_keep_their_order(tmp_path: Path) -> None:
     frames[0].save(out, "TIFF", compression="group4", save_all=True, append_images=frames[1:],
                    dpi=images.FAX_DPI)  # fmt: skip
     _, pdf = _convert(tmp_path, out.getvalue())
-    heights = [round(float(p.mediabox.height)) for p in pypdf.PdfReader(io.BytesIO(pdf)).pages]
+    heights = [round(float(p.mediabox.height)) for p in _reader(pdf).pages]
     assert heights == [round((1000 + 200 * n) / 196 * 72) for n in range(4)]
 
 
@@ -104,7 +108,7 @@ def test_big_endian_fax_from_libtiff(tmp_path: Path) -> None:
     tiff = images.big_endian(images.fax_tiff(pages=2), tmp_path)
     made, pdf = _convert(tmp_path, tiff)
     assert made.pages == 2
-    image = _image(pypdf.PdfReader(io.BytesIO(pdf)).pages[1])
+    image = _image(_reader(pdf).pages[1])
     assert _one(image["/Filter"]) == "/CCITTFaxDecode"
 
 
@@ -112,7 +116,7 @@ def test_lzw_tiff_is_kept_losslessly(tmp_path: Path) -> None:
     tiff = images.fax_tiff(pages=2, compression="tiff_lzw", size=(400, 300))
     made, pdf = _convert(tmp_path, tiff)
     assert made.pages == 2
-    reader = pypdf.PdfReader(io.BytesIO(pdf))
+    reader = _reader(pdf)
     with Image.open(io.BytesIO(tiff)) as original:
         for number, page in enumerate(reader.pages):
             original.seek(number)
@@ -122,7 +126,7 @@ def test_lzw_tiff_is_kept_losslessly(tmp_path: Path) -> None:
 def test_jpeg_is_embedded_as_it_is_with_its_exif_rotation(tmp_path: Path) -> None:
     data = images.jpeg(orientation=6)  # "rotate 90° clockwise to view"
     made, pdf = _convert(tmp_path, data)
-    page = pypdf.PdfReader(io.BytesIO(pdf)).pages[0]
+    page = _reader(pdf).pages[0]
     assert made.pages == 1
     assert page.get("/Rotate") == 90
     image = _image(page)
@@ -137,7 +141,7 @@ def test_mirrored_exif_orientation_fails_with_what_to_do(tmp_path: Path) -> None
 
 def test_png_with_8_bit_alpha_keeps_it_as_a_soft_mask(tmp_path: Path) -> None:
     made, pdf = _convert(tmp_path, images.png("RGBA"))
-    image = _image(pypdf.PdfReader(io.BytesIO(pdf)).pages[0])
+    image = _image(_reader(pdf).pages[0])
     assert made.pages == 1
     assert "/SMask" in image
 
