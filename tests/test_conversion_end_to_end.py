@@ -139,3 +139,32 @@ def test_kill_9_between_upload_and_receipt(
     wait_for(lambda: len(tree.receipts("done")) == 1, timeout=90)
     assert proc.stop() == 0
     _assert_sent_once_as_pdf(tree, sandbox, fax, pages=2)
+
+
+def test_a_rule_forces_conversion_of_a_png_the_target_takes(
+    tree: Tree, sandbox: Sandbox, daemon_process: Callable[..., DaemonProcess]
+) -> None:
+    # Leyr takes PNG and the target lists nothing: only the rule says convert.
+    rules = [
+        {
+            "name": "photos as pdf",
+            "match": {"format": ["image/png", "image/jpeg"]},
+            "set": {"title": "{stem}", "type": "Photo", "target": "leyr", "convert": "pdf"},
+        },
+        {"name": "everything", "set": {"title": "{stem}", "type": "Scan", "target": "leyr"}},
+    ]
+    photo = images.png("RGBA")  # 8-bit alpha: kept as the PDF's soft mask
+    tree.drop("p_1/wound.png", photo)
+    tree.drop("p_1/letter.pdf", b"%PDF-1.4\n" + b"x" * 200 + b"\n%%EOF\n")
+    proc = daemon_process(make_config(tree, sandbox, rules=rules, settle=0.1))
+    wait_for(lambda: len(tree.receipts("done")) == 2, timeout=30)
+    assert proc.stop() == 0
+    receipts = {r["source"]: r for r in tree.receipts("done")}
+    photo_receipt = receipts["p_1/wound.png"]
+    assert photo_receipt["format"] == "application/pdf"
+    assert photo_receipt["source_format"] == "image/png"
+    assert photo_receipt["pages"] == 1
+    assert "source_format" not in receipts["p_1/letter.pdf"]  # no rule converts it
+    stored = {d.sha256: d for d in sandbox.documents()}
+    assert stored[photo_receipt["sha256"]].mime == "application/pdf"
+    assert stored[photo_receipt["sha256"]].content == _pdf_of(photo, tree.root)
