@@ -23,7 +23,8 @@ test: $(STAMP)  ## lint, type-check and run the whole test suite
 	$(BIN)/mypy ingestd
 	$(BIN)/lint-imports
 	tests/share-tools.sh
-	$(BIN)/pytest -q
+	tests/image-tools.sh
+	$(BIN)/pytest -q -n 4 --dist worksteal
 
 demo: $(STAMP)  ## sandbox EHR + daemon + sample files, end to end
 	$(BIN)/ingestd demo

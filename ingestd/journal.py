@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -74,6 +74,15 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         # has had time to finish storing what it may still be working on.
         "ALTER TABLE files ADD COLUMN sent_at REAL",
     ),
+    3: (
+        # A file sent as a PDF made from it (issue 14): what was made, committed before the
+        # first send so a resumed upload sends the same bytes and the look-up compares them.
+        # `sha256`, `size` and `format` stay those of the source file.
+        "ALTER TABLE files ADD COLUMN converted_format TEXT",
+        "ALTER TABLE files ADD COLUMN converted_sha256 TEXT",
+        "ALTER TABLE files ADD COLUMN converted_size INTEGER",
+        "ALTER TABLE files ADD COLUMN converted_pages INTEGER",
+    ),
 }
 
 ACTIVE_STATES = ("claiming", "claimed", "uploading", "uploaded", "rejected")
@@ -82,7 +91,8 @@ FINAL_STATES = ("done", "failed")
 _COLUMNS = (
     "id", "source", "work", "state", "size", "sha256", "format", "patient_id", "decision",
     "attempts", "outcome_unknown", "document_id", "error", "dest", "history", "received_at",
-    "finished_at", "next_attempt_at", "owner_uid", "sent_at",
+    "finished_at", "next_attempt_at", "owner_uid", "sent_at", "converted_format",
+    "converted_sha256", "converted_size", "converted_pages",
 )  # fmt: skip
 _PATH_COLUMNS = {"source", "work", "dest"}
 _JSON_COLUMNS = {"decision", "error", "history"}
@@ -112,6 +122,10 @@ class Row:
     next_attempt_at: float
     owner_uid: int | None
     sent_at: float | None
+    converted_format: str | None = None  # the PDF sent instead of the file, once made
+    converted_sha256: str | None = None
+    converted_size: int | None = None
+    converted_pages: int | None = None
 
 
 def _new_row(row_id: int, columns: dict[str, Any]) -> Row:

@@ -113,8 +113,15 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
     journal.update(row.id, owner_uid=1000)
     assert journal.get(row.id).owner_uid == 1000  # type: ignore[union-attr]
     version = journal._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    assert version == ("3",)
+    assert version == ("4",)
     assert row.sent_at is None
+    assert row.converted_sha256 is None
+    assert row.converted_pages is None
+    journal.update(row.id, converted_format="application/pdf", converted_sha256="ab" * 32,
+                   converted_size=10, converted_pages=3)  # fmt: skip
+    kept = journal.get(row.id)
+    assert kept is not None
+    assert (kept.converted_sha256, kept.converted_pages) == ("ab" * 32, 3)
 
 
 def test_receipts_kept_for_a_retried_file_are_taken_once_and_only_for_that_content(

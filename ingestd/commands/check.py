@@ -12,7 +12,9 @@ def run_check(args: argparse.Namespace) -> int:
     warn(config)
     print(f"{config.file}: ok")
     for name, target in config.targets.items():
-        print(f"  target {name}: {target.kind}, {target.common.concurrency} at once")
+        converts = ", ".join(sorted(target.common.convert_to_pdf))
+        also = f", sends {converts} as PDF" if converts else ""
+        print(f"  target {name}: {target.kind}, {target.common.concurrency} at once{also}")
     for rule in config.rules:
         print(f"  rule {rule.name!r} (line {rule.line})")
     return EXIT_OK

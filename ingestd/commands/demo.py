@@ -9,6 +9,7 @@ the sandbox's own list of stored documents.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -25,8 +26,29 @@ import yaml
 
 from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox, samples
 
+
 # Patient folders as the example config maps them; the last patient is unknown to the EHR, so
 # the EHR refuses that file (HTTP 404) and it goes to failed/ with a receipt saying why.
+def _fax_tiff(pages: int) -> bytes:
+    """A multi-page Group 4 fax (204×196 dpi) as fax software writes it, for a Leyr patient:
+    Leyr takes no TIFF, so the example config's convert_to_pdf sends it as a PDF."""
+    from PIL import Image, ImageDraw, TiffImagePlugin
+
+    frames = []
+    for number in range(1, pages + 1):
+        page = Image.new("1", (1728, 2200), 1)
+        ImageDraw.Draw(page).text((100, 100), f"Referral, page {number} of {pages}", fill=0)
+        frames.append(page)
+    out = io.BytesIO()
+    TiffImagePlugin.STRIP_SIZE, before = 1 << 30, TiffImagePlugin.STRIP_SIZE  # one strip a page
+    try:
+        frames[0].save(out, "TIFF", compression="group4", save_all=True,
+                       append_images=frames[1:], dpi=(204, 196))  # fmt: skip
+    finally:
+        TiffImagePlugin.STRIP_SIZE = before
+    return out.getvalue()
+
+
 DEMO_FILES: list[tuple[str, bytes]] = [
     ("Andersson Anna/lab/2026-11/blood-panel.pdf", samples.pdf("blood panel", 40_000)),
     ("191212121212/referral letter.docx", samples.docx("referral letter")),
@@ -99,11 +121,23 @@ def _receipts(root: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _show_conversion(receipt: dict[str, Any], opened: int | None) -> bool:
+    """Say what a converted file was sent as; False when the EHR's PDF lacks its pages."""
+    seen = "was not opened (no pypdf)" if opened is None else f"opens with {opened} page(s)"
+    _say(
+        f"         converted {receipt['source_format']} -> {receipt['format']}, "
+        f"{receipt['pages']} page(s); the EHR's copy {seen}"
+    )
+    return opened in (None, receipt["pages"])
+
+
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
 def demo(keep: bool = False) -> int:
+    # Made here, not at import: every `ingestd` command imports this module.
+    DEMO_FILES.insert(1, ("Andersson Anna/letters/2026-11-21 referral.tif", _fax_tiff(3)))
     root = Path(tempfile.mkdtemp(prefix="ingestd-demo-"))
     sandbox = Sandbox(port=0, known_patients=KNOWN_PATIENTS).start()
     daemon: subprocess.Popen[bytes] | None = None
@@ -157,6 +191,8 @@ def demo(keep: bool = False) -> int:
                     f"done     {rel} -> {receipt['target']} document {receipt['document_id']} "
                     f"({listed}), rule {receipt['rule']!r}"
                 )
+                if doc is not None and receipt.get("source_format"):
+                    ok = _show_conversion(receipt, doc.pages) and ok
             else:
                 error = receipt["error"]
                 _say(f"failed   {rel} -> {error['kind']}: {error['message']}")

@@ -24,12 +24,14 @@ from ingestd.delivery.decide import (
     Reading,
     Rejected,
     check_before_upload,
-    decision_of,
+    decision_for,
     judge,
     reading,
     rule_failure,
 )
+from ingestd.delivery.topdf import ConversionFailed, convert
 from ingestd.names import is_ignored_path
+from ingestd.rules.conversion import CONVERTIBLE, PDF, converts, pdf_name, unconvertible
 from ingestd.targets import KINDS, make_target
 from ingestd.targets.base import Target, Upload
 
@@ -49,6 +51,7 @@ class Explanation:
     rules: list[dict[str, Any]] = field(default_factory=list)
     decision: dict[str, Any] | None = None
     target: dict[str, Any] | None = None
+    conversion: dict[str, Any] | None = None  # {from, to, why, pages, size}: what is sent
     error: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,7 +140,7 @@ def _explain_open(
             {"rule": name, "line": lines.get(name), "matched": False, "why": why}
             for name, why in verdict.misses
         ]
-        decision = decision_of(verdict)
+        decision = decision_for(config, verdict, fmt)
         result.rules.append({"rule": decision.rule, "line": decision.rule_line, "matched": True})
         result.decision = decision.to_dict()
         if decision.action == "ignore":
@@ -156,12 +159,30 @@ def _explain_open(
             patient_id=patient_id, file_name=rel.name, mime=fmt, size=st.st_size,
             title=decision.title, doc_type=decision.doc_type, fields=dict(decision.fields),
         )  # fmt: skip
+        if converts(decision, fmt):
+            upload = _converted(result, read, upload, decision.convert_why)
         check_before_upload(target, upload)
     except Rejected as exc:
         return _failed(result, exc)
     result.verdict = "upload"
     result.reason = f"to {target.name} ({target.kind})"
     return result
+
+
+def _converted(result: Explanation, read: Reading, upload: Upload, why: str) -> Upload:
+    """The PDF the file would be sent as: converted in memory, only measured (Rejected as
+    conversion_failed when it cannot be made)."""
+    result.conversion = {"from": read.format, "to": PDF, "why": why}
+    if read.format not in CONVERTIBLE:
+        raise Rejected("conversion_failed", f"{unconvertible(read.format)}: change the rule")
+    try:
+        made = convert(read.fd, read.stat.st_size, None)
+    except ConversionFailed as exc:
+        raise Rejected("conversion_failed", exc.message) from None
+    result.conversion.update(pages=made.pages, size=made.size)
+    return dataclasses.replace(
+        upload, file_name=pdf_name(upload.file_name), mime=PDF, size=made.size
+    )
 
 
 def _failed(result: Explanation, exc: Rejected) -> Explanation:
@@ -190,9 +211,19 @@ def render(item: Explanation) -> str:
         lines.append(f"  type:       {decision.get('doc_type')}")
         for key, value in (decision.get("fields") or {}).items():
             lines.append(f"  {key + ':':11} {value}")
+    conversion = item.conversion or {}
+    if conversion:
+        made = (
+            f": {conversion['pages']} page(s), {conversion['size']:,} bytes"
+            if "size" in conversion
+            else ""
+        )
+        lines.append(
+            f"  convert:    {conversion['from']} → {conversion['to']} ({conversion['why']}){made}"
+        )
     if item.target is not None:
         limit = item.target["max_bytes"]
-        size = item.size or 0
+        size = conversion.get("size", item.size or 0)
         fits = "fits" if size <= limit else "TOO LARGE"
         lines.append(
             f"  target:     {item.target['name']} ({item.target['kind']}), "

@@ -11,6 +11,7 @@ import re
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from ingestd.config.conversion import parse_convert_to_pdf
 from ingestd.rules.parse import MIME, parse_size
 from ingestd.targets import COMMON_KEYS, KINDS, CommonSettings, TargetSettings
 from ingestd.yamlsource import MarkedDict, Report
@@ -83,6 +84,7 @@ def _target(report: Report, name: str, node: MarkedDict) -> TargetSettings | Non
     max_bytes = _max_bytes(report, node, where, kind.default_max_bytes)
     accept = _accept(report, node, where)
     ca_file = _ca_file(report, node, where)
+    convert = parse_convert_to_pdf(report, node, where, accept or kind.default_accept)
     return TargetSettings(
         name=name,
         kind=kind_name,
@@ -93,6 +95,7 @@ def _target(report: Report, name: str, node: MarkedDict) -> TargetSettings | Non
             max_bytes=max_bytes,
             timeout_seconds=float(timeout) if timeout and timeout > MIN_TIMEOUT_SECONDS else 60.0,
             ca_file=ca_file,
+            convert_to_pdf=convert,
         ),
     )
 

@@ -18,6 +18,7 @@ from typing import Any
 from ingestd import content
 from ingestd.config.model import Config
 from ingestd.names import patient_folder
+from ingestd.rules.conversion import with_target_default
 from ingestd.rules.matching import Decision, Facts, Verdict, first_match
 from ingestd.targets.base import Target, Upload
 
@@ -119,6 +120,15 @@ def decision_of(verdict: Verdict) -> Decision:
             "with `ingestd explain`, then `ingestd retry`",
         )
     return verdict.decision
+
+
+def decision_for(config: Config, verdict: Verdict, fmt: str) -> Decision:
+    """The decision recorded for a claimed file: its rule's, converting to PDF when the
+    rule's target lists the detected format in `convert_to_pdf`."""
+    decision = decision_of(verdict)
+    settings = config.targets.get(decision.target)
+    converts = settings.common.convert_to_pdf if settings is not None else frozenset()
+    return with_target_default(decision, fmt, converts)
 
 
 def rule_failure(decision: Decision) -> Rejected:

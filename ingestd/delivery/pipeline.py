@@ -10,6 +10,7 @@ can be called again on any row after a crash and carries on where it stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -27,7 +28,7 @@ from ingestd.delivery.decide import (
     Reading,
     Rejected,
     check_before_upload,
-    decision_of,
+    decision_for,
     judge,
     open_reading,
     rule_failure,
@@ -35,14 +36,16 @@ from ingestd.delivery.decide import (
 from ingestd.delivery.fleet import Fleet
 from ingestd.delivery.retrying import Delivered, RetryPolicy
 from ingestd.delivery.send import RETRY_SOON_SECONDS, Sender
+from ingestd.delivery.staged import Stager
 from ingestd.filing.filer import Filer
 from ingestd.inbox.claims import Claimer
 from ingestd.journal import Journal, Row
 from ingestd.names import valid_text
 from ingestd.observe.logs import Masker, event
 from ingestd.observe.metrics import Metrics
+from ingestd.rules.conversion import PDF, converts, pdf_name
 from ingestd.rules.matching import Decision
-from ingestd.targets.base import Upload
+from ingestd.targets.base import Target, Upload
 from ingestd.unreachable import is_unavailable
 
 log = logging.getLogger("ingestd.pipeline")
@@ -85,6 +88,8 @@ class Pipeline:
             journal=journal,
             masker=masker,
         )
+        self.stager = Stager(lambda: config().paths.state.parent, journal, masker, metrics)
+        self.stager.sweep()
 
     def process(self, row: Row, resumed: bool = False) -> Outcome:
         if row.state in ("uploaded", "rejected"):
@@ -147,7 +152,7 @@ class Pipeline:
         if row.decision is None:
             received = datetime.fromisoformat(row.received_at.replace("Z", "+00:00"))
             patient_id, verdict = judge(self.config(), row.source, read, received)
-            decision = decision_of(verdict)
+            decision = decision_for(self.config(), verdict, read.format)
             row = self.journal.change(
                 row,
                 state="claimed",
@@ -164,7 +169,9 @@ class Pipeline:
                 event(
                     log, logging.WARNING, "claimed_file_changed", file=self.masker.path(row.source)
                 )
-                row = self.journal.change(row, sha256=None, size=before.st_size)
+                row = self.journal.change(
+                    row, sha256=None, size=before.st_size, converted_sha256=None
+                )
         if _changed_since(before, fd):
             return functools.partial(self._changed, row)
         if decision.action == "ignore":
@@ -187,18 +194,34 @@ class Pipeline:
             fd=fd,
             not_before=_epoch(row.received_at),
         )
+        if not converts(decision, read.format):
+            return self._send(row, target, upload, resumed, read)
+        # Sent as a PDF made from it: the source's hash first (its receipt and retry history),
+        # then the PDF, each committed before the first send.
+        row = self.journal.change(row, **self._content_values(row, upload.sha256))
+        row, pdf = self.stager.prepare(row, fd, before.st_size, read.format)
+        try:
+            sent = dataclasses.replace(
+                upload, file_name=pdf_name(upload.file_name), mime=PDF, size=pdf.size,
+                fd=pdf.fd, known_sha256=pdf.sha256,
+            )  # fmt: skip
+            return self._send(row, target, sent, resumed, read)
+        finally:
+            os.close(pdf.fd)
+
+    def _send(self, row: Row, target: Target, upload: Upload, resumed: bool, read: Reading) -> Step:
         check_before_upload(target, upload)
         result = self.sender.send(row, target, upload, resumed)
         if isinstance(result, Rejected):
             return functools.partial(self.finish, self._rejected(row, result, upload.digest))
         if result is None:
             return Outcome("deferred", row.source)
-        return self._uploaded(row, result, upload, before)
+        # The hash of the file kept in done/: for a converted file, recorded before sending.
+        sha256 = row.sha256 if row.converted_sha256 and row.sha256 else upload.sha256
+        return self._uploaded(row, result, sha256, read)
 
-    def _uploaded(
-        self, row: Row, delivered: Delivered, upload: Upload, before: os.stat_result
-    ) -> Step:
-        if _changed_since(before, upload.fd):
+    def _uploaded(self, row: Row, delivered: Delivered, sha256: str, read: Reading) -> Step:
+        if _changed_since(read.stat, read.fd):
             event(
                 log,
                 logging.WARNING,
@@ -214,7 +237,7 @@ class Pipeline:
             document_id=delivered.document_id,
             attempts=row.attempts + delivered.attempts,
             outcome_unknown=False,
-            **self._content_values(row, upload.sha256),
+            **self._content_values(row, sha256),
             **self.filer.destination(row, "done"),
         )
         return functools.partial(self.finish, uploaded)
@@ -274,6 +297,8 @@ class Pipeline:
         status = self.filer.finish(row)
         if status is None:
             return self._defer(row, time.time() + RETRY_SOON_SECONDS)
+        if (row.decision or {}).get("convert"):
+            self.stager.remove(row)
         return Outcome(status, row.source)
 
 

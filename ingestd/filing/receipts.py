@@ -41,6 +41,7 @@ ERROR_KINDS = frozenset(
         "unreadable",
         "rejected",
         "patient_not_found",
+        "conversion_failed",
     }
 )
 
@@ -66,6 +67,11 @@ class Receipt:
     attempts: int
     received_at: str | None
     finished_at: str | None
+    # A file sent as a PDF made from it: sha256, size and format above are the PDF's.
+    source_format: str | None = None
+    source_sha256: str | None = None
+    source_size: int | None = None
+    pages: int | None = None
     document_id: str | None = None  # done
     error: dict[str, Any] | None = None  # failed: {kind, message, http_status?}
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -74,6 +80,7 @@ class Receipt:
     @classmethod
     def of_row(cls, row: Row, status: str, file_name: str) -> Receipt:
         decision = row.decision or {}
+        sent = _sent(row)
         return cls(
             status=status,
             document_id=row.document_id if status == "done" else None,
@@ -81,9 +88,13 @@ class Receipt:
             patient_id=row.patient_id,
             source=str(row.source),
             file=file_name,
-            sha256=row.sha256,
-            size=row.size,
-            format=row.format or None,
+            sha256=sent["sha256"],
+            size=sent["size"],
+            format=sent["format"],
+            source_format=sent.get("source_format"),
+            source_sha256=sent.get("source_sha256"),
+            source_size=sent.get("source_size"),
+            pages=sent.get("pages"),
             title=decision.get("title"),
             type=decision.get("doc_type"),
             rule=decision.get("rule"),
@@ -102,6 +113,8 @@ class Receipt:
             receipt["document_id"] = self.document_id
         for name in _BODY_FIELDS:
             receipt[name] = getattr(self, name)
+            if name == "format" and self.source_sha256 is not None:
+                receipt.update((key, getattr(self, key)) for key in _SOURCE_FIELDS)
         if self.status == "failed":
             receipt["error"] = self.error
         if self.history:
@@ -116,7 +129,7 @@ class Receipt:
         values.setdefault("source", "")
         values.setdefault("file", "")
         for name in (f.name for f in dataclasses.fields(cls)):
-            if name not in ("extra", "history", "document_id", "error"):
+            if name not in ("extra", "history", "document_id", "error", *_SOURCE_FIELDS):
                 values.setdefault(name, None)
         values["history"] = list(values.get("history") or [])
         values["attempts"] = values.get("attempts") or 0
@@ -131,6 +144,24 @@ _BODY_FIELDS = (
     "target", "patient_id", "source", "file", "sha256", "size", "format", "title", "type", "rule",
     "rule_line", "dropped_by", "attempts", "received_at", "finished_at",
 )  # fmt: skip
+
+
+_SOURCE_FIELDS = ("source_format", "source_sha256", "source_size", "pages")
+
+
+def _sent(row: Row) -> dict[str, Any]:
+    """What was sent: the file itself, or the PDF made from it (then the file is the source)."""
+    if row.converted_sha256 is None:
+        return {"sha256": row.sha256, "size": row.size, "format": row.format or None}
+    return {
+        "sha256": row.converted_sha256,
+        "size": row.converted_size,
+        "format": row.converted_format,
+        "source_format": row.format or None,
+        "source_sha256": row.sha256,
+        "source_size": row.size,
+        "pages": row.converted_pages,
+    }
 
 
 def _owner(uid: int | None) -> dict[str, Any] | None:

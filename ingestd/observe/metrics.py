@@ -69,6 +69,17 @@ class Metrics:
             "ingestd_upload_retries", "Transient errors retried", ["target"],
             registry=self.registry,
         )  # fmt: skip
+        self.conversions = Counter(
+            "ingestd_conversions", "Files converted to PDF before sending, by outcome",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.conversion_seconds = Histogram(
+            "ingestd_conversion_seconds", "Time to convert one file to PDF",
+            buckets=UPLOAD_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.converted_pages = Counter(
+            "ingestd_converted_pages", "Pages of the PDFs made", registry=self.registry
+        )
 
     def finished(self, target: str, outcome: str, seconds: float, size: int = 0) -> None:
         self.uploads.labels(target, outcome).inc()
@@ -78,6 +89,13 @@ class Metrics:
 
     def retried(self, target: str) -> None:
         self.retries.labels(target).inc()
+
+    def converted(self, outcome: str, seconds: float, pages: int = 0) -> None:
+        """One conversion to PDF finished: done | failed."""
+        self.conversions.labels(outcome).inc()
+        if outcome == "done":
+            self.conversion_seconds.observe(seconds)
+            self.converted_pages.inc(pages)
 
     def watch(self, snapshot: Callable[[], DaemonState]) -> None:
         """Read the daemon's gauges from `snapshot` at every scrape."""

@@ -74,6 +74,8 @@ class Decision:
     target: str = ""
     fields: Mapping[str, str] = field(default_factory=dict)  # description, created_by_id
     message: str = ""  # for fail
+    convert: str = ""  # "pdf": converted before it is sent (rules.conversion)
+    convert_why: str = ""  # the rule or target that says so
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -85,13 +87,25 @@ class Decision:
             "target": self.target,
             "fields": dict(self.fields),
             "message": self.message,
+            "convert": self.convert,
+            "convert_why": self.convert_why,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Decision:
         """The inverse of `to_dict`; ValueError when `data` is not one."""
         texts = {}
-        for key in ("rule", "action", "title", "doc_type", "target", "message"):
+        # A decision journalled before conversion existed has no `convert`: "" (none).
+        for key in (
+            "rule",
+            "action",
+            "title",
+            "doc_type",
+            "target",
+            "message",
+            "convert",
+            "convert_why",
+        ):
             value = data.get(key, "")
             if not isinstance(value, str):
                 raise ValueError(f"decision {key} is not a string")
@@ -175,6 +189,7 @@ class Rule:
     target: str = ""  # a name from `targets:`, for upload
     templates: Mapping[str, Template] = field(default_factory=dict)  # title, type, description, ...
     message: Template | None = None  # for fail
+    convert: str = ""  # set.convert: "pdf" forces conversion of the files it matches
 
     def decision(self, facts: Facts, groups: Mapping[str, str]) -> Decision:
         values = {**groups, **facts.values()}
@@ -188,6 +203,8 @@ class Rule:
             target=self.target,
             fields={key: rendered[key] for key in FIELD_SET_KEYS if key in rendered},
             message=self.message.render(values) if self.message else "",
+            convert=self.convert,
+            convert_why=f"rule '{self.name}' sets convert: pdf" if self.convert else "",
         )
 
 

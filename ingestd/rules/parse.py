@@ -6,13 +6,14 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
+from ingestd.rules.conversion import rule_convert
 from ingestd.rules.matching import Match, Rule
 from ingestd.rules.templates import BUILTIN_FIELDS, Template, check_template
 from ingestd.yamlsource import MarkedDict, MarkedList, Report, did_you_mean, yaml_type
 
 RULE_KEYS = ("name", "match", "set", "ignore", "fail")
 MATCH_KEYS = ("filename", "filename_regex", "path", "format", "size", "patient")
-SET_KEYS = ("title", "type", "target", "description", "created_by_id")
+SET_KEYS = ("title", "type", "target", "description", "created_by_id", "convert")
 REQUIRED_SET_KEYS = ("title", "type", "target")
 MIME = re.compile(r"[A-Za-z0-9][\w.+-]*/(?:[A-Za-z0-9][\w.+-]*|\*)")
 SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
@@ -132,7 +133,9 @@ def _templates(
         report.error(node.value_mark("target"), f"{where}.target: no target named {target!r}{hint}")
     templates: dict[str, Template] = {}
     for key in SET_KEYS:
-        text = report.string(node, key, f"{where}.{key}") if key != "target" else None
+        if key in ("target", "convert"):
+            continue  # not templates: a name, and a conversion (rules.conversion)
+        text = report.string(node, key, f"{where}.{key}")
         if text is None:
             continue
         at = node.value_mark(key)
@@ -171,7 +174,8 @@ def _rule(report: Report, node: MarkedDict, name: str, targets: Collection[str])
             report.error(node.value_mark("set"), f"{where}.set is empty: give title, type, target")
         return None
     target, templates = _templates(report, set_node, f"{where}.set", known, targets)
-    return Rule(name, line, criteria, "upload", target, templates)
+    convert = rule_convert(report, set_node, f"{where}.set", criteria.formats)
+    return Rule(name, line, criteria, "upload", target, templates, convert=convert)
 
 
 def parse_rules(report: Report, items: MarkedList, targets: Collection[str]) -> tuple[Rule, ...]:

@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from ingestd.sandbox.pdfcheck import pdf_pages
+
 Scope = tuple[str, ...]
 
 # Bounded so that a long benchmark or demo cannot grow the sandbox without limit.
@@ -36,6 +38,11 @@ class StoredDocument:
     content: bytes = field(repr=False)
     fields: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
+
+    @property
+    def pages(self) -> int | None:
+        """For a PDF: its pages (0: it does not open; None: not checked, see pdfcheck)."""
+        return pdf_pages(self.content) if self.mime == "application/pdf" else None
 
     def to_json(self) -> dict[str, object]:
         """Everything but the content: for the control plane."""

@@ -18,6 +18,7 @@ class CommonSettings:
     max_bytes: int | None = None  # None: the kind's default limit
     timeout_seconds: float = 60.0
     ca_file: str | None = None  # a PEM file of CA certificates; None: the system's (or env's)
+    convert_to_pdf: frozenset[str] = frozenset()  # detected formats sent as PDF (config/conversion)
 
 
 # The config keys every target takes, in the order messages list them.

@@ -24,6 +24,12 @@ def test_demo_runs_end_to_end() -> None:
         [sys.executable, "-m", "ingestd", "demo"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("\ndone ") == 4
+    assert result.stdout.count("\ndone ") == 5
+    # A real G4 fax reaches the Leyr sandbox as a PDF that opens with its three pages.
+    assert "done     Andersson Anna/letters/2026-11-21 referral.tif -> leyr" in result.stdout
+    assert (
+        "converted image/tiff -> application/pdf, 3 page(s); the EHR's copy opens with 3 page(s)"
+        in result.stdout
+    )
     assert "failed   198112189876/consent.pdf -> patient_not_found" in result.stdout
     assert "demo OK" in result.stdout

@@ -1,0 +1,96 @@
+"""Cost of conversion to PDF: peak memory (the peak of Python allocations while converting,
+tracemalloc: image data is Python bytes) and time per page, ingestd's converter against the
+`img2pdf` command on the same files: a 20-page G4 fax and a 15 MB JPEG. Each run is a fresh
+process.
+
+    .venv/bin/python bench/convert.py
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+CHILD = """
+import os, resource, sys, time
+from ingestd.delivery.topdf import convert
+import PIL.Image, img2pdf  # imported before measuring
+src, dest = sys.argv[1], sys.argv[2]
+import tracemalloc
+tracemalloc.start()
+fd = os.open(src, os.O_RDONLY)
+started = time.perf_counter()
+with open(dest, "wb") as out:
+    made = convert(fd, os.fstat(fd).st_size, out)
+seconds = time.perf_counter() - started
+grown = tracemalloc.get_traced_memory()[1]  # peak of Python allocations while converting
+print(made.pages, seconds, grown)
+"""
+
+
+def fax(pages: int) -> bytes:
+    from tests.images import fax_tiff
+
+    return fax_tiff(pages=pages)
+
+
+def big_jpeg() -> bytes:
+    from PIL import Image
+
+    rng = random.Random(1)
+    side = 4600
+    noise = Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3))
+    out = io.BytesIO()
+    noise.save(out, "JPEG", quality=85)
+    data = out.getvalue()
+    print(f"jpeg: {len(data) / 1e6:.1f} MB ({side}x{side})", file=sys.stderr)
+    return data
+
+
+def command_cost(src: Path, dest: Path) -> tuple[float, int]:
+    """Time and peak RSS of the `img2pdf` command (its own process)."""
+    tool = shutil.which("img2pdf") or str(Path(sys.executable).parent / "img2pdf")
+    started = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([tool, "--engine=internal", "--nodate", "-o", str(dest), str(src)], check=True)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return seconds, max(peak, before) * 1024
+
+
+def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="bench-convert-"))
+    try:
+        for name, data in (("20-page G4 fax", fax(20)), ("15 MB JPEG", big_jpeg())):
+            src = root / "src"
+            src.write_bytes(data)
+            found = subprocess.run(
+                [sys.executable, "-c", CHILD, str(src), str(root / "ours.pdf")],
+                check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH="."),
+            ).stdout.split()  # fmt: skip
+            pages, seconds, grown = int(found[0]), float(found[1]), int(found[2])
+            cmd_seconds, cmd_peak = command_cost(src, root / "cmd.pdf")
+            same = (root / "ours.pdf").read_bytes() == (root / "cmd.pdf").read_bytes()
+            print(
+                f"{name}: source {len(data) / 1e6:.2f} MB, {pages} page(s); ingestd "
+                f"{seconds * 1000 / pages:.1f} ms/page, peak +{grown / 1e6:.1f} MB (tracemalloc) "
+                f"({grown / len(data):.2f}x the source); img2pdf command "
+                f"{cmd_seconds * 1000 / pages:.1f} ms/page (whole process, start-up included), "
+                f"peak RSS {cmd_peak / 1e6:.1f} MB; same bytes: {same}"
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
