@@ -81,7 +81,10 @@ class TokenSource:
         self._lock = threading.Lock()
         self._token: _Token | None = None
         self._refused = False  # the API refused a token and none has been accepted since
-        self._condemned: str | None = None  # the replacement token whose 401 condemned it
+        # Replacement tokens whose 401 condemned the credentials. A set, not the last one: with
+        # several uploads at once, a later replacement can be condemned before a request sent
+        # with an earlier one comes back, and that request must not go round again.
+        self._condemned: set[str] = set()
 
     def get(self) -> tuple[str, bool]:
         """(token, fresh): fresh when it was fetched by this very call."""
@@ -106,7 +109,7 @@ class TokenSource:
         token. A token revoked or rotated on the server's side is routine: only a second fresh
         token refused says the target is misconfigured."""
         with self._lock:
-            if value == self._condemned:
+            if value in self._condemned:
                 return True  # requests sent beside the one that found it out
             token = self._token
             if token is None or token.value != value:
@@ -114,7 +117,7 @@ class TokenSource:
                 return False
             self._token = None
             if token.replaces_refused and self._refused:
-                self._condemned = value
+                self._condemned.add(value)
                 return True
             self._refused = True
             return False
@@ -124,6 +127,7 @@ class TokenSource:
         if self._refused and self._token is not None and self._token.value == value:
             with self._lock:
                 self._refused = False
+                self._condemned.clear()
 
     def _fetch(self) -> tuple[str, float]:
         """A new token. In `auto` mode, HTTP Basic first (RFC 6749 2.3.1: every server must

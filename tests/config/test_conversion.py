@@ -12,7 +12,7 @@ import pytest
 
 from ingestd.config.load import ConfigError, load_config
 from tests import images
-from tests.test_config import ENV, GOOD, write
+from tests.config.test_load import ENV, GOOD, write
 
 
 def _problems(path: str) -> list[str]:
