@@ -31,8 +31,8 @@ def test_convert_to_pdf_and_rule_convert_load(tmp_path: Path) -> None:
         '    set: {title: "{stem}", type: Scan, target: leyr, convert: pdf}',
     )
     config = load_config(write(tmp_path, text), env=ENV)
-    assert config.targets["leyr"].convert_to_pdf == {"image/tiff", "image/jpeg"}
-    assert config.targets["nymbl"].convert_to_pdf == frozenset()
+    assert config.targets["leyr"].common.convert_to_pdf == {"image/tiff", "image/jpeg"}
+    assert config.targets["nymbl"].common.convert_to_pdf == frozenset()
     assert config.rules[0].convert == "pdf"
     assert config.warnings == ()
 
