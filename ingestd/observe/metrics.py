@@ -70,6 +70,11 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
 
+        self.verifications = Counter(
+            "ingestd_verify", "Receipts checked against the EHR (ingestd verify) by outcome",
+            ["target", "outcome"], registry=self.registry,
+        )  # fmt: skip
+
     def finished(self, target: str, outcome: str, seconds: float, size: int = 0) -> None:
         self.uploads.labels(target, outcome).inc()
         if outcome == "done":
@@ -78,6 +83,9 @@ class Metrics:
 
     def retried(self, target: str) -> None:
         self.retries.labels(target).inc()
+
+    def verified(self, target: str, outcome: str) -> None:
+        self.verifications.labels(target, outcome).inc()
 
     def watch(self, snapshot: Callable[[], DaemonState]) -> None:
         """Read the daemon's gauges from `snapshot` at every scrape."""
