@@ -1,10 +1,12 @@
 """Proving receipts: does the EHR still hold each document a done/ receipt names, for that
 patient, with the receipt's SHA-256?
 
-Each target is read back with its own `concurrency` at most, by the upload's retry policy
-(`retrying.backoff_delay`: jittered backoff, Retry-After honoured). A target whose trouble
-outlasts one document's retries is paused for the rest of the run, like a paused upload target:
-its other receipts are `unverified` without a request. An outage is never reported as a missing
+Each target is read back with its own `concurrency` at most, by the uploads' rules: after
+transient trouble the target pauses (`health.TargetHealth`: jittered backoff, Retry-After
+honoured) and one read at a time probes it. When the trouble outlasts the retry policy's
+`max_sends` failures in a row (or a Retry-After too long to wait for), or the credentials are
+refused, the target is given up on for this run: its other receipts are `unverified` without a
+request. An outage is never reported as a missing
 or different document. What was proven goes into the journal (`verified`), so a second run skips
 it; a mismatch is an ERROR line naming the receipt by a keyed hash, and a metric.
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from ingestd.clock import utc_iso
+from ingestd.delivery.health import TargetHealth
 from ingestd.delivery.retrying import RetryPolicy, backoff_delay
 from ingestd.journal import Journal
 from ingestd.observe.logs import Masker, event
@@ -63,10 +66,13 @@ class Checked:
 
 @dataclass
 class _Pause:
-    """A target that stopped answering during this run: its other receipts are not asked."""
+    """One target's health during this run (the uploads' pause and probe rules: after transient
+    trouble one read at a time probes it, the others wait), and whether it is given up on."""
 
+    health: TargetHealth
     reason: str = ""
     down: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -98,8 +104,8 @@ class Verifier:
         ]
         try:
             futures = []
-            for pool, indexes in zip(pools, by_target.values(), strict=True):
-                pause = _Pause()
+            for pool, (name, indexes) in zip(pools, by_target.items(), strict=True):
+                pause = _Pause(TargetHealth(name, max(1, self.concurrency.get(name, 1))))
                 for index in indexes:
                     claim = items[index]
                     assert isinstance(claim, Claim)
@@ -139,30 +145,45 @@ class Verifier:
         return checked
 
     def _ask(self, claim: Claim, pause: _Pause) -> Checked:
-        target = self.targets[claim.target]
-        failures = 0
+        target, health = self.targets[claim.target], pause.health
         while True:
             if pause.down.is_set():
                 return _checked(claim, UNVERIFIED, f"not asked: {pause.reason}")
+            go, probe, until = health.admit()
+            if not go:
+                self.sleep(min(1.0, max(0.0, until - time.time())))
+                continue
             try:
                 fetched = target.fetch(claim.document_id, claim.patient_id)
             except TransientError as exc:
-                failures += 1
-                delay = backoff_delay(failures, self.policy, exc.retry_after)
-                if failures >= self.policy.max_sends or delay > self.policy.max_inline_wait:
-                    return self._paused(claim, pause, f"the EHR is not answering ({exc.message})")
-                self.sleep(delay)
+                # Reads that were already under way when the trouble began count once, as one
+                # failure; after that only the probe's count.
+                if probe or health.up:
+                    delay = backoff_delay(health.failures + 1, self.policy, exc.retry_after)
+                    reason = f"the EHR is not answering ({exc.message})"
+                    health.failed(delay, reason)
+                    if (
+                        health.failures >= self.policy.max_sends
+                        or delay > self.policy.max_inline_wait
+                    ):
+                        return self._paused(claim, pause, reason)
                 continue
             except AuthError as exc:
+                health.failed(0.0, exc.message, misconfigured=True)
                 return self._paused(claim, pause, f"credentials refused ({exc.message})")
             except TargetError as exc:
+                health.succeeded()  # an answer, if not the one we wanted
                 return _checked(claim, UNVERIFIED, f"the EHR refused to say ({exc.message})")
+            health.succeeded()
             return _compare(claim, fetched)
 
     def _paused(self, claim: Claim, pause: _Pause, reason: str) -> Checked:
-        if not pause.down.is_set():
-            pause.reason = reason
-            pause.down.set()
+        with pause.lock:
+            first = not pause.down.is_set()
+            if first:
+                pause.reason = reason
+                pause.down.set()
+        if first:
             event(log, logging.WARNING, "verify_target_paused", target=claim.target, reason=reason)
         return _checked(claim, UNVERIFIED, reason)
 
