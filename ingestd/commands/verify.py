@@ -18,7 +18,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from ingestd.commands.common import EXIT_FAILED, EXIT_OK, UsageError, as_state_owner, load, warn
@@ -30,8 +30,10 @@ from ingestd.delivery.verifying import (
     Checked,
     Claim,
     Verifier,
+    claim_of,
+    receipts_in,
 )
-from ingestd.filing.receipts import SUFFIX, Receipt
+from ingestd.filing.receipts import SUFFIX
 from ingestd.journal import Journal
 from ingestd.observe.logs import load_masker, setup
 from ingestd.targets import make_target
@@ -63,43 +65,20 @@ def done_receipts(config: Config, paths: list[str]) -> Iterator[Path]:
     """Receipts in done/: every one, or those of the files, receipts and folders given."""
     root = config.paths.done.resolve()
     if not paths:
-        yield from sorted(root.rglob("*" + SUFFIX)) if root.is_dir() else iter(())
+        yield from receipts_in(root)
         return
     for raw in paths:
         path = Path(os.path.abspath(raw)).resolve()
         if path != root and root not in path.parents:
             raise UsageError(f"{raw}: not in {config.paths.done}")
         if path.is_dir():
-            yield from sorted(path.rglob("*" + SUFFIX))
+            yield from receipts_in(path)
             continue
         if not path.name.endswith(SUFFIX):
             path = path.with_name(path.name + SUFFIX)
         if not path.is_file():
             raise UsageError(f"{raw}: not a done file with a receipt in {config.paths.done}")
         yield path
-
-
-def claim_of(root: Path, path: Path) -> Claim | Checked:
-    """What a receipt says the EHR holds; a receipt that cannot say is `unverified` as it is."""
-    rel = PurePosixPath(path.relative_to(root))
-    try:
-        receipt = Receipt.read(path)
-    except (OSError, ValueError):
-        return Checked(rel, None, None, UNVERIFIED, "the receipt cannot be read")
-    fields = (receipt.target, receipt.document_id, receipt.patient_id, receipt.sha256)
-    if receipt.status != "done" or not all(isinstance(f, str) and f for f in fields):
-        detail = "the receipt names no target, document id, patient or sha256"
-        return Checked(rel, receipt.target, receipt.document_id, UNVERIFIED, detail)
-    size = receipt.size if isinstance(receipt.size, int) else None
-    return Claim(
-        rel,
-        str(receipt.target),
-        str(receipt.document_id),
-        str(receipt.patient_id),
-        str(receipt.sha256),
-        size,
-        receipt.finished_at,
-    )
 
 
 def _selected(item: Claim | Checked, since: datetime | None, target: str | None) -> bool:

@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from ingestd.clock import utc_iso
 from ingestd.delivery.health import TargetHealth
 from ingestd.delivery.retrying import RetryPolicy, backoff_delay
+from ingestd.filing.receipts import SUFFIX, Receipt
 from ingestd.journal import Journal
 from ingestd.observe.logs import Masker, event
 from ingestd.observe.metrics import Metrics
@@ -200,3 +201,32 @@ def _compare(claim: Claim, fetched: Fetched | None) -> Checked:
 
 def _checked(claim: Claim, outcome: str, detail: str, at: str | None = None) -> Checked:
     return Checked(claim.receipt, claim.target, claim.document_id, outcome, detail, at)
+
+
+def receipts_in(folder: Path) -> list[Path]:
+    """Every receipt in a folder of done/ (or done/ itself), in path order."""
+    return sorted(folder.rglob("*" + SUFFIX)) if folder.is_dir() else []
+
+
+def claim_of(root: Path, path: Path) -> Claim | Checked:
+    """What a receipt in done/ (`root`) says the EHR holds; one that cannot say is `unverified`
+    as it is."""
+    rel = PurePosixPath(path.relative_to(root))
+    try:
+        receipt = Receipt.read(path)
+    except (OSError, ValueError):
+        return Checked(rel, None, None, UNVERIFIED, "the receipt cannot be read")
+    fields = (receipt.target, receipt.document_id, receipt.patient_id, receipt.sha256)
+    if receipt.status != "done" or not all(isinstance(f, str) and f for f in fields):
+        detail = "the receipt names no target, document id, patient or sha256"
+        return Checked(rel, receipt.target, receipt.document_id, UNVERIFIED, detail)
+    size = receipt.size if isinstance(receipt.size, int) else None
+    return Claim(
+        rel,
+        str(receipt.target),
+        str(receipt.document_id),
+        str(receipt.patient_id),
+        str(receipt.sha256),
+        size,
+        receipt.finished_at,
+    )
