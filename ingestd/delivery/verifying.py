@@ -53,6 +53,7 @@ class Claim:
     sha256: str  # of what was sent (a converted file: the PDF)
     size: int | None
     finished_at: str | None = None
+    source: str = ""  # the original inbox path: its keyed hash is the one the daemon logged
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class Verifier:
                 logging.ERROR,
                 "verify_failed",
                 receipt=self.masker.path(claim.receipt),
+                file=self.masker.path(claim.source) if claim.source else None,
                 target=claim.target,
                 outcome=checked.outcome,
             )
@@ -229,4 +231,5 @@ def claim_of(root: Path, path: Path) -> Claim | Checked:
         str(receipt.sha256),
         size,
         receipt.finished_at,
+        receipt.source,
     )

@@ -44,6 +44,7 @@ def uploaded(tree: Tree, sandbox: Sandbox) -> str:
         tree.drop(rel, data)
     result = ingestd("once", "-c", config)
     assert result.returncode == 0, result.stderr
+    (tree.root / "once.log").write_text(result.stderr)
     assert len(tree.receipts("done")) == 5
     return config
 
@@ -103,6 +104,11 @@ def test_deleted_changed_and_moved_documents_are_reported_without_patient_data(
     errors = [line for line in stderr.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 4
     assert all("event=verify_failed" in line and "receipt=f:" in line for line in errors)
+    # Each file's keyed hash is the one `once` logged for it: the two can be put side by side.
+    once_log = (tree.root / "once.log").read_text()
+    for line in errors:
+        file_hash = line.split(" file=")[1].split()[0]
+        assert f"event=file_done file={file_hash} " in once_log
     for secret in ("abc_1", "abc_2", "12345", "a.pdf", "n1.pdf", doc_id(tree, "abc_1/a.pdf")):
         assert secret not in stderr
 
