@@ -58,15 +58,9 @@ CREATE TABLE IF NOT EXISTS files (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_by_state ON files (state, next_attempt_at);
--- `ingestd verify`: documents the EHR was seen to hold, with that content, and when. Created on
--- every open (no schema version): an older ingestd ignores it.
-CREATE TABLE IF NOT EXISTS verified (
-    target TEXT NOT NULL,
-    document_id TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    verified_at TEXT NOT NULL,
-    PRIMARY KEY (target, document_id, sha256)
-);
+-- `ingestd verify`: what the EHR was seen to hold, and when (made on every open: no migration).
+CREATE TABLE IF NOT EXISTS verified (target TEXT NOT NULL, document_id TEXT NOT NULL,
+    sha256 TEXT NOT NULL, verified_at TEXT NOT NULL, PRIMARY KEY (target, document_id, sha256));
 """
 
 # Each step takes a journal from version N to N+1, in one transaction with the version bump.
