@@ -3,6 +3,7 @@ after repeated trouble, concurrency per target, and the ERROR line and metric of
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from ingestd.delivery.retrying import RetryPolicy
-from ingestd.delivery.verifying import Checked, Claim, Verifier
+from ingestd.delivery.verifying import Checked, Claim, Verifier, claim_of, receipts_in
 from ingestd.journal import Journal
 from ingestd.observe.logs import Masker
 from ingestd.observe.metrics import Metrics
@@ -168,3 +169,30 @@ def test_reads_per_target_stay_within_its_concurrency(journal: Journal) -> None:
     runner.join(10)
     assert len(target.asked) == 8
     assert target.most_in_flight == 2
+
+
+def test_claims_from_receipts_compare_what_was_sent(tmp_path: Path) -> None:
+    root = tmp_path / "done"
+    (root / "p_1").mkdir(parents=True)
+    base = {
+        "status": "done", "document_id": "doc_1", "target": "leyr", "patient_id": "p_1",
+        "source": "p_1/fax.tiff", "file": "fax.tiff", "size": 10,
+        "finished_at": "2026-12-01T10:00:00Z",
+    }  # fmt: skip
+    converted = root / "p_1" / "fax.tiff.receipt.json"
+    # A converted file: the EHR holds the PDF, whose hash is `sha256`; `source_sha256` is the TIFF.
+    converted.write_text(json.dumps({**base, "sha256": "pdf" * 21, "source_sha256": "tif" * 21}))
+    found = claim_of(root, converted)
+    assert isinstance(found, Claim)
+    assert (found.sha256, found.document_id, found.source) == ("pdf" * 21, "doc_1", "p_1/fax.tiff")
+
+    nameless = root / "p_1" / "odd.pdf.receipt.json"
+    nameless.write_text(json.dumps({**base, "sha256": SHA, "document_id": None}))
+    broken = root / "p_1" / "cut.pdf.receipt.json"
+    broken.write_text('{"status": "do')
+    for path in (nameless, broken):
+        checked = claim_of(root, path)
+        assert isinstance(checked, Checked)
+        assert checked.outcome == "unverified"
+    assert receipts_in(root) == sorted([converted, nameless, broken])
+    assert receipts_in(tmp_path / "nowhere") == []
