@@ -17,6 +17,7 @@ from ingestd.commands.retry import run_retry
 from ingestd.commands.run import run_once, run_run
 from ingestd.commands.sandbox import run_sandbox
 from ingestd.commands.status import run_status
+from ingestd.commands.verify import run_verify
 from ingestd.config.model import ConfigError
 from ingestd.journal import JournalError
 
@@ -63,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--patient", action="append", metavar="FOLDER", help="every failed file of this folder"
     )
     retry.add_argument("--all", action="store_true", help="every failed file")
+    verify = command("verify", run_verify, "prove that the EHR holds what each done/ receipt says")
+    verify.add_argument(
+        "paths", nargs="*", metavar="PATH", help="done files, their receipts or folders in done/"
+    )
+    verify.add_argument("--since", metavar="DATE", help="receipts finished on or after DATE")
+    verify.add_argument("--target", metavar="NAME", help="receipts of this target only")
+    verify.add_argument("--again", action="store_true", help="re-check what was verified before")
+    verify.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    verify.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     sandbox = command(
         "sandbox", run_sandbox, "serve a local stand-in EHR (both APIs)", config=False
     )

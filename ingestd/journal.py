@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS files (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_by_state ON files (state, next_attempt_at);
+-- `ingestd verify`: what the EHR was seen to hold, and when (made on every open: no migration).
+CREATE TABLE IF NOT EXISTS verified (target TEXT NOT NULL, document_id TEXT NOT NULL,
+    sha256 TEXT NOT NULL, verified_at TEXT NOT NULL, PRIMARY KEY (target, document_id, sha256));
 """
 
 # Each step takes a journal from version N to N+1, in one transaction with the version bump.
@@ -287,6 +290,21 @@ class Journal:
     def delete(self, row_id: int) -> None:
         self._write("DELETE FROM files WHERE id = ?", (row_id,))
 
+    def mark_verified(self, target: str, document_id: str, sha256: str, at: str) -> None:
+        """The EHR holds this document with this content (`ingestd verify`), as of `at`."""
+        self._write(
+            "INSERT OR REPLACE INTO verified (target, document_id, sha256, verified_at) "
+            "VALUES (?, ?, ?, ?)",
+            (target, document_id, sha256, at),
+        )
+
+    def forget_verified(self, target: str, document_id: str, sha256: str) -> None:
+        """A re-check found it missing or different: the next run checks it again."""
+        self._write(
+            "DELETE FROM verified WHERE target = ? AND document_id = ? AND sha256 = ?",
+            (target, document_id, sha256),
+        )
+
     # --- reading ----------------------------------------------------------------------------
 
     def _read(self, sql: str, params: Any = ()) -> list[Any]:
@@ -361,6 +379,14 @@ class Journal:
             return None
         loaded = json.loads(found[0][0])
         return loaded if isinstance(loaded, list) else None
+
+    def verified_at(self, target: str, document_id: str, sha256: str) -> str | None:
+        """When `ingestd verify` last saw the EHR hold this document with this content."""
+        found = self._read(
+            "SELECT verified_at FROM verified WHERE target = ? AND document_id = ? AND sha256 = ?",
+            (target, document_id, sha256),
+        )
+        return str(found[0][0]) if found else None
 
     def oldest_active(self) -> float | None:
         """When the oldest unfinished row was received (epoch seconds)."""

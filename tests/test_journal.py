@@ -1,5 +1,6 @@
 """The journal's state machine survives reopening (a crash) at every step."""
 
+import sqlite3
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -133,3 +134,23 @@ def test_receipts_kept_for_a_retried_file_are_taken_once_and_only_for_that_conte
     assert journal.take_retried(source, "other content") is None
     assert journal.take_retried(source, "abc") == [{"status": "failed"}]
     assert journal.take_retried(source, "abc") is None
+
+
+def test_verified_times_survive_reopening_and_an_older_journal_gets_the_table(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    journal.close()
+    with sqlite3.connect(path) as db:  # a journal as an ingestd before `verify` left it
+        db.execute("DROP TABLE verified")
+    journal = Journal(path)
+    assert journal.verified_at("leyr", "doc_1", "ab") is None
+    journal.mark_verified("leyr", "doc_1", "ab", "2026-12-04T20:00:00.000Z")
+    journal.close()
+    journal = Journal(path)
+    assert journal.verified_at("leyr", "doc_1", "ab") == "2026-12-04T20:00:00.000Z"
+    assert journal.verified_at("leyr", "doc_1", "other content") is None
+    journal.forget_verified("leyr", "doc_1", "ab")
+    assert journal.verified_at("leyr", "doc_1", "ab") is None
+    journal.close()

@@ -14,15 +14,24 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ingestd.config.model import Config, ConfigError, Paths, SourceConfig, WatchConfig
+from ingestd.config.model import (
+    Config,
+    ConfigError,
+    Paths,
+    SourceConfig,
+    VerifySchedule,
+    WatchConfig,
+)
 from ingestd.config.secrets import readable_by_others, resolve_tree
 from ingestd.config.targets import loopback, parse_targets
 from ingestd.rules.parse import parse_rules
 from ingestd.rules.patients import PatientMap, parse_patients
 from ingestd.yamlsource import START, MarkedDict, MarkedList, Problem, Report, load, yaml_type
 
-TOP_KEYS = ("paths", "targets", "watch", "patients", "rules", "metrics")
+TOP_KEYS = ("paths", "targets", "watch", "patients", "rules", "metrics", "verify")
 METRICS_KEYS = ("listen",)
+VERIFY_KEYS = ("every", "sample")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 PATH_KEYS = ("inbox", "done", "failed", "state")
 WATCH_KEYS = (
     "settle_seconds",
@@ -95,10 +104,13 @@ def _build(report: Report, tree: MarkedDict) -> Config | None:
         report.warn(rules_node.mark, "rules is empty: every file will fail with no_rule")
     metrics_node = report.mapping(tree, "metrics", "metrics")
     listen = _metrics_listen(report, metrics_node) if metrics_node is not None else None
+    verify_node = report.mapping(tree, "verify", "verify")
+    verify = _verify(report, verify_node) if verify_node is not None else None
     if paths is None:
         return None
     return Config(
         metrics_listen=listen,
+        verify=verify,
         file=report.file,
         paths=paths,
         targets=MappingProxyType(targets),
@@ -204,3 +216,37 @@ def _metrics_listen(report: Report, node: MarkedDict) -> tuple[str, int] | None:
         report.error(at, "metrics.listen must be a loopback address (127.0.0.1, ::1, localhost)")
         return None
     return host, int(port)
+
+
+def _verify(report: Report, node: MarkedDict) -> VerifySchedule | None:
+    """`verify: {every: 24h, sample: 1%}`: every as seconds or with s/m/h/d, sample as a
+    percentage or a fraction."""
+    report.keys(node, "verify", VERIFY_KEYS, VERIFY_KEYS)
+    every = _amount(node.get("every"), _UNITS, 1.0)
+    if "every" in node and (every is None or every < 60):
+        report.error(node.value_mark("every"), "verify.every must be 60 s or more, e.g. 24h")
+        every = None
+    sample = _amount(node.get("sample"), {"%": 0.01}, 1.0)
+    if "sample" in node and (sample is None or not 0 < sample <= 1):
+        report.error(node.value_mark("sample"), "verify.sample must be above 0 and at most 100%")
+        sample = None
+    if every is None or sample is None:
+        return None
+    return VerifySchedule(every, sample)
+
+
+def _amount(value: object, units: Mapping[str, float], bare: float) -> float | None:
+    """`24h`, `90 m`, `1%`, or a bare number (times `bare`); None when it is none of those."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) * bare
+    text = str(value).strip()
+    scale = bare
+    if text and text[-1] in units:
+        text, scale = text[:-1].strip(), units[text[-1]]
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number * scale if number == number and abs(number) != float("inf") else None

@@ -79,6 +79,15 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
+class VerifySchedule:
+    """`verify:`: the daemon re-checks a random `sample` (a fraction) of done/ receipts against
+    the EHR every `every_seconds`, as `ingestd verify --again` would."""
+
+    every_seconds: float
+    sample: float  # 0 < sample <= 1
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon needs from the config file, checked and with secrets resolved."""
 
@@ -89,6 +98,7 @@ class Config:
     patients: PatientMap = field(default_factory=PatientMap)
     rules: tuple[Rule, ...] = ()
     metrics_listen: tuple[str, int] | None = None  # loopback host and port; None: no metrics
+    verify: VerifySchedule | None = None  # None: no periodic verification
     warnings: tuple[Problem, ...] = ()
 
     @property

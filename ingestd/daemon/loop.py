@@ -23,6 +23,7 @@ from ingestd.daemon.intake import Intake
 from ingestd.daemon.reload import CONFIG_CHECK_EVERY, ConfigWatch, load_new
 from ingestd.daemon.report import publish_status, snapshot, status_line
 from ingestd.daemon.signals import Signals
+from ingestd.daemon.verify import PeriodicVerify
 from ingestd.daemon.workers import WorkerPool
 from ingestd.delivery.fleet import Fleet
 from ingestd.delivery.pipeline import Pipeline
@@ -92,6 +93,9 @@ class Daemon:
             self.masker,
             self.intake.hints.wake,
         )
+        self.verify = PeriodicVerify(
+            lambda: self._config, self.journal, self.masker, self.metrics, self.stopping
+        )
         self._watchdog_every = notify.watchdog_interval()
         self._resumed: set[int] = set()
         self.started = time.time()
@@ -143,6 +147,7 @@ class Daemon:
                 self._metrics_server = start_server(
                     self._config.metrics_listen, self.metrics, self.snapshot
                 )
+            self.verify.start()
         self.intake.scan_all()
         next_scan = time.monotonic() + self._config.watch.scan_interval_seconds
         last_watchdog = 0.0

@@ -81,6 +81,11 @@ class Metrics:
             "ingestd_converted_pages", "Pages of the PDFs made", registry=self.registry
         )
 
+        self.verifications = Counter(
+            "ingestd_verify", "Receipts checked against the EHR (ingestd verify) by outcome",
+            ["target", "outcome"], registry=self.registry,
+        )  # fmt: skip
+
     def finished(self, target: str, outcome: str, seconds: float, size: int = 0) -> None:
         self.uploads.labels(target, outcome).inc()
         if outcome == "done":
@@ -96,6 +101,9 @@ class Metrics:
         if outcome == "done":
             self.conversion_seconds.observe(seconds)
             self.converted_pages.inc(pages)
+
+    def verified(self, target: str, outcome: str) -> None:
+        self.verifications.labels(target, outcome).inc()
 
     def watch(self, snapshot: Callable[[], DaemonState]) -> None:
         """Read the daemon's gauges from `snapshot` at every scrape."""

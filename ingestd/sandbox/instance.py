@@ -5,6 +5,7 @@ This is the Python API other code uses; the HTTP side lives in server.py and the
 
 from __future__ import annotations
 
+import base64
 import signal
 import ssl
 import threading
@@ -124,6 +125,20 @@ class Sandbox:
     def requests(self, api: str | None = None) -> list[RequestRecord]:
         return self._context.store.requests(api)
 
+    def delete_document(self, doc_id: str) -> None:
+        """The EHR's own users deleted this document."""
+        control.tamper(self._context.store, {"id": doc_id, "action": "delete"})
+
+    def change_content(self, doc_id: str, content: bytes) -> None:
+        """The EHR now holds other bytes under this document id."""
+        encoded = base64.b64encode(content).decode("ascii")
+        control.tamper(self._context.store, {"id": doc_id, "action": "content", "content": encoded})
+
+    def move_document(self, doc_id: str, patient_id: str) -> None:
+        """The document was re-filed under another patient."""
+        request = {"id": doc_id, "action": "move", "patient_id": patient_id}
+        control.tamper(self._context.store, request)
+
     def add_fault(self, fault: Fault) -> None:
         self._context.faults.add(fault)
 
@@ -154,7 +169,7 @@ class Sandbox:
             f"  client_id      {nymbl_creds['client_id']}",
             f"  client_secret  {nymbl_creds['client_secret']}",
             "Control",
-            f"  {self.url}{control.PREFIX}/documents  /requests  /faults  /reset",
+            f"  {self.url}{control.PREFIX}/documents  /requests  /faults  /reset  /tamper",
         ]
         if self._context.latency_seconds > 0:
             lines.append(f"Latency: {self._context.latency_seconds:g} s added to every upload")

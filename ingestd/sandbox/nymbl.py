@@ -49,7 +49,7 @@ FILE_TYPES = frozenset(
 UPLOADED_BY = "sandbox-client"
 _PATIENTS = re.compile(r"Patients\((.*)\)", re.DOTALL)
 _DOCUMENTS = re.compile(r"Documents(?:\((.*)\))?", re.DOTALL)
-_PATIENT_ID = re.compile(r"[0-9]{1,18}")
+PATIENT_ID = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def _authenticate(ctx: Context, req: Request) -> None:
 
 def _scope(ctx: Context, req: Request, where: _Where) -> tuple[Scope, str]:
     _authenticate(ctx, req)
-    if not _PATIENT_ID.fullmatch(where.patient_id):
+    if not PATIENT_ID.fullmatch(where.patient_id):
         raise fail(400, "invalid_patient_id", "patient id must be numeric")
     patient_id = str(int(where.patient_id))
     if not ctx.patient_exists(patient_id, where.patient_id):

@@ -6,6 +6,7 @@ route only ever sees its own patient's documents.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
 import threading
@@ -147,6 +148,35 @@ class Store:
             if entry is None or entry[0] != scope:
                 return False
             del self._docs[doc_id]
+            return True
+
+    def remove(self, doc_id: str) -> bool:
+        """Delete a document wherever it is (the control plane: "deleted in the EHR")."""
+        with self._lock:
+            return self._docs.pop(doc_id, None) is not None
+
+    def replace_content(self, doc_id: str, content: bytes) -> bool:
+        """Give a stored document other bytes under the same id ("changed in the EHR")."""
+        with self._lock:
+            entry = self._docs.get(doc_id)
+            if entry is None:
+                return False
+            scope, doc = entry
+            changed = dataclasses.replace(
+                doc, content=content, size=len(content), sha256=hashlib.sha256(content).hexdigest()
+            )
+            self._docs[doc_id] = (scope, changed)
+            return True
+
+    def move(self, doc_id: str, patient_key: str, patient_id: str) -> bool:
+        """File a stored document under another patient of the same API and care unit."""
+        with self._lock:
+            entry = self._docs.get(doc_id)
+            if entry is None:
+                return False
+            scope, doc = entry
+            moved = dataclasses.replace(doc, patient_id=patient_id)
+            self._docs[doc_id] = ((*scope[:-1], patient_key), moved)
             return True
 
     def documents(self, api: str | None = None) -> list[StoredDocument]:

@@ -49,6 +49,16 @@ class Upload:
 
 
 @dataclass(frozen=True)
+class Fetched:
+    """A stored document as the EHR gave it back: its content's size and SHA-256 (hashed as it
+    streamed in), and whether the EHR's answer names another patient than the one asked for."""
+
+    size: int
+    sha256: str
+    other_patient: bool = False
+
+
+@dataclass(frozen=True)
 class Refusal:
     """Why a target will not take a document; decided locally, before any request."""
 
@@ -57,7 +67,7 @@ class Refusal:
 
 
 class TargetError(Exception):
-    """Base for everything `send` and `find` raise; `message` never holds PHI or secrets."""
+    """Base for everything `send`, `find` and `fetch` raise; `message` holds no PHI or secret."""
 
     def __init__(self, message: str, http_status: int | None = None) -> None:
         super().__init__(message)
@@ -138,6 +148,11 @@ class Target(Protocol):
     def find(self, upload: Upload) -> str | None:
         """Ask the EHR whether this exact document (size and SHA-256 of its content) is already
         stored; names and titles only say which candidates to check first."""
+        ...
+
+    def fetch(self, document_id: str, patient_id: str) -> Fetched | None:
+        """Read one stored document of this patient back, hashing its content with bounded
+        memory; None when the EHR does not hold that document for that patient (404)."""
         ...
 
     def close(self) -> None: ...

@@ -11,6 +11,7 @@ from typing import ClassVar, Self
 import requests
 
 from ingestd.targets.base import (
+    Fetched,
     Refusal,
     Upload,
 )
@@ -62,6 +63,9 @@ class HttpTarget:
         raise NotImplementedError
 
     def find(self, upload: Upload) -> str | None:
+        raise NotImplementedError
+
+    def fetch(self, document_id: str, patient_id: str) -> Fetched | None:
         raise NotImplementedError
 
     def refusal(self, upload: Upload) -> Refusal | None:

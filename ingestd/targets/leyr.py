@@ -18,7 +18,7 @@ import requests
 
 from ingestd.identifiers import luhn_ok
 from ingestd.targets.answers import created_id, document_id, json_object, raise_for_outcome
-from ingestd.targets.base import TransientError, Upload
+from ingestd.targets.base import Fetched, TransientError, Upload
 from ingestd.targets.bodies import StreamingBody, file_chunks
 from ingestd.targets.http import DEFAULTS, HttpTarget
 from ingestd.targets.lookup import Candidate, check_order, in_window, stored_at
@@ -120,8 +120,32 @@ class LeyrTarget(HttpTarget):
                 return doc_id
         return None
 
+    def fetch(self, document_id: str, patient_id: str) -> Fetched | None:
+        """GET one document of this patient; its base64 `content` is hashed a slice at a time."""
+        what = f"{self.name} verify"
+        url = f"{self._patient_documents(patient_id)}/{quote(document_id, safe='')}"
+        response = self._get_once(url, what, stream=True)
+        try:
+            with transport_errors(what, self.timeout_seconds):
+                if response.status_code == 404:
+                    return None
+                raise_for_outcome(response, what, [patient_id, document_id])
+                payload = json_object(response, what)
+        finally:
+            response.close()
+        content = payload.get("content")
+        digest = _b64_sha256(content) if isinstance(content, str) else None
+        if digest is None:
+            raise TransientError(f"{what}: HTTP 200 without base64 content")
+        said = payload.get("patient_id")
+        other = isinstance(said, str) and _bare(said) != _bare(patient_id)
+        return Fetched(digest[0], digest[1], other_patient=other)
+
     def _documents_url(self, upload: Upload) -> str:
-        return f"{self._units}/patients/{_segment(upload.patient_id)}/documents"
+        return self._patient_documents(upload.patient_id)
+
+    def _patient_documents(self, patient_id: str) -> str:
+        return f"{self._units}/patients/{_segment(patient_id)}/documents"
 
     def _same_content(self, upload: Upload, doc_id: str, redact: list[str]) -> bool:
         what = f"{self.name} look-up"
@@ -150,6 +174,11 @@ class LeyrTarget(HttpTarget):
             upload.file_name,
             upload.title,
         ]
+
+
+def _bare(patient_id: str) -> str:
+    """`abc_1` and `emr_id:abc_1` are the same Leyr patient."""
+    return patient_id.removeprefix("emr_id:")
 
 
 def _candidates_in(items: list[object], upload: Upload) -> list[Candidate]:

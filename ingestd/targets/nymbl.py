@@ -18,7 +18,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import requests
 
 from ingestd.targets.answers import created_id, document_id, json_object, raise_for_outcome
-from ingestd.targets.base import TransientError, Upload
+from ingestd.targets.base import Fetched, TransientError, Upload
 from ingestd.targets.bodies import CHUNK, StreamingBody, file_chunks
 from ingestd.targets.http import DEFAULTS, HttpTarget
 from ingestd.targets.lookup import Candidate, check_order, in_window, stored_at
@@ -136,6 +136,34 @@ class NymblTarget(HttpTarget):
                 return doc_id
         return None
 
+    def fetch(self, document_id: str, patient_id: str) -> Fetched | None:
+        """The document's metadata (does it name this patient?), then `$value`, streamed and
+        hashed a chunk at a time."""
+        what = f"{self.name} verify"
+        redact = [patient_id, document_id]
+        document = f"{self._base_url}/Patients({quote(patient_id, safe='')})"
+        document += f"/Documents({quote(document_id, safe='')})"
+        response = self._get(document, what)
+        if response.status_code == 404:
+            return None
+        raise_for_outcome(response, what, redact)
+        said = json_object(response, what).get("patient_id")
+        other = said is not None and not _same_number(str(said), patient_id)
+        response = self._get(f"{document}/$value", what, stream=True)
+        try:
+            if response.status_code == 404:
+                return None
+            raise_for_outcome(response, what, redact)
+            digest = hashlib.sha256()
+            size = 0
+            with transport_errors(what, self.timeout_seconds):
+                for chunk in response.iter_content(CHUNK):
+                    size += len(chunk)
+                    digest.update(chunk)
+            return Fetched(size, digest.hexdigest(), other_patient=other)
+        finally:
+            response.close()
+
     def _auth(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}", "x-api-key": self._api_key}
 
@@ -238,6 +266,13 @@ def _candidates_in(page: list[Any], upload: Upload) -> list[Candidate]:
         if doc_id is not None:
             found.append(Candidate(doc_id, item.get("file_name") == upload.file_name, when))
     return found
+
+
+def _same_number(said: str, asked: str) -> bool:
+    """`0042` and `42` are the same Nymbl patient; other text is compared as it is."""
+    if _DIGITS.fullmatch(said) and _DIGITS.fullmatch(asked):
+        return int(said) == int(asked)
+    return said == asked
 
 
 def _redact(upload: Upload) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from ingestd.config.load import load_config
-from ingestd.config.model import Config, ConfigError, SourceConfig, WatchConfig
+from ingestd.config.model import Config, ConfigError, SourceConfig, VerifySchedule, WatchConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "hunter2-do-not-print"
@@ -454,3 +454,37 @@ def test_state_that_is_a_folder_is_refused(tmp_path: Path) -> None:
         f"{path}:5:10: paths.state is a folder; it names the journal's file, e.g. "
         f"{folder / 'journal.sqlite'}"
     ]
+
+
+@pytest.mark.parametrize(
+    ("every", "sample", "seconds", "fraction"),
+    [("24h", "1%", 86400.0, 0.01), (3600, 0.5, 3600.0, 0.5), ("90 m", "100%", 5400.0, 1.0)],
+)
+def test_verify_section(
+    tmp_path: Path, every: object, sample: object, seconds: float, fraction: float
+) -> None:
+    text = GOOD + f"verify: {{every: {every}, sample: {sample}}}\n"
+    config = load_config(write(tmp_path, text), ENV)
+    assert config.verify == VerifySchedule(seconds, fraction)
+    assert load_config(write(tmp_path, GOOD), ENV).verify is None
+
+
+def test_verify_problems(tmp_path: Path) -> None:
+    text = GOOD + textwrap.dedent(
+        """\
+        verify:
+          every: 10s
+          sample: 150%
+        ---
+        """
+    ).replace("---\n", "")
+    path = write(tmp_path, text)
+    assert problems(path) == [
+        f"{path}:25:10: verify.every must be 60 s or more, e.g. 24h",
+        f"{path}:26:11: verify.sample must be above 0 and at most 100%",
+    ]
+    path = write(tmp_path, GOOD + "verify: {every: often, sampel: 1%}\n")
+    found = problems(path)
+    assert any("verify.every must be 60 s or more" in p for p in found)
+    assert any("unknown key 'sampel' in verify; did you mean 'sample'?" in p for p in found)
+    assert any("'sample'" in p and "missing" in p for p in found)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 
 import pytest
@@ -11,6 +12,7 @@ import requests
 from ingestd.identifiers import luhn_ok
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import KINDS
+from ingestd.targets.base import AuthError, Fetched, TransientError
 from ingestd.targets.leyr import (
     LeyrTarget,
     _too_short,
@@ -192,3 +194,43 @@ def test_find_reads_past_smaller_documents_to_ours(
     doc_id = target.send(make_upload(pdf_bytes(9_000, seed=2), patient_id="p1", title="Big"))
     ours = make_upload(pdf_bytes(9_000, seed=2), patient_id="p1", title="Renamed")
     assert target.find(ours) == doc_id
+
+
+def test_fetch_hashes_the_stored_content_and_sees_it_deleted_changed_or_moved(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "leyr")
+    data = pdf_bytes(300_001, seed=4)
+    upload = make_upload(data, patient_id="abc_12345")
+    doc_id = target.send(upload)
+    fetched = target.fetch(doc_id, "abc_12345")
+    assert fetched == Fetched(len(data), upload.sha256)
+    assert target.fetch(doc_id, "emr_id:abc_12345") == fetched  # the same patient
+    assert target.fetch("doc_nosuch", "abc_12345") is None
+
+    sb.change_content(doc_id, b"%PDF-1.7\nsomething else")
+    changed = target.fetch(doc_id, "abc_12345")
+    assert changed is not None
+    assert changed.sha256 == hashlib.sha256(b"%PDF-1.7\nsomething else").hexdigest()
+
+    sb.move_document(doc_id, "xyz_999")
+    assert target.fetch(doc_id, "abc_12345") is None
+    assert target.fetch(doc_id, "xyz_999") is not None
+    sb.delete_document(doc_id)
+    assert target.fetch(doc_id, "xyz_999") is None
+
+
+def test_fetch_classifies_trouble_like_an_upload(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "leyr")
+    doc_id = target.send(make_upload(patient_id="abc_12345"))
+    sb.add_fault(Fault(api="leyr", route="get", status=503, retry_after="7"))
+    with pytest.raises(TransientError) as busy:
+        target.fetch(doc_id, "abc_12345")
+    assert busy.value.retry_after == 7.0
+    assert "abc_12345" not in busy.value.message
+    assert doc_id not in busy.value.message
+    bad = target_for(sb, "leyr", {"client_secret": "wrong"})
+    with pytest.raises(AuthError):
+        bad.fetch(doc_id, "abc_12345")

@@ -16,7 +16,7 @@ import requests
 from ingestd.delivery.retrying import Delivered, Refused, deliver
 from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import KINDS
-from ingestd.targets.base import AuthError, Target, TransientError, Upload
+from ingestd.targets.base import AuthError, Fetched, Target, TransientError, Upload
 from ingestd.targets.lookup import CLOCK_SLACK_SECONDS
 from ingestd.targets.nymbl import NymblTarget, validate_options, validate_patient_id
 from ingestd.targets.oauth2 import TokenSource, token_lifetime
@@ -504,3 +504,46 @@ def test_concurrent_uploads_refused_with_wrong_credentials_stop_after_the_second
     # Each upload: its first token refused, then one replacement: never a third send.
     assert len(uploads(sb)) <= 8
     assert token_requests(sb) <= 1 + len(uploads_)
+
+
+def test_fetch_streams_value_and_sees_it_deleted_changed_or_moved(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl")
+    data = pdf_bytes(1_000_003, seed=9)
+    upload = make_upload(data, patient_id="12345")
+    doc_id = target.send(upload)
+    assert target.fetch(doc_id, "12345") == Fetched(len(data), upload.sha256)
+    assert target.fetch(doc_id, "0012345") == Fetched(len(data), upload.sha256)  # same number
+    routes = [r.route for r in sb.requests("nymbl") if r.method == "GET"]
+    assert routes[-2:] == ["get", "value"]  # metadata (whose patient?), then the bytes
+    assert target.fetch("doc-nosuch", "12345") is None
+
+    sb.change_content(doc_id, b"%PDF-1.7\nother")
+    changed = target.fetch(doc_id, "12345")
+    assert changed is not None
+    assert (changed.size, changed.sha256) != (len(data), upload.sha256)
+    sb.move_document(doc_id, "777")
+    assert target.fetch(doc_id, "12345") is None
+    assert target.fetch(doc_id, "777") is not None
+    sb.delete_document(doc_id)
+    assert target.fetch(doc_id, "777") is None
+
+
+def test_fetch_gets_a_new_token_once_and_classifies_trouble(
+    sb: Sandbox, target_for: TargetFactory, make_upload: UploadFactory
+) -> None:
+    target = target_for(sb, "nymbl")
+    doc_id = target.send(make_upload(patient_id="12345"))
+    # Tokens revoked after the metadata GET: `$value` is refused once, then sent with a new one.
+    sb.add_fault(Fault(api="nymbl", route="get", action="revoke"))
+    assert target.fetch(doc_id, "12345") is not None
+    assert [r.status for r in sb.requests("nymbl") if r.route == "value"] == [401, 200]
+    sb.add_fault(Fault(api="nymbl", route="value", status=429, retry_after="3"))
+    with pytest.raises(TransientError) as busy:
+        target.fetch(doc_id, "12345")
+    assert busy.value.retry_after == 3.0
+    assert "12345" not in busy.value.message
+    bad = target_for(sb, "nymbl", {"api_key": "wrong"})
+    with pytest.raises(AuthError):
+        bad.fetch(doc_id, "12345")
