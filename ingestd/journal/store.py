@@ -1,21 +1,5 @@
-"""The journal: one SQLite row per claimed file and the state it has reached.
-
-It is the truth about every file ingestd has taken out of the inbox. Each state is committed
-before the side effect that follows it, so after a crash every unfinished row says exactly what
-is left to do:
-
-    claiming → claimed → uploading → uploaded(document_id) → done
-                      ↘ rejected(error) ─────────────────→ failed
-
-`claiming`: the rename into the work folder may or may not have happened (a running daemon
-hands the row to a worker as it is; after a crash the work folder says which); `claimed`: the
-rule's decision is recorded and the file waits to be sent; `uploading`: a request
-may have reached the EHR, so the outcome is unknown until the EHR is asked; `uploaded` and
-`rejected`: only the move to done/ or failed/ and the receipt are left.
-
-Files still in the inbox are not rows: the inbox itself is their truth, and a scan after a
-restart finds them again. Paths are stored as bytes so odd names survive byte for byte.
-"""
+"""The journal's store: SQLite in WAL mode, one statement per write on a writer connection, reads
+on a second connection, the schema migrated on open."""
 
 from __future__ import annotations
 
@@ -27,140 +11,19 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-SCHEMA_VERSION = 4
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS files (
-    id INTEGER PRIMARY KEY,
-    source BLOB NOT NULL,           -- inbox-relative path, bytes
-    work BLOB NOT NULL UNIQUE,      -- inbox-relative path inside the work folder, bytes
-    state TEXT NOT NULL,
-    size INTEGER,
-    sha256 TEXT,
-    format TEXT,
-    patient_id TEXT,
-    decision TEXT,                  -- JSON: the rule's decision, kept across reloads
-    attempts INTEGER NOT NULL DEFAULT 0,
-    outcome_unknown INTEGER NOT NULL DEFAULT 0,
-    document_id TEXT,
-    error TEXT,                     -- JSON {kind, message, http_status?}
-    dest BLOB,                      -- path relative to done/ or failed/, once chosen
-    history TEXT,                   -- JSON list of earlier receipts (ingestd retry)
-    received_at TEXT NOT NULL,
-    finished_at TEXT,
-    next_attempt_at REAL NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS files_by_state ON files (state, next_attempt_at);
--- `ingestd verify`: what the EHR was seen to hold, and when (made on every open: no migration).
-CREATE TABLE IF NOT EXISTS verified (target TEXT NOT NULL, document_id TEXT NOT NULL,
-    sha256 TEXT NOT NULL, verified_at TEXT NOT NULL, PRIMARY KEY (target, document_id, sha256));
-"""
-
-# Each step takes a journal from version N to N+1, in one transaction with the version bump.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        # Who dropped the file (its owner when claimed), for the receipt's audit fields.
-        "ALTER TABLE files ADD COLUMN owner_uid INTEGER",
-        # Receipts of files `ingestd retry` put back, until the file is claimed again.
-        "CREATE TABLE IF NOT EXISTS retried (source BLOB NOT NULL, sha256 TEXT NOT NULL, "
-        "receipts TEXT NOT NULL, PRIMARY KEY (source, sha256))",
-    ),
-    2: (
-        # When the last upload request began: an unknown outcome is settled only after the EHR
-        # has had time to finish storing what it may still be working on.
-        "ALTER TABLE files ADD COLUMN sent_at REAL",
-    ),
-    3: (
-        # A file sent as a PDF made from it (issue 14): what was made, committed before the
-        # first send so a resumed upload sends the same bytes and the look-up compares them.
-        # `sha256`, `size` and `format` stay those of the source file.
-        "ALTER TABLE files ADD COLUMN converted_format TEXT",
-        "ALTER TABLE files ADD COLUMN converted_sha256 TEXT",
-        "ALTER TABLE files ADD COLUMN converted_size INTEGER",
-        "ALTER TABLE files ADD COLUMN converted_pages INTEGER",
-    ),
-}
-
-ACTIVE_STATES = ("claiming", "claimed", "uploading", "uploaded", "rejected")
-FINAL_STATES = ("done", "failed")
-
-_COLUMNS = (
-    "id", "source", "work", "state", "size", "sha256", "format", "patient_id", "decision",
-    "attempts", "outcome_unknown", "document_id", "error", "dest", "history", "received_at",
-    "finished_at", "next_attempt_at", "owner_uid", "sent_at", "converted_format",
-    "converted_sha256", "converted_size", "converted_pages",
-)  # fmt: skip
-_PATH_COLUMNS = {"source", "work", "dest"}
-_JSON_COLUMNS = {"decision", "error", "history"}
-
-
-@dataclass(frozen=True)
-class Row:
-    """A journal row as the pipeline sees it."""
-
-    id: int
-    source: PurePosixPath
-    work: PurePosixPath
-    state: str
-    size: int | None
-    sha256: str | None
-    format: str | None
-    patient_id: str | None
-    decision: dict[str, Any] | None
-    attempts: int
-    outcome_unknown: bool
-    document_id: str | None
-    error: dict[str, Any] | None
-    dest: PurePosixPath | None
-    history: list[dict[str, Any]] | None
-    received_at: str
-    finished_at: str | None
-    next_attempt_at: float
-    owner_uid: int | None
-    sent_at: float | None
-    converted_format: str | None = None  # the PDF sent instead of the file, once made
-    converted_sha256: str | None = None
-    converted_size: int | None = None
-    converted_pages: int | None = None
-
-
-def _new_row(row_id: int, columns: dict[str, Any]) -> Row:
-    """A freshly inserted row: the columns given, the schema's defaults for the rest."""
-    defaults: dict[str, Any] = dict.fromkeys(_COLUMNS)
-    defaults.update(attempts=0, outcome_unknown=False, next_attempt_at=0.0)
-    defaults.update(columns, id=row_id)
-    return Row(**defaults)
-
-
-def _to_db(column: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if column in _PATH_COLUMNS:
-        return os.fsencode(str(value))
-    if column in _JSON_COLUMNS:
-        return json.dumps(value, ensure_ascii=True, sort_keys=True)
-    if isinstance(value, bool):
-        return int(value)
-    return value
-
-
-def _from_db(column: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if column in _PATH_COLUMNS:
-        return PurePosixPath(os.fsdecode(bytes(value)))
-    if column in _JSON_COLUMNS:
-        return json.loads(value)
-    if column == "outcome_unknown":
-        return bool(value)
-    return value
+from ingestd.journal.rows import (
+    ACTIVE_STATES,
+    COLUMNS,
+    Row,
+    from_db,
+    new_row,
+    to_db,
+)
+from ingestd.journal.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
 
 class JournalError(Exception):
@@ -202,7 +65,7 @@ class Journal:
 
     def _migrate(self) -> None:
         with self._transaction() as db:
-            for statement in _SCHEMA.split(";"):
+            for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
             found = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -217,7 +80,7 @@ class Journal:
                     f"{SCHEMA_VERSION}: upgrade ingestd"
                 )
             while version < SCHEMA_VERSION:
-                for statement in _MIGRATIONS[version]:
+                for statement in MIGRATIONS[version]:
                     db.execute(statement)
                 version += 1
                 db.execute(
@@ -255,20 +118,20 @@ class Journal:
         columns = {"source": source, "work": work, "state": "claiming", "received_at": received_at}
         columns.update(values)
         names = [*list(columns), "updated_at"]
-        params = [_to_db(name, columns[name]) for name in columns] + [time.time()]
+        params = [to_db(name, columns[name]) for name in columns] + [time.time()]
         cursor = self._write(
             f"INSERT INTO files ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",  # noqa: S608
             params,
         )
-        return _new_row(int(cursor.lastrowid or 0), columns)
+        return new_row(int(cursor.lastrowid or 0), columns)
 
     def update(self, row_id: int, **values: Any) -> None:
         """Set columns of one row in one transaction."""
-        unknown = set(values) - set(_COLUMNS)
+        unknown = set(values) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown journal columns: {sorted(unknown)}")
         assignments = ", ".join(f"{name} = ?" for name in values)
-        params = [_to_db(name, value) for name, value in values.items()]
+        params = [to_db(name, value) for name, value in values.items()]
         self._write(
             f"UPDATE files SET {assignments}, updated_at = ? WHERE id = ?",  # noqa: S608
             [*params, time.time(), row_id],
@@ -313,16 +176,11 @@ class Journal:
 
     def _select(self, where: str, params: tuple[Any, ...] = ()) -> list[Row]:
         found = self._read(
-            f"SELECT {', '.join(_COLUMNS)} FROM files WHERE {where}",  # noqa: S608
+            f"SELECT {', '.join(COLUMNS)} FROM files WHERE {where}",  # noqa: S608
             params,
         )
         return [
-            Row(
-                **{
-                    name: _from_db(name, value)
-                    for name, value in zip(_COLUMNS, record, strict=True)
-                }
-            )
+            Row(**{name: from_db(name, value) for name, value in zip(COLUMNS, record, strict=True)})
             for record in found
         ]
 

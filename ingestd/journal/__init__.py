@@ -1,0 +1,23 @@
+"""The journal: one SQLite row per claimed file and the state it has reached.
+
+It is the truth about every file ingestd has taken out of the inbox. Each state is committed
+before the side effect that follows it, so after a crash every unfinished row says exactly what
+is left to do:
+
+    claiming → claimed → uploading → uploaded(document_id) → done
+                      ↘ rejected(error) ─────────────────→ failed
+
+`claiming`: the rename into the work folder may or may not have happened (a running daemon
+hands the row to a worker as it is; after a crash the work folder says which); `claimed`: the
+rule's decision is recorded and the file waits to be sent; `uploading`: a request
+may have reached the EHR, so the outcome is unknown until the EHR is asked; `uploaded` and
+`rejected`: only the move to done/ or failed/ and the receipt are left.
+
+Files still in the inbox are not rows: the inbox itself is their truth, and a scan after a
+restart finds them again. Paths are stored as bytes so odd names survive byte for byte.
+"""
+
+from ingestd.journal.rows import ACTIVE_STATES, FINAL_STATES, Row
+from ingestd.journal.store import Journal, JournalError
+
+__all__ = ["ACTIVE_STATES", "FINAL_STATES", "Journal", "JournalError", "Row"]
