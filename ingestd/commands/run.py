@@ -16,7 +16,7 @@ def run_run(args: argparse.Namespace) -> int:
     as_state_owner(config)
     logs.setup(args.log_level)
     daemon = Daemon(config)
-    daemon.install_signals()
+    daemon.signals.install()
     daemon.run()
     return EXIT_OK
 
@@ -29,7 +29,7 @@ def run_once(args: argparse.Namespace) -> int:
     as_state_owner(config)
     logs.setup(args.log_level)
     daemon = Daemon(config, once=True)
-    daemon.install_signals()
+    daemon.signals.install()
     summary = daemon.run()
     print(f"done {summary.done}, failed {summary.failed}, waiting {summary.waiting}")
     return EXIT_FAILED if summary.failed or summary.waiting else EXIT_OK

@@ -109,9 +109,8 @@ class Daemon:
 
     @property
     def capacity(self) -> int:
-        # Twice the upload slots (TargetHealth.slots caps the sends): while some files are
-        # being sent, others are read, decided and filed (fsyncs), so an upload slot never
-        # waits for local work.
+        # Twice the upload slots (TargetHealth.slots caps the sends): while some files are sent,
+        # others are read, decided and filed (fsyncs): an upload slot never waits for local work.
         return 2 * sum(t.common.concurrency for t in self._config.targets.values()) + 2
 
     def _target_up(self, name: str) -> None:
@@ -121,9 +120,6 @@ class Daemon:
         self.intake.hints.wake.set()
 
     # --- signals ---------------------------------------------------------------------------
-
-    def install_signals(self) -> None:
-        self.signals.install()
 
     def request_stop(self) -> None:
         self.signals.request_stop()
