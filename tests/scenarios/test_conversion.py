@@ -114,6 +114,9 @@ def test_kill_9_between_conversion_and_upload(
     proc.kill()
     sandbox.clear_faults()
     proc = daemon_process(config)
+    # Started (signal handlers in place) before it is stopped: the first daemon may have filed
+    # the receipt itself before it was killed, and a SIGTERM during start-up ends a process.
+    proc.wait_started()
     wait_for(lambda: len(tree.receipts("done")) == 1, timeout=90)
     assert proc.stop() == 0
     _assert_sent_once_as_pdf(tree, sandbox, fax, pages=3)
@@ -136,6 +139,9 @@ def test_kill_9_between_upload_and_receipt(
         path.unlink()
     sandbox.clear_faults()
     proc = daemon_process(config)
+    # Started (signal handlers in place) before it is stopped: the first daemon may have filed
+    # the receipt itself before it was killed, and a SIGTERM during start-up ends a process.
+    proc.wait_started()
     wait_for(lambda: len(tree.receipts("done")) == 1, timeout=90)
     assert proc.stop() == 0
     _assert_sent_once_as_pdf(tree, sandbox, fax, pages=2)
