@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 import requests
@@ -124,15 +125,10 @@ class LeyrTarget(HttpTarget):
         """GET one document of this patient; its base64 `content` is hashed a slice at a time."""
         what = f"{self.name} verify"
         url = f"{self._patient_documents(patient_id)}/{quote(document_id, safe='')}"
-        response = self._get_once(url, what, stream=True)
-        try:
-            with transport_errors(what, self.timeout_seconds):
-                if response.status_code == 404:
-                    return None
-                raise_for_outcome(response, what, [patient_id, document_id])
-                payload = json_object(response, what)
-        finally:
-            response.close()
+        redact = [patient_id, patient_id.partition(":")[2], document_id]
+        payload = self._document(url, what, redact)
+        if payload is None:
+            return None
         content = payload.get("content")
         digest = _b64_sha256(content) if isinstance(content, str) else None
         if digest is None:
@@ -150,22 +146,31 @@ class LeyrTarget(HttpTarget):
     def _same_content(self, upload: Upload, doc_id: str, redact: list[str]) -> bool:
         what = f"{self.name} look-up"
         url = f"{self._documents_url(upload)}/{quote(doc_id, safe='')}"
+        # Every candidate is fetched: one too small to hold our file is not read at all.
+        payload = self._document(url, what, [*redact, doc_id], min_size=upload.size)
+        content = None if payload is None else payload.get("content")
+        if not isinstance(content, str):
+            return False
+        digest = _b64_sha256(content)
+        return digest is not None and digest == (upload.size, upload.sha256)
+
+    def _document(
+        self, url: str, what: str, redact: list[str], min_size: int | None = None
+    ) -> dict[str, Any] | None:
+        """One document as JSON; None when the EHR has no such document, or its body is too
+        short to hold `min_size` bytes as base64 (then it is not read)."""
         response = self._get_once(url, what, stream=True)
         try:
             # The body is read here, not by the GET: its transport errors are translated here.
             with transport_errors(what, self.timeout_seconds):
                 if response.status_code == 404:
-                    return False
-                raise_for_outcome(response, what, [*redact, doc_id])
-                if _too_short(response, upload.size):
-                    return False  # every candidate is fetched: a smaller one is not read at all
-                content = json_object(response, what).get("content")
+                    return None
+                raise_for_outcome(response, what, redact)
+                if min_size is not None and _too_short(response, min_size):
+                    return None
+                return json_object(response, what)
         finally:
             response.close()
-        if not isinstance(content, str):
-            return False
-        digest = _b64_sha256(content)
-        return digest is not None and digest == (upload.size, upload.sha256)
 
     def _redact(self, upload: Upload) -> list[str]:
         return [

@@ -149,7 +149,17 @@ class NymblTarget(HttpTarget):
         raise_for_outcome(response, what, redact)
         said = json_object(response, what).get("patient_id")
         other = said is not None and not _same_number(str(said), patient_id)
-        response = self._get(f"{document}/$value", what, stream=True)
+        value = self._value_digest(f"{document}/$value", what, redact)
+        if value is None:
+            return None
+        return Fetched(value[0], value[1], other_patient=other)
+
+    def _value_digest(
+        self, url: str, what: str, redact: Collection[str], limit: int | None = None
+    ) -> tuple[int, str] | None:
+        """(size, SHA-256) of a document's `$value`, streamed a chunk at a time; None when the
+        EHR has no such document, or it holds more than `limit` bytes (not read further)."""
+        response = self._get(url, what, stream=True)
         try:
             if response.status_code == 404:
                 return None
@@ -159,8 +169,10 @@ class NymblTarget(HttpTarget):
             with transport_errors(what, self.timeout_seconds):
                 for chunk in response.iter_content(CHUNK):
                     size += len(chunk)
+                    if limit is not None and size > limit:
+                        return None
                     digest.update(chunk)
-            return Fetched(size, digest.hexdigest(), other_patient=other)
+            return size, digest.hexdigest()
         finally:
             response.close()
 
@@ -229,22 +241,10 @@ class NymblTarget(HttpTarget):
     def _same_content(self, upload: Upload, doc_id: str, redact: Collection[str]) -> bool:
         what = f"{self.name} look-up"
         url = f"{self._patient_url(upload)}/Documents({quote(doc_id, safe='')})/$value"
-        response = self._get(url, what, stream=True)
-        try:
-            if response.status_code == 404:
-                return False
-            raise_for_outcome(response, what, redact)
-            digest = hashlib.sha256()
-            size = 0
-            with transport_errors(what, self.timeout_seconds):
-                for chunk in response.iter_content(CHUNK):
-                    size += len(chunk)
-                    if size > upload.size:
-                        return False
-                    digest.update(chunk)
-            return size == upload.size and digest.hexdigest() == upload.sha256
-        finally:
-            response.close()
+        return self._value_digest(url, what, redact, limit=upload.size) == (
+            upload.size,
+            upload.sha256,
+        )
 
 
 class _FilterRefused(Exception):
