@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -22,11 +21,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 CHILD = """
-import os, resource, sys, time
+import os, sys, time
 from ingestd.delivery.topdf import convert
 import PIL.Image, img2pdf  # imported before measuring
 src, dest = sys.argv[1], sys.argv[2]
 import tracemalloc
+def status(field):  # VmHWM, not ru_maxrss: that one carries the parent's peak over exec
+    with open("/proc/self/status") as lines:
+        return next(int(l.split()[1]) * 1024 for l in lines if l.startswith(field + ":"))
+rss_before = status("VmRSS")
 tracemalloc.start()
 fd = os.open(src, os.O_RDONLY)
 started = time.perf_counter()
@@ -34,7 +37,8 @@ with open(dest, "wb") as out:
     made = convert(fd, os.fstat(fd).st_size, out)
 seconds = time.perf_counter() - started
 grown = tracemalloc.get_traced_memory()[1]  # peak of Python allocations while converting
-print(made.pages, seconds, grown)
+rss_grown = status("VmHWM") - rss_before
+print(made.pages, seconds, grown, rss_grown)
 """
 
 
@@ -57,15 +61,31 @@ def big_jpeg() -> bytes:
     return data
 
 
-def command_cost(src: Path, dest: Path) -> tuple[float, int]:
-    """Time and peak RSS of the `img2pdf` command (its own process)."""
-    tool = shutil.which("img2pdf") or str(Path(sys.executable).parent / "img2pdf")
+COMMAND = """
+import atexit, sys
+import img2pdf
+def status(field):
+    with open("/proc/self/status") as lines:
+        return next(int(l.split()[1]) * 1024 for l in lines if l.startswith(field + ":"))
+started = status("VmRSS")
+atexit.register(lambda: print(status("VmHWM") - started, status("VmHWM"), file=sys.stderr))
+argv = ["img2pdf", "--engine=internal", "--nodate", "-o", sys.argv[2], sys.argv[1]]
+sys.exit(img2pdf.main(argv))
+"""
+
+
+def command_cost(src: Path, dest: Path) -> tuple[float, int, int]:
+    """Time (the whole process, start-up included), peak RSS growth over the process once
+    img2pdf is imported, and peak RSS of the `img2pdf` command's own code (its `main()`, in a
+    process of its own; /proc's VmHWM, since ru_maxrss carries the parent's peak over exec)."""
     started = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([tool, "--engine=internal", "--nodate", "-o", str(dest), str(src)], check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", COMMAND, str(src), str(dest)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, max(peak, before) * 1024
+    grown, peak = (int(word) for word in done.stderr.split()[-2:])
+    return seconds, grown, peak
 
 
 def main() -> None:
@@ -79,14 +99,17 @@ def main() -> None:
                 check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH="."),
             ).stdout.split()  # fmt: skip
             pages, seconds, grown = int(found[0]), float(found[1]), int(found[2])
-            cmd_seconds, cmd_peak = command_cost(src, root / "cmd.pdf")
+            rss_grown = int(found[3])
+            cmd_seconds, cmd_grown, cmd_peak = command_cost(src, root / "cmd.pdf")
             same = (root / "ours.pdf").read_bytes() == (root / "cmd.pdf").read_bytes()
             print(
                 f"{name}: source {len(data) / 1e6:.2f} MB, {pages} page(s); ingestd "
                 f"{seconds * 1000 / pages:.1f} ms/page, peak +{grown / 1e6:.1f} MB (tracemalloc) "
-                f"({grown / len(data):.2f}x the source); img2pdf command "
+                f"({grown / len(data):.2f}x the source), peak RSS +{rss_grown / 1e6:.1f} MB "
+                f"({rss_grown / len(data):.2f}x); img2pdf command "
                 f"{cmd_seconds * 1000 / pages:.1f} ms/page (whole process, start-up included), "
-                f"peak RSS {cmd_peak / 1e6:.1f} MB; same bytes: {same}"
+                f"peak RSS +{cmd_grown / 1e6:.1f} MB ({cmd_grown / len(data):.2f}x; "
+                f"{cmd_peak / 1e6:.1f} MB in all); same bytes: {same}"
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -26,14 +26,18 @@ def fax_page(number: int, size: tuple[int, int] = FAX_SIZE) -> Image.Image:
 
 
 def fax_tiff(
-    pages: int = 3, compression: str = "group4", size: tuple[int, int] = FAX_SIZE
+    pages: int = 3,
+    compression: str = "group4",
+    size: tuple[int, int] = FAX_SIZE,
+    strip_bytes: int = 1 << 30,
 ) -> bytes:
-    """A multi-page bilevel TIFF (little-endian, as Pillow writes it)."""
+    """A multi-page bilevel TIFF (little-endian, as Pillow writes it); one strip per page
+    unless `strip_bytes` (of uncompressed rows) cuts it into several."""
     frames = [fax_page(n + 1, size) for n in range(pages)]
     out = io.BytesIO()
     # One strip per page, as fax software writes it (Pillow otherwise cuts 64 KiB strips).
     strip_size = TiffImagePlugin.STRIP_SIZE
-    TiffImagePlugin.STRIP_SIZE = 1 << 30
+    TiffImagePlugin.STRIP_SIZE = strip_bytes
     try:
         frames[0].save(
             out, "TIFF", compression=compression, save_all=True, append_images=frames[1:],

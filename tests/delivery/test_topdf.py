@@ -6,9 +6,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import img2pdf
 import pytest
 from PIL import Image
 
@@ -91,6 +94,32 @@ def test_g3_fax_becomes_g4_with_every_pixel_kept(tmp_path: Path) -> None:
             original.seek(number)
             assert _one(_image(page)["/Filter"]) == "/CCITTFaxDecode"
             assert _pixels(page) == original.convert("1").tobytes()
+
+
+def test_a_fax_cut_in_several_strips_keeps_every_pixel(tmp_path: Path) -> None:
+    # A PDF image is one CCITT stream, and G4 strips cannot be joined (each starts from an
+    # imagined white line): img2pdf decodes such a page and encodes it as one G4 stream again,
+    # which CCITT does without loss.
+    tiff = images.fax_tiff(pages=2, strip_bytes=8 * 1024)
+    strips = _strips_per_page(tiff)
+    assert len(strips) == 2
+    assert min(strips) > 1
+    made, pdf = _convert(tmp_path, tiff)
+    assert made.pages == 2
+    with Image.open(io.BytesIO(tiff)) as original:
+        for number, page in enumerate(_reader(pdf).pages):
+            original.seek(number)
+            assert _one(_image(page)["/Filter"]) == "/CCITTFaxDecode"
+            assert _pixels(page) == original.convert("1").tobytes()
+
+
+def _strips_per_page(tiff: bytes) -> list[int]:
+    counts = []
+    with Image.open(io.BytesIO(tiff)) as image:
+        for frame in range(image.n_frames):
+            image.seek(frame)
+            counts.append(len(image.tag_v2[279]))
+    return counts
 
 
 def test_pages_keep_their_order(tmp_path: Path) -> None:
@@ -180,3 +209,42 @@ def test_the_same_source_gives_the_same_bytes(tmp_path: Path) -> None:
     assert b"/CreationDate" not in pdf
     assert b"/ModDate" not in pdf
     assert b"/ID" not in pdf
+
+
+@pytest.mark.parametrize(
+    "source",
+    [images.fax_tiff(pages=2), images.jpeg(orientation=6), images.png("RGBA")],
+    ids=["fax", "jpeg", "png-alpha"],
+)
+def test_the_writer_writes_what_img2pdfs_own_writer_writes(source: bytes) -> None:
+    """ingestd writes a stream's data by itself (memory); the bytes must stay img2pdf's."""
+    ours = img2pdf.convert(source, engine=img2pdf.Engine.internal, nodate=True)
+    streaming = img2pdf.MyPdfWriter
+    img2pdf.MyPdfWriter = streaming.__mro__[1]  # img2pdf's own
+    try:
+        theirs = img2pdf.convert(source, engine=img2pdf.Engine.internal, nodate=True)
+    finally:
+        img2pdf.MyPdfWriter = streaming
+    assert ours == theirs
+
+
+def test_converting_a_jpeg_costs_about_its_own_size(tmp_path: Path) -> None:
+    """The compressed data is carried once: read (1×), never joined or decoded at full size.
+    img2pdf's own writer alone would hold it three times over (bench/convert.py measures)."""
+    noise = Image.frombytes("RGB", (1500, 1500), random.Random(7).randbytes(1500 * 1500 * 3))
+    out = io.BytesIO()
+    noise.save(out, "JPEG", quality=90)
+    source = tmp_path / "photo.jpg"
+    source.write_bytes(out.getvalue())
+    size = source.stat().st_size
+    assert size > 2_000_000
+    fd = os.open(source, os.O_RDONLY)
+    tracemalloc.start()
+    try:
+        with open(tmp_path / "photo.pdf", "wb") as pdf:
+            convert(fd, size, pdf)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        os.close(fd)
+    assert peak < 1.1 * size + 300_000, f"converting took {peak / size:.2f}x the source"
