@@ -26,7 +26,7 @@ h1{font-size:1.4rem;margin:.4rem 0}h2{font-size:1.15rem;margin:1.2rem 0 .4rem}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}
 td.n,th.n{text-align:right}
-.name{word-break:break-all}
+.name{overflow-wrap:anywhere}
 form.inline{display:inline;margin:0}
 button{font:inherit;padding:.35rem .9rem;border-radius:.3rem;border:1px solid #1d4ed8;
 background:#1d4ed8;color:#fff;cursor:pointer}
@@ -35,7 +35,10 @@ input[type=search]{font:inherit;padding:.35rem;width:min(22rem,100%);box-sizing:
 details{margin:.3rem 0}summary{cursor:pointer}
 ul.files{margin:.2rem 0 .6rem;padding-left:1.2rem}
 @media (max-width:40rem){body{font-size:15px;padding:.4rem}th,td{padding:.3rem}
-table.wide th:nth-child(n+6),table.wide td:nth-child(n+6){display:none}}
+table.wide th:nth-child(n+6),table.wide td:nth-child(n+6){display:none}
+table.cards tr:first-child{display:none}
+table.cards tr{display:block;border-bottom:1px solid #ddd;padding:.3rem 0}
+table.cards td{display:block;border:0;padding:.1rem .3rem}}
 """
 
 # Reload the overview every data-refresh seconds, but not under someone's hands.
@@ -80,8 +83,8 @@ def results(view: View, query: str, found: list[Item], csrf: str) -> str:
         for i in found
     )
     table = (
-        "<div class=scroll><table><tr><th>Patient folder</th><th>File</th><th>State</th>"
-        f"<th>When</th><th>Reason</th><th></th></tr>{rows}</table></div>"
+        "<div class=scroll><table class=cards><tr><th>Patient folder</th><th>File</th>"
+        f"<th>State</th><th>When</th><th>Reason</th><th></th></tr>{rows}</table></div>"
         if found
         else "<p>No file with that name in the inbox, in progress, done today or failed.</p>"
     )
@@ -164,7 +167,7 @@ def _failed(view: View, csrf: str) -> str:
         else ""
     )
     return (
-        f"<h2>Failed files ({len(failed)})</h2><div class=scroll><table><tr>"
+        f"<h2>Failed files ({len(failed)})</h2><div class=scroll><table class=cards><tr>"
         "<th>Patient folder</th><th>File</th><th>Failed</th><th>Reason and what to do</th><th></th>"
         f"</tr>{rows}</table></div>{more}"
     )

@@ -72,7 +72,10 @@ class StatusPageServer:
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="ingestd-status-page", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},  # how long a stop waits for the loop to notice
+            name="ingestd-status-page",
+            daemon=True,
         )
 
     def start(self) -> StatusPageServer:
@@ -224,6 +227,12 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
         def _send(
             self, status: int, body: bytes, kind: str, extra: dict[str, str] | None = None
         ) -> None:
+            # Logged before answering: once the client has its answer, the line is there.
+            level = logging.DEBUG if status < 400 and self.command != "POST" else logging.INFO
+            event(
+                log, level, "status_page_request", method=self.command, route=self.route,
+                status=status, client=self.client_address[0],
+            )  # fmt: skip
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
@@ -234,11 +243,6 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
-            level = logging.DEBUG if status < 400 and self.command != "POST" else logging.INFO
-            event(
-                log, level, "status_page_request", method=self.command, route=self.route,
-                status=status, client=self.client_address[0],
-            )  # fmt: skip
 
         def end_headers(self) -> None:
             for name, value in HEADERS.items():
