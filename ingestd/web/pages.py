@@ -125,7 +125,7 @@ def _health(view: View) -> str:
 def _summary(view: View) -> str:
     counts = " · ".join(f"{view.total(state)} {LABELS[state]}" for state in STATES)
     oldest = view.oldest_waiting
-    waited = f"oldest waiting file: {_age(time.time() - oldest)}" if oldest else "nothing waiting"
+    waited = f"oldest waiting file: {age(time.time() - oldest)}" if oldest else "nothing waiting"
     return f"<p>{counts}<br>{waited}</p>"
 
 
@@ -180,7 +180,7 @@ def _folders(folders: list[Folder]) -> str:
     rows = "".join(
         f"<tr><td>{_folder(f.name)}</td>"
         + "".join(f"<td class=n>{f.count(s)}</td>" for s in STATES)
-        + f"<td>{_age(time.time() - f.oldest_waiting) if f.oldest_waiting else ''}</td></tr>"
+        + f"<td>{age(time.time() - f.oldest_waiting) if f.oldest_waiting else ''}</td></tr>"
         for f in folders
     )
     details = "".join(_folder_files(f) for f in folders)
@@ -229,7 +229,8 @@ def _when(when: float | None) -> str:
     return time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", time.localtime(when))
 
 
-def _age(seconds: float) -> str:
+def age(seconds: float) -> str:
+    """A wait as people say it: `45 s`, `12 min`, `3.5 h` (the page and `ingestd status`)."""
     if seconds < 120:
         return f"{max(seconds, 0):.0f} s"
     if seconds < 7200:
