@@ -1,7 +1,7 @@
 """The status page in a real browser (Debian's chromium through chromium-driver and selenium),
 served by `ingestd run` on this machine's own non-loopback address, with a password.
 
-The page loads; a failed file shows its reason; clicking Retry puts it back and the page (which
+The page loads; a failed file shows its reason; a search finds it; clicking Retry puts it back and the page (which
 reloads itself) later shows it done; a request without credentials gets 401; and no request the
 browser made carries a folder or file name in its URL (Chrome's own network log). With
 INGESTD_SCREENSHOTS=DIR, it also saves the page at desktop and phone width there (the README's
@@ -173,6 +173,14 @@ def test_front_desk_sees_a_failure_retries_it_and_sees_it_done(
     if os.environ.get("INGESTD_SCREENSHOTS"):
         screenshots(browser, os.environ["INGESTD_SCREENSHOTS"])
 
+    # A search by part of the name (a POST: the name goes in no URL), then back to the overview.
+    browser.find_element(By.NAME, "q").send_keys("VÅRDCENTRAL")
+    browser.find_element(By.CSS_SELECTOR, "form[role=search] button").click()
+    wait_for(lambda: "1 file(s) found" in body_text(browser), timeout=10, interval=0.1)
+    assert NAME in body_text(browser)
+    browser.find_element(By.LINK_TEXT, "Back to the overview").click()
+    wait_for(lambda: "Failed files (1)" in body_text(browser), timeout=10, interval=0.1)
+
     browser.find_element(By.CSS_SELECTOR, "form[action='/retry'] button").click()
     # The page reloads itself every 2 s: it shows the file done once the daemon has sent it.
     wait_for(lambda: "4 done today" in body_text(browser), timeout=30, interval=0.3)
@@ -182,7 +190,7 @@ def test_front_desk_sees_a_failure_retries_it_and_sees_it_done(
 
     urls = requested_urls(browser)
     ours = [u for u in urls if u.startswith(url)]
-    assert {urlsplit(u).path for u in ours} >= {"/", "/style.css", "/refresh.js"}
+    assert {urlsplit(u).path for u in ours} >= {"/", "/style.css", "/refresh.js", "/search"}
     for requested in urls:
         parts = urlsplit(requested)
         if parts.scheme in ("http", "https"):  # not the browser's own chrome:// pages
