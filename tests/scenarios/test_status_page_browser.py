@@ -1,11 +1,11 @@
 """The status page in a real browser (Debian's chromium through chromium-driver and selenium),
 served by `ingestd run` on this machine's own non-loopback address, with a password.
 
-The page loads; a failed file shows its reason; a search finds it; clicking Retry puts it back and the page (which
-reloads itself) later shows it done; a request without credentials gets 401; and no request the
-browser made carries a folder or file name in its URL (Chrome's own network log). With
-INGESTD_SCREENSHOTS=DIR, it also saves the page at desktop and phone width there (the README's
-pictures come from it).
+The page loads; a failed file shows its reason; a search finds it; clicking Retry puts it back
+and the page (which reloads itself) later shows it done; a request without credentials gets 401;
+and no request the browser made carries a folder or file name in its URL (Chrome's own network
+log). With INGESTD_SCREENSHOTS=DIR, it also saves the page at desktop and phone width there (the
+README's pictures come from it).
 """
 
 from __future__ import annotations
