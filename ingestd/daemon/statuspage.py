@@ -2,8 +2,8 @@
 of the daemon's live state, and its Retry button wired to `ingestd retry`'s function.
 
 The listener is bound once, at start; a reload may change the password, the user and the
-refresh time, while a new `listen` takes a restart (logged), and until then the page keeps the
-settings it was started with.
+refresh time, while a new `listen` (or no `status_page:` any more) takes a restart, logged once:
+until then the page keeps the last settings it applied for the address it is bound to.
 """
 
 from __future__ import annotations
@@ -28,6 +28,12 @@ log = logging.getLogger("ingestd.status_page")
 
 
 @dataclass
+class _InForce:
+    settings: StatusPageConfig
+    warned: bool = False  # a change that needs a restart, logged once
+
+
+@dataclass
 class StatusPage:
     server: StatusPageServer
     reader: JournalReader
@@ -41,16 +47,18 @@ def start_status_page(daemon: Daemon) -> StatusPage | None:
     first = daemon.config.status_page
     if first is None:
         return None
-    warned: list[bool] = []
+    in_force = _InForce(first)
 
     def settings() -> StatusPageConfig:
+        """The newest config's settings while it keeps the address the page is bound to."""
         now = daemon.config.status_page
         if now is not None and now.listen == first.listen:
-            return now
-        if not warned:
-            warned.append(True)
-            event(log, logging.WARNING, "status_page_needs_restart", why="listen changed")
-        return first
+            in_force.settings = now
+        elif not in_force.warned:
+            in_force.warned = True
+            why = "listen changed" if now is not None else "status_page removed"
+            event(log, logging.WARNING, "status_page_needs_restart", why=why)
+        return in_force.settings
 
     def retry(receipt: Path) -> None:
         back = retry_one(daemon.config, daemon.journal, receipt)
