@@ -13,6 +13,7 @@ from ingestd.commands.check import run_check
 from ingestd.commands.common import DEFAULT_CONFIG, EXIT_CONFIG, EXIT_FAILED, UsageError
 from ingestd.commands.demo import run_demo
 from ingestd.commands.explain import run_explain
+from ingestd.commands.hashpassword import run_hash_password
 from ingestd.commands.retry import run_retry
 from ingestd.commands.run import run_once, run_run
 from ingestd.commands.sandbox import run_sandbox
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     verify.add_argument(
         "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    command(
+        "hash-password",
+        run_hash_password,
+        "the status page's password_hash, from a password on standard input",
+        config=False,
     )
     sandbox = command(
         "sandbox", run_sandbox, "serve a local stand-in EHR (both APIs)", config=False

@@ -98,6 +98,7 @@ def demo_config(root: Path, sandbox: Sandbox) -> tuple[Path, Path]:
             )
     config.setdefault("watch", {}).update(settle_seconds=0.5)
     config["metrics"] = {"listen": "127.0.0.1:0"}  # any free port: 9464 may be in use
+    config.pop("status_page", None)  # the demo shows the files, not the page
     credentials = root / "credentials"
     credentials.mkdir(mode=0o700)
     for name, value in (

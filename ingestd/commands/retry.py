@@ -1,37 +1,25 @@
 """`ingestd retry`: failed files back in line, their earlier receipts kept for the next one.
 
-A retried file goes back to its original inbox path (never over another file) and its receipt
-leaves failed/; the receipt (and any history it had) waits in the journal, keyed by path and
-content, and travels in the `history` of the file's next receipt. Order, for a crash at any
-point: history first, then the file, then the old receipt.
+Which receipts a command line selects; the putting back itself (and its crash-safe order) is
+`ingestd.filing.putback.retry_one`, which the status page's Retry button calls too.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from ingestd import content
 from ingestd.commands.common import EXIT_OK, UsageError, as_state_owner, load
 from ingestd.config.model import Config
-from ingestd.filing.places import free_name, place
-from ingestd.filing.receipts import SUFFIX, Receipt
+from ingestd.filing.putback import retry_one
+from ingestd.filing.receipts import SUFFIX
 from ingestd.journal import Journal
 
 
 class RetryError(Exception):
     """A path given to retry that is not a failed file."""
-
-
-@dataclass(frozen=True)
-class Retried:
-    failed: PurePosixPath  # where it was, relative to failed/
-    inbox: PurePosixPath  # where it is now, relative to the inbox
 
 
 def failed_receipts(
@@ -54,39 +42,6 @@ def failed_receipts(
         if root.resolve() not in path.resolve().parents or not path.is_file():
             raise RetryError(f"{raw}: not a failed file with a receipt in {root}")
         yield path
-
-
-def retry_one(config: Config, journal: Journal, receipt_file: Path) -> Retried | None:
-    """Put one failed file back; None when its file is already gone (the receipt is removed)."""
-    receipt = Receipt.read(receipt_file)
-    stored = receipt_file.with_name(receipt_file.name[: -len(SUFFIX)])
-    if not os.path.lexists(stored):
-        receipt_file.unlink()
-        return None
-    source = PurePosixPath(receipt.source)
-    history = [*receipt.history, dataclasses.replace(receipt, history=[]).to_dict()]
-    inbox = config.paths.inbox
-    folder = inbox / source.parent
-    name = source.name if not os.path.lexists(inbox / source) else free_name(folder, source.name)
-    back = source.parent / name
-    journal.keep_for_retry(back, _sha256(stored) or receipt.sha256 or "", history)
-    place(stored, inbox / back)
-    with contextlib.suppress(FileNotFoundError):
-        receipt_file.unlink()
-    where = PurePosixPath(receipt_file.relative_to(config.paths.failed).parent) / stored.name
-    return Retried(where, back)
-
-
-def _sha256(path: Path) -> str | None:
-    """The content hash the pipeline will compute, so the history finds the file again."""
-    try:
-        fd, _ = content.open_regular(path)
-    except (OSError, content.UnsafeFile):
-        return None
-    try:
-        return content.sha256_of(fd)[0]
-    finally:
-        os.close(fd)
 
 
 def run_retry(args: argparse.Namespace) -> int:

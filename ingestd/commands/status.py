@@ -20,6 +20,7 @@ from ingestd.inbox.scan import scan
 from ingestd.journal import ACTIVE_STATES, FINAL_STATES, Journal
 from ingestd.observe.logs import load_masker
 from ingestd.observe.statusfile import read_running
+from ingestd.web.pages import age
 
 
 def report(config: Config) -> dict[str, Any]:
@@ -81,7 +82,7 @@ def render(status: dict[str, Any]) -> str:
     ]  # fmt: skip
     oldest = status["oldest_waiting_seconds"]
     lines.append(
-        f"oldest:      {_age(oldest)} waiting" if oldest else "oldest:      nothing waiting"
+        f"oldest:      {age(oldest)} waiting" if oldest else "oldest:      nothing waiting"
     )
     for name, health in sorted(status["targets"].items()):
         if health["up"]:
@@ -97,14 +98,6 @@ def render(status: dict[str, Any]) -> str:
             http = f" (HTTP {failure['http_status']})" if failure.get("http_status") else ""
             lines.append(f"  {failure['finished_at']}  {failure['file']}  {failure['kind']}{http}")
     return "\n".join(lines)
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def run_status(args: argparse.Namespace) -> int:

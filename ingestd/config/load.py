@@ -23,12 +23,15 @@ from ingestd.config.model import (
     WatchConfig,
 )
 from ingestd.config.secrets import readable_by_others, resolve_tree
+from ingestd.config.statuspage import parse_listen, parse_status_page
 from ingestd.config.targets import loopback, parse_targets
 from ingestd.rules.parse import parse_rules
 from ingestd.rules.patients import PatientMap, parse_patients
 from ingestd.yamlsource import START, MarkedDict, MarkedList, Problem, Report, load, yaml_type
 
-TOP_KEYS = ("paths", "targets", "watch", "patients", "rules", "metrics", "verify")
+TOP_KEYS = (
+    "paths", "targets", "watch", "patients", "rules", "metrics", "verify", "status_page",
+)  # fmt: skip
 METRICS_KEYS = ("listen",)
 VERIFY_KEYS = ("every", "sample")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -106,9 +109,12 @@ def _build(report: Report, tree: MarkedDict) -> Config | None:
     listen = _metrics_listen(report, metrics_node) if metrics_node is not None else None
     verify_node = report.mapping(tree, "verify", "verify")
     verify = _verify(report, verify_node) if verify_node is not None else None
+    page_node = report.mapping(tree, "status_page", "status_page")
+    page = parse_status_page(report, page_node) if page_node is not None else None
     if paths is None:
         return None
     return Config(
+        status_page=page,
         metrics_listen=listen,
         verify=verify,
         file=report.file,
@@ -205,17 +211,15 @@ def _metrics_listen(report: Report, node: MarkedDict) -> tuple[str, int] | None:
     report.keys(node, "metrics", METRICS_KEYS, METRICS_KEYS)
     if "listen" not in node:
         return None
-    value = node["listen"]
     at = node.value_mark("listen")
-    host, sep, port = str(value).rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not port.isdigit() or int(port) > 65535 or not host:
+    listen = parse_listen(node["listen"])
+    if listen is None:
         report.error(at, "metrics.listen must be HOST:PORT, e.g. 127.0.0.1:9464")
         return None
-    if not loopback(host):
+    if not loopback(listen[0]):
         report.error(at, "metrics.listen must be a loopback address (127.0.0.1, ::1, localhost)")
         return None
-    return host, int(port)
+    return listen
 
 
 def _verify(report: Report, node: MarkedDict) -> VerifySchedule | None:

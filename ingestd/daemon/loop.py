@@ -23,6 +23,7 @@ from ingestd.daemon.intake import Intake
 from ingestd.daemon.reload import CONFIG_CHECK_EVERY, ConfigWatch, load_new
 from ingestd.daemon.report import publish_status, snapshot, status_line
 from ingestd.daemon.signals import Signals
+from ingestd.daemon.statuspage import StatusPage, start_status_page
 from ingestd.daemon.verify import PeriodicVerify
 from ingestd.daemon.workers import WorkerPool
 from ingestd.delivery.fleet import Fleet
@@ -74,6 +75,7 @@ class Daemon:
         self.metrics = Metrics()
         self.metrics.watch(self.snapshot)
         self._metrics_server: MetricsServer | None = None
+        self._status_page: StatusPage | None = None
         self.intake = Intake(lambda: self._config, self.claimer, self.journal, self.masker, once)
         self.signals = Signals(self.stopping, self.intake.hints.wake)
         self.pipeline = Pipeline(
@@ -144,6 +146,7 @@ class Daemon:
                     self._config.metrics_listen, self.metrics, self.snapshot
                 )
             self.verify.start()
+            self._status_page = start_status_page(self)
         self.intake.scan_all()
         next_scan = time.monotonic() + self._config.watch.scan_interval_seconds
         last_watchdog = 0.0
@@ -285,6 +288,8 @@ class Daemon:
         self.intake.folders.observation.stop()
         if self._metrics_server is not None:
             self._metrics_server.stop()
+        if self._status_page is not None:
+            self._status_page.stop()
         self.workers.finish(SHUTDOWN_GRACE_SECONDS, self._collect, say=not self.once)
         # Files parked at shutdown are journal rows in an active state: counted there, once.
         counts = self.journal.counts()

@@ -1,0 +1,287 @@
+"""The status page over real HTTP on loopback: routes, the headers every answer carries, Basic
+auth and lockout, CSRF on Retry, search by POST, and an access log without names."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pytest
+import requests
+
+from ingestd.config.model import Config, Paths
+from ingestd.config.statuspage import PasswordHash, StatusPageConfig
+from ingestd.filing.putback import retry_one
+from ingestd.journal import Journal
+from ingestd.journal.reader import JournalReader
+from ingestd.observe.metrics import DaemonState
+from ingestd.web.auth import MAX_FAILURES, Csrf, Gate, hash_password
+from ingestd.web.server import HEADERS, Site, StatusPageServer
+from ingestd.web.view import Gatherer, ViewCache
+from tests.conftest import Tree
+
+FOLDER = "Andersson Anna"
+NAME = "remiss från vc.pdf"
+REASON = "the EHR refused the document (HTTP 422): bad title; fix the rule, then retry"
+PASSWORD = "front desk secret"
+STORED = hash_password(PASSWORD, n=2**10)
+
+
+@dataclass
+class Page:
+    url: str
+    tree: Tree
+    journal: Journal
+    site: Site
+
+    def get(self, path: str = "/", **kwargs: object) -> requests.Response:
+        return requests.get(self.url + path, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+
+def fail_a_file(tree: Tree, folder: str = FOLDER, name: str = NAME) -> Path:
+    place = tree.failed / folder / name
+    place.parent.mkdir(parents=True, exist_ok=True)
+    place.write_bytes(b"%PDF-1.4 refused\n")
+    receipt = {
+        "status": "failed",
+        "target": "leyr",
+        "patient_id": "se_personal_number:191212121212",
+        "source": f"{folder}/{name}",
+        "file": name,
+        "attempts": 1,
+        "finished_at": "2026-12-04T08:00:00.000Z",
+        "error": {"kind": "rejected", "message": REASON, "http_status": 422},
+    }
+    receipt_path = place.with_name(name + ".receipt.json")
+    receipt_path.write_text(json.dumps(receipt))
+    return receipt_path
+
+
+def serve(tree: Tree, password: PasswordHash | None = None) -> Iterator[Page]:
+    for folder in (tree.inbox, tree.done, tree.failed):
+        folder.mkdir(parents=True, exist_ok=True)
+    config = Config(
+        file="c.yaml", paths=Paths(tree.inbox, tree.done, tree.failed, tree.state), targets={}
+    )
+    journal = Journal(tree.state)
+    reader = JournalReader(tree.state)
+    state = DaemonState(
+        files={},
+        oldest_waiting_seconds=0.0,
+        last_scan_age_seconds=0.0,
+        targets={
+            "leyr": {"up": True, "misconfigured": False},
+            "nymbl": {"up": False, "misconfigured": True, "reason": "HTTP 401 invalid_client"},
+        },
+        healthy=True,
+    )
+    settings = StatusPageConfig(("127.0.0.1", 0), "desk", password)
+    site = Site(
+        settings=lambda: settings,
+        gate=Gate("desk", password),
+        views=ViewCache(Gatherer(lambda: config, reader, lambda: state)),
+        retry=lambda receipt: _retry(config, journal, receipt),
+        csrf=Csrf(),
+    )
+    server = StatusPageServer(("127.0.0.1", 0), site).start()
+    try:
+        yield Page(f"http://127.0.0.1:{server.port}", tree, journal, site)
+    finally:
+        server.stop()
+        reader.close()
+        journal.close()
+
+
+def _retry(config: Config, journal: Journal, receipt: Path) -> None:
+    retry_one(config, journal, receipt)
+
+
+@pytest.fixture
+def page(tree: Tree) -> Iterator[Page]:
+    yield from serve(tree)
+
+
+@pytest.fixture
+def locked_page(tree: Tree) -> Iterator[Page]:
+    yield from serve(tree, STORED)
+
+
+def form_value(html: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert found, f"no {name} field"
+    return found.group(1)
+
+
+def test_overview_shows_the_folder_the_failure_its_reason_and_the_targets(page: Page) -> None:
+    fail_a_file(page.tree)
+    page.tree.drop("Berg Nils/fax.tiff", b"II*\x00waiting")
+    answer = page.get()
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == "text/html; charset=utf-8"
+    html = answer.text
+    assert FOLDER in html
+    assert NAME in html
+    assert "bad title; fix the rule, then retry" in html
+    assert "HTTP 422" in html
+    assert "Berg Nils" in html
+    assert "fax.tiff" in html
+    assert "1 waiting" in html
+    assert "1 failed" in html
+    assert "credentials refused: HTTP 401 invalid_client" in html
+    assert 'name="viewport"' in html
+    assert 'href="/style.css"' in html
+    # Forms carry opaque keys, never the name.
+    key = form_value(html, "file")
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+
+
+def test_names_are_escaped(page: Page) -> None:
+    fail_a_file(page.tree, "<b>x</b>", 'a&b"<script>.pdf')
+    html = page.get().text
+    assert "<script>.pdf" not in html
+    assert "<b>x</b>" not in html
+    assert "a&amp;b&quot;&lt;script&gt;.pdf" in html
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/", 200),
+        ("HEAD", "/", 200),
+        ("GET", "/style.css", 200),
+        ("GET", "/refresh.js", 200),
+        ("GET", "/nothing-here", 404),
+        ("GET", "/search", 405),
+        ("POST", "/", 405),
+        ("POST", "/retry", 400),  # not a form
+    ],
+)
+def test_every_answer_carries_the_security_headers(
+    page: Page, method: str, path: str, status: int
+) -> None:
+    answer = requests.request(method, page.url + path, timeout=10)
+    assert answer.status_code == status
+    for name, value in HEADERS.items():
+        assert answer.headers[name] == value
+    assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in answer.headers["Content-Security-Policy"]
+    assert answer.headers["Server"].startswith("ingestd")
+
+
+def test_a_session_cookie_is_httponly_and_samesite_strict(page: Page) -> None:
+    cookie = page.get().headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert "Secure" not in cookie
+    behind_tls = page.get(headers={"X-Forwarded-Proto": "https"}).headers["Set-Cookie"]
+    assert "; Secure" in behind_tls
+
+
+def test_retry_puts_the_file_back_with_a_valid_csrf_token_only(page: Page) -> None:
+    receipt = fail_a_file(page.tree)
+    failed_file = receipt.with_name(NAME)
+    session = requests.Session()
+    html = session.get(page.url + "/", timeout=10).text
+    key, token = form_value(html, "file"), form_value(html, "csrf")
+
+    for bad in ({"file": key}, {"file": key, "csrf": "0" * 64}):
+        refused = session.post(page.url + "/retry", data=bad, timeout=10, allow_redirects=False)
+        assert refused.status_code == 403
+    stranger = requests.post(
+        page.url + "/retry", data={"file": key, "csrf": token}, timeout=10, allow_redirects=False
+    )  # the token without the session it belongs to
+    assert stranger.status_code == 403
+    assert failed_file.exists()
+    assert receipt.exists()
+
+    done = session.post(
+        page.url + "/retry", data={"file": key, "csrf": token}, timeout=10, allow_redirects=False
+    )
+    assert done.status_code == 303
+    assert done.headers["Location"] == "/"
+    assert (page.tree.inbox / FOLDER / NAME).read_bytes() == b"%PDF-1.4 refused\n"
+    assert not failed_file.exists()
+    assert not receipt.exists()
+    # As `ingestd retry` does: the old receipt waits in the journal for the next one's history.
+    import hashlib
+
+    sha = hashlib.sha256(b"%PDF-1.4 refused\n").hexdigest()
+    [kept] = page.journal.take_retried(PurePosixPath(FOLDER, NAME), sha) or []
+    assert kept["error"]["message"] == REASON
+
+    again = session.post(
+        page.url + "/retry", data={"file": key, "csrf": token}, timeout=10, allow_redirects=False
+    )
+    assert again.status_code == 404  # gone from failed/: nothing is put back twice
+    assert "1 waiting" in session.get(page.url + "/", timeout=10).text
+
+
+def test_search_is_a_post_and_finds_files_by_part_of_their_name(page: Page) -> None:
+    fail_a_file(page.tree)
+    page.tree.drop("Berg Nils/remiss 2.pdf", b"%PDF-1.4 waiting")
+    page.tree.drop("Berg Nils/other.pdf", b"%PDF-1.4 waiting")
+    answer = requests.post(page.url + "/search", data={"q": "REMISS"}, timeout=10)
+    assert answer.status_code == 200
+    assert "2 file(s) found" in answer.text
+    assert NAME in answer.text
+    assert "remiss 2.pdf" in answer.text
+    assert "other.pdf" not in answer.text
+    assert "Retry" in answer.text  # the failed one can be retried from the results
+    none = requests.post(page.url + "/search", data={"q": "zzz"}, timeout=10)
+    assert "0 file(s) found" in none.text
+
+
+def test_a_query_string_changes_nothing_and_is_not_logged(
+    page: Page, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ingestd")
+    fail_a_file(page.tree)
+    assert page.get("/?q=" + NAME).status_code == 200
+    assert page.get("/" + FOLDER).status_code == 404
+    requests.post(page.url + "/search", data={"q": NAME}, timeout=10)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ingestd.status_page"]
+    assert any("method=GET route=/ status=200" in line for line in lines)
+    assert any("route=other status=404" in line for line in lines)
+    assert any("method=POST route=/search status=200" in line for line in lines)
+    for line in lines:
+        assert "Andersson" not in line
+        assert "remiss" not in line
+        assert "q=" not in line
+
+
+def test_without_credentials_a_password_protected_page_asks_for_them(locked_page: Page) -> None:
+    fail_a_file(locked_page.tree)
+    for path in ("/", "/style.css", "/nothing"):
+        answer = locked_page.get(path)
+        assert answer.status_code == 401
+        assert answer.headers["WWW-Authenticate"].startswith('Basic realm="ingestd status"')
+        assert answer.headers["Cache-Control"] == "no-store"
+        assert FOLDER not in answer.text
+    posted = requests.post(locked_page.url + "/search", data={"q": "remiss"}, timeout=10)
+    assert posted.status_code == 401
+    assert NAME not in posted.text
+    good = locked_page.get(auth=("desk", PASSWORD))
+    assert good.status_code == 200
+    assert NAME in good.text
+
+
+def test_repeated_wrong_passwords_lock_out_and_are_logged_without_the_name(
+    locked_page: Page, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ingestd")
+    statuses = [
+        locked_page.get(auth=("tried-name", f"guess {i}")).status_code for i in range(MAX_FAILURES)
+    ]
+    assert statuses == [401] * (MAX_FAILURES - 1) + [429]
+    locked = locked_page.get(auth=("desk", PASSWORD))
+    assert locked.status_code == 429
+    assert int(locked.headers["Retry-After"]) > 0
+    text = caplog.text
+    assert "event=status_page_login_failed client=127.0.0.1" in text
+    assert "event=status_page_locked_out" in text
+    assert "tried-name" not in text
+    assert "guess" not in text
