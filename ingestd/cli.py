@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
         )
-    command("check", run_check, "validate the config offline")
+    check = command("check", run_check, "validate the config offline")
+    check.add_argument(
+        "--online", action="store_true", help="also connect to the shared journal's database"
+    )
     explain = command("explain", run_explain, "what would happen to these inbox files, and why")
     explain.add_argument("paths", nargs="+", metavar="PATH", help="files or folders in the inbox")
     explain.add_argument("--json", action="store_true", help="one JSON list, for scripts")

@@ -21,7 +21,7 @@ from ingestd.commands.common import EXIT_OK, UsageError, as_state_owner, load
 from ingestd.config.model import Config
 from ingestd.filing.places import free_name, place
 from ingestd.filing.receipts import SUFFIX, Receipt
-from ingestd.journal import Journal
+from ingestd.journal import JournalLike, open_journal
 
 
 class RetryError(Exception):
@@ -56,7 +56,7 @@ def failed_receipts(
         yield path
 
 
-def retry_one(config: Config, journal: Journal, receipt_file: Path) -> Retried | None:
+def retry_one(config: Config, journal: JournalLike, receipt_file: Path) -> Retried | None:
     """Put one failed file back; None when its file is already gone (the receipt is removed)."""
     receipt = Receipt.read(receipt_file)
     stored = receipt_file.with_name(receipt_file.name[: -len(SUFFIX)])
@@ -94,7 +94,7 @@ def run_retry(args: argparse.Namespace) -> int:
         raise UsageError("name failed files, --patient FOLDER or --all")
     config = load(args, in_service=False)
     as_state_owner(config)
-    journal = Journal(config.paths.state)
+    journal = open_journal(config.paths.state, config.journal)
     try:
         selected = list(failed_receipts(config, args.paths, args.patient or [], args.all))
         back = [retry_one(config, journal, receipt) for receipt in selected]

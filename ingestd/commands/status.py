@@ -17,14 +17,14 @@ from typing import Any
 from ingestd.commands.common import EXIT_OK, as_state_owner, load
 from ingestd.config.model import Config
 from ingestd.inbox.scan import scan
-from ingestd.journal import ACTIVE_STATES, FINAL_STATES, Journal
+from ingestd.journal import ACTIVE_STATES, FINAL_STATES, open_journal
 from ingestd.observe.logs import load_masker
 from ingestd.observe.statusfile import read_running
 
 
 def report(config: Config) -> dict[str, Any]:
     state_dir = config.paths.state.parent
-    journal = Journal(config.paths.state)
+    journal = open_journal(config.paths.state, config.journal)
     masker = load_masker(state_dir)
     try:
         counts = dict.fromkeys((*ACTIVE_STATES, *FINAL_STATES), 0)

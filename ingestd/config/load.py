@@ -14,6 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from ingestd.config.journal import parse_journal
 from ingestd.config.model import (
     Config,
     ConfigError,
@@ -28,7 +29,7 @@ from ingestd.rules.parse import parse_rules
 from ingestd.rules.patients import PatientMap, parse_patients
 from ingestd.yamlsource import START, MarkedDict, MarkedList, Problem, Report, load, yaml_type
 
-TOP_KEYS = ("paths", "targets", "watch", "patients", "rules", "metrics", "verify")
+TOP_KEYS = ("paths", "targets", "watch", "patients", "rules", "metrics", "verify", "journal")
 METRICS_KEYS = ("listen",)
 VERIFY_KEYS = ("every", "sample")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -106,9 +107,12 @@ def _build(report: Report, tree: MarkedDict) -> Config | None:
     listen = _metrics_listen(report, metrics_node) if metrics_node is not None else None
     verify_node = report.mapping(tree, "verify", "verify")
     verify = _verify(report, verify_node) if verify_node is not None else None
+    journal_node = report.mapping(tree, "journal", "journal")
+    journal = parse_journal(report, journal_node) if journal_node is not None else None
     if paths is None:
         return None
     return Config(
+        journal=journal,
         metrics_listen=listen,
         verify=verify,
         file=report.file,

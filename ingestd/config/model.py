@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from ingestd.journal import SharedJournal
 from ingestd.rules.globs import path_regex
 from ingestd.rules.matching import Rule
 from ingestd.rules.patients import PatientMap
@@ -99,6 +100,7 @@ class Config:
     rules: tuple[Rule, ...] = ()
     metrics_listen: tuple[str, int] | None = None  # loopback host and port; None: no metrics
     verify: VerifySchedule | None = None  # None: no periodic verification
+    journal: SharedJournal | None = None  # None: the SQLite journal at paths.state
     warnings: tuple[Problem, ...] = ()
 
     @property

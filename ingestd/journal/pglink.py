@@ -1,0 +1,176 @@
+"""The shared journal's connection to PostgreSQL: settings, connecting, and what an outage does.
+
+psycopg (3) is optional: imported only when a `journal: {url: …}` is configured. One libpq
+connection in autocommit mode (each statement its own transaction) under one lock, reopened
+after the server went away. During an outage a call either waits for the database (`wait=True`:
+the writes that record what was done, which must not be lost) or fails at once with
+`JournalUnavailable` (new claims and the loop's reads: nothing new starts). Reconnects are tried
+at most every RECONNECT_EVERY seconds, so a full inbox does not hammer a database that is down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingestd.journal.interface import JournalUnavailable
+from ingestd.journal.store import JournalError
+
+log = logging.getLogger("ingestd.journal")
+
+RECONNECT_EVERY = 0.5
+# libpq options set unless the URL sets them: give up on an unreachable server quickly, and
+# notice a peer that vanished (a host gone from the network) through TCP keepalives.
+_DEFAULTS = {
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "3",
+    "keepalives_count": "3",
+    "application_name": "ingestd",
+}
+
+
+@dataclass(frozen=True)
+class SharedJournal:
+    """`journal:` in the config: a libpq URL (TLS options as its query, e.g. ?sslmode=verify-full)
+    and the password, resolved from its secret reference (None: from the URL's own means)."""
+
+    url: str
+    password: str | None = field(default=None, repr=False)
+
+
+def driver() -> Any:
+    """The psycopg module, or a JournalError saying how to get it."""
+    try:
+        import psycopg
+    except ImportError:
+        raise JournalError(
+            "a PostgreSQL journal needs psycopg 3: apt install python3-psycopg "
+            "(or pip install 'ingestd[postgresql]')"
+        ) from None
+    return psycopg
+
+
+def describe(url: str) -> str:
+    """`user@host:port/db` for messages: never a password, whatever the URL holds."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        parts = conninfo_to_dict(url)
+    except Exception:  # noqa: BLE001 - any parse error: say only that it is the URL
+        return "the journal URL"
+    host = parts.get("host") or "localhost"
+    where = f"{host}:{parts.get('port') or 5432}/{parts.get('dbname') or ''}"
+    return f"{parts['user']}@{where}" if parts.get("user") else where
+
+
+def reason(exc: BaseException) -> str:
+    """libpq's message, first line: names the server and the failure, never a password."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class Link:
+    """One connection, reopened as needed; thread-safe."""
+
+    def __init__(self, settings: SharedJournal) -> None:
+        self._psycopg = driver()
+        self._settings = settings
+        self.where = describe(settings.url)
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._lost = (self._psycopg.OperationalError, self._psycopg.InterfaceError)
+        try:
+            self._connect()
+        except self._lost as exc:
+            raise JournalError(f"cannot open journal {self.where}: {reason(exc)}") from None
+
+    def _connect(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            given = self._psycopg.conninfo.conninfo_to_dict(self._settings.url)
+            extra = {k: v for k, v in _DEFAULTS.items() if k not in given}
+            if self._settings.password is not None:
+                extra["password"] = self._settings.password
+            self._conn = self._psycopg.connect(self._settings.url, autocommit=True, **extra)
+        return self._conn
+
+    @property
+    def up(self) -> bool:
+        return self._down_since is None
+
+    def run(self, sql: str, params: Any = (), *, wait: bool) -> tuple[list[Any], int]:
+        """One statement: its rows and rowcount. `wait`: through an outage, until it is done."""
+        while True:
+            try:
+                return self._attempt(sql, params)
+            except JournalUnavailable:
+                if not wait:
+                    raise
+            time.sleep(RECONNECT_EVERY)
+
+    def _attempt(self, sql: str, params: Any) -> tuple[list[Any], int]:
+        with self._lock:
+            if self._down_since is not None and time.monotonic() < self._next_try:
+                raise JournalUnavailable(self.where)
+            try:
+                cursor = self._connect().execute(sql, params)
+                found = cursor.fetchall() if cursor.description else []
+            except self._lost as exc:
+                self._went_down(exc)
+                raise JournalUnavailable(self.where) from None
+            self._came_back()
+            return found, cursor.rowcount
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A transaction of several statements on the connection (fails fast in an outage)."""
+        with self._lock:
+            if self._down_since is not None and time.monotonic() < self._next_try:
+                raise JournalUnavailable(self.where)
+            try:
+                conn = self._connect()
+                with conn.transaction():
+                    yield conn
+            except self._lost as exc:
+                self._went_down(exc)
+                raise JournalUnavailable(self.where) from None
+            self._came_back()
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection
+                self._conn.close()
+            self._conn = None
+        self._next_try = time.monotonic() + RECONNECT_EVERY
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning(
+                "event=journal_unavailable database=%s reason=%r action=%s",
+                self.where,
+                reason(exc),
+                "nothing new is claimed; outcomes are kept until the database answers",
+            )
+
+    def _came_back(self) -> None:
+        if self._down_since is not None:
+            log.warning(
+                "event=journal_back database=%s down_seconds=%.1f",
+                self.where,
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
