@@ -4,7 +4,7 @@ one they have."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -15,7 +15,7 @@ Opener = Callable[[], JournalLike]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens the journal under test (again, as after a crash) on the same file or database."""
     opened: list[JournalLike] = []
     shared = None
@@ -28,8 +28,9 @@ def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
         opened.append(journal)
         return journal
 
-    request.addfinalizer(lambda: [j.close() for j in opened])
-    return opener
+    yield opener
+    for journal in opened:
+        journal.close()
 
 
 def _add(journal: JournalLike, name: str, **values: object) -> int:
@@ -55,11 +56,14 @@ def test_rows_round_trip_byte_for_byte_and_survive_reopening(reopen: Opener) -> 
     again = reopen()
     stored = again.get(row.id)
     assert stored == row
-    assert stored is not None and stored.source == source and stored.outcome_unknown is True
+    assert stored is not None
+    assert stored.source == source
+    assert stored.outcome_unknown is True
     assert [r.id for r in again.active()] == [row.id] == [r.id for r in again.held()]
     again.update(row.id, state="uploaded", document_id="doc_1")
     again.update(row.id, state="done", finished_at="2026-01-01T00:00:05Z")
-    assert again.active() == [] and again.held() == []
+    assert again.active() == []
+    assert again.held() == []
     assert again.counts() == {"done": 1}
     assert [r.id for r in again.recent("done")] == [row.id]
     assert [r.id for r in again.by_source(source)] == [row.id]
