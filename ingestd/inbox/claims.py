@@ -223,6 +223,8 @@ class Claimer:
         snap = ready.snapshot
         if snap is None:
             return True  # nothing to compare: not a regular file, and nothing to lose
+        if self.journal.shared and self.journal.by_source(ready.rel):
+            return True  # the fleet's journal knows it: claimed (maybe finished) by another
         base = self.inbox / WORK_DIR
         try:
             folders = os.listdir(base)

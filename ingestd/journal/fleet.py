@@ -47,7 +47,9 @@ class Roster:
 
     def take_over(self, lease_seconds: float) -> list[Row]:
         """Hold every active row of instances gone past their lease; the rows now ours."""
-        if self.instance is None:
+        if self.instance is None or self.link.up_for() < lease_seconds:
+            # Connected for less than a lease (just started, or the database just came back):
+            # the others may not have had the chance to say they are alive.
             return []
         try:
             with self.link.transaction() as db:

@@ -87,6 +87,7 @@ class Link:
         self._lock = threading.Lock()
         self._conn: Any = None
         self._down_since: float | None = None
+        self._up_since = time.monotonic()
         self._next_try = 0.0
         self._lost = (self._psycopg.OperationalError, self._psycopg.InterfaceError)
         try:
@@ -103,9 +104,9 @@ class Link:
             self._conn = self._psycopg.connect(self._settings.url, autocommit=True, **extra)
         return self._conn
 
-    @property
-    def up(self) -> bool:
-        return self._down_since is None
+    def up_for(self) -> float:
+        """Seconds the database has answered without a break (0 while it does not)."""
+        return 0.0 if self._down_since is not None else time.monotonic() - self._up_since
 
     def run(self, sql: str, params: Any = (), *, wait: bool) -> tuple[list[Any], int]:
         """One statement: its rows and rowcount. `wait`: through an outage, until it is done."""
@@ -168,6 +169,7 @@ class Link:
                 time.monotonic() - self._down_since,
             )
             self._down_since = None
+            self._up_since = time.monotonic()
 
     def close(self) -> None:
         with self._lock:
