@@ -24,6 +24,7 @@ test: $(STAMP)  ## lint, type-check and run the whole test suite
 	$(BIN)/lint-imports
 	tests/share-tools.sh
 	tests/image-tools.sh
+	tests/postgres-tools.sh
 	$(BIN)/pytest -q -n 4 --dist worksteal
 
 demo: $(STAMP)  ## sandbox EHR + daemon + sample files, end to end
