@@ -96,11 +96,11 @@ def render(status: dict[str, Any]) -> str:
         else:
             state = f"PAUSED, not answering: {health.get('reason')}"
         lines.append(f"target {name}: {state}")
-    for member in status.get("fleet", []):
-        lines.append(
-            f"instance {member['instance']}: {member['host']} pid {member['pid']}, "
-            f"heard from {member['seen_seconds_ago']:g} s ago"
-        )
+    lines.extend(
+        f"instance {member['instance']}: {member['host']} pid {member['pid']}, "
+        f"heard from {member['seen_seconds_ago']:g} s ago"
+        for member in status.get("fleet", [])
+    )
     if status["recent_failures"]:
         lines.append("recent failures:")
         for failure in status["recent_failures"]:

@@ -1,11 +1,12 @@
 """The shared journal's connection to PostgreSQL: settings, connecting, and what an outage does.
 
-psycopg (3) is optional: imported only when a `journal: {url: …}` is configured. One libpq
-connection in autocommit mode (each statement its own transaction) under one lock, reopened
-after the server went away. During an outage a call either waits for the database (`wait=True`:
-the writes that record what was done, which must not be lost) or fails at once with
-`JournalUnavailable` (new claims and the loop's reads: nothing new starts). Reconnects are tried
-at most every RECONNECT_EVERY seconds, so a full inbox does not hammer a database that is down.
+psycopg (3) is optional: imported only when a `journal: {url: …}` is configured. A few libpq
+connections in autocommit mode (each statement its own transaction), each used by one thread
+at a time, reopened after the server went away. During an outage a call either waits for the
+database (`wait=True`: the writes that record what was done, which must not be lost) or fails
+at once with `JournalUnavailable` (new claims and the loop's reads: nothing new starts).
+Reconnects are tried at most every RECONNECT_EVERY seconds, so a full inbox does not hammer a
+database that is down.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ingestd.journal.store import JournalError
 log = logging.getLogger("ingestd.journal")
 
 RECONNECT_EVERY = 0.5
+CONNECTIONS = 4  # per instance: 25 instances fit PostgreSQL's default max_connections (100)
 # libpq options set unless the URL sets them: give up on an unreachable server quickly, and
 # notice a peer that vanished (a host gone from the network) through TCP keepalives.
 _DEFAULTS = {
@@ -77,36 +79,47 @@ def reason(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-class Link:
-    """One connection, reopened as needed; thread-safe."""
+@dataclass
+class _Slot:
+    """One connection and the lock of the thread using it."""
 
-    def __init__(self, settings: SharedJournal) -> None:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    conn: Any = None
+
+
+class Link:
+    """A few connections (CONNECTIONS), reopened as needed; thread-safe. Workers each take a free
+    one: a round trip to the server is a wait, and one connection would make every worker
+    queue behind it."""
+
+    def __init__(self, settings: SharedJournal, connections: int = CONNECTIONS) -> None:
         self._psycopg = driver()
         self._settings = settings
         self.where = describe(settings.url)
-        self._lock = threading.Lock()
-        self._conn: Any = None
+        self._slots = [_Slot() for _ in range(connections)]
+        self._state = threading.Lock()
         self._down_since: float | None = None
         self._up_since = time.monotonic()
         self._next_try = 0.0
         self._lost = (self._psycopg.OperationalError, self._psycopg.InterfaceError)
         try:
-            self._connect()
+            self._connect(self._slots[0])
         except self._lost as exc:
             raise JournalError(f"cannot open journal {self.where}: {reason(exc)}") from None
 
-    def _connect(self) -> Any:
-        if self._conn is None or self._conn.closed:
+    def _connect(self, slot: _Slot) -> Any:
+        if slot.conn is None or slot.conn.closed:
             given = self._psycopg.conninfo.conninfo_to_dict(self._settings.url)
             extra = {k: v for k, v in _DEFAULTS.items() if k not in given}
             if self._settings.password is not None:
                 extra["password"] = self._settings.password
-            self._conn = self._psycopg.connect(self._settings.url, autocommit=True, **extra)
-        return self._conn
+            slot.conn = self._psycopg.connect(self._settings.url, autocommit=True, **extra)
+        return slot.conn
 
     def up_for(self) -> float:
         """Seconds the database has answered without a break (0 while it does not)."""
-        return 0.0 if self._down_since is not None else time.monotonic() - self._up_since
+        with self._state:
+            return 0.0 if self._down_since is not None else time.monotonic() - self._up_since
 
     def run(self, sql: str, params: Any = (), *, wait: bool) -> tuple[list[Any], int]:
         """One statement: its rows and rowcount. `wait`: through an outage, until it is done."""
@@ -118,61 +131,75 @@ class Link:
                     raise
             time.sleep(RECONNECT_EVERY)
 
-    def _attempt(self, sql: str, params: Any) -> tuple[list[Any], int]:
-        with self._lock:
+    @contextmanager
+    def _slot(self) -> Iterator[_Slot]:
+        """A free connection slot, else this thread's own one to wait for; refused while the
+        database is known to be down and the next try is not due."""
+        with self._state:
             if self._down_since is not None and time.monotonic() < self._next_try:
                 raise JournalUnavailable(self.where)
+        slot = next((s for s in self._slots if s.lock.acquire(blocking=False)), None)
+        if slot is None:
+            slot = self._slots[threading.get_ident() % len(self._slots)]
+            slot.lock.acquire()
+        try:
+            yield slot
+        finally:
+            slot.lock.release()
+
+    def _attempt(self, sql: str, params: Any) -> tuple[list[Any], int]:
+        with self._slot() as slot:
             try:
-                cursor = self._connect().execute(sql, params)
+                cursor = self._connect(slot).execute(sql, params)
                 found = cursor.fetchall() if cursor.description else []
             except self._lost as exc:
-                self._went_down(exc)
+                self._went_down(slot, exc)
                 raise JournalUnavailable(self.where) from None
-            self._came_back()
-            return found, cursor.rowcount
+        self._came_back()
+        return found, cursor.rowcount
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
-        """A transaction of several statements on the connection (fails fast in an outage)."""
-        with self._lock:
-            if self._down_since is not None and time.monotonic() < self._next_try:
-                raise JournalUnavailable(self.where)
+        """A transaction of several statements on one connection (fails fast in an outage)."""
+        with self._slot() as slot:
             try:
-                conn = self._connect()
+                conn = self._connect(slot)
                 with conn.transaction():
                     yield conn
             except self._lost as exc:
-                self._went_down(exc)
+                self._went_down(slot, exc)
                 raise JournalUnavailable(self.where) from None
-            self._came_back()
+        self._came_back()
 
-    def _went_down(self, exc: BaseException) -> None:
-        if self._conn is not None:
+    def _went_down(self, slot: _Slot, exc: BaseException) -> None:
+        if slot.conn is not None:
             with contextlib.suppress(Exception):  # closing a broken connection
-                self._conn.close()
-            self._conn = None
-        self._next_try = time.monotonic() + RECONNECT_EVERY
-        if self._down_since is None:
+                slot.conn.close()
+            slot.conn = None
+        with self._state:
+            self._next_try = time.monotonic() + RECONNECT_EVERY
+            if self._down_since is not None:
+                return
             self._down_since = time.monotonic()
-            log.warning(
-                "event=journal_unavailable database=%s reason=%r action=%s",
-                self.where,
-                reason(exc),
-                "nothing new is claimed; outcomes are kept until the database answers",
-            )
+        log.warning(
+            "event=journal_unavailable database=%s reason=%r action=%s",
+            self.where,
+            reason(exc),
+            "nothing new is claimed; outcomes are kept until the database answers",
+        )
 
     def _came_back(self) -> None:
-        if self._down_since is not None:
-            log.warning(
-                "event=journal_back database=%s down_seconds=%.1f",
-                self.where,
-                time.monotonic() - self._down_since,
-            )
+        with self._state:
+            if self._down_since is None:
+                return
+            down = time.monotonic() - self._down_since
             self._down_since = None
             self._up_since = time.monotonic()
+        log.warning("event=journal_back database=%s down_seconds=%.1f", self.where, down)
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        for slot in self._slots:
+            with slot.lock:
+                if slot.conn is not None:
+                    slot.conn.close()
+                    slot.conn = None
