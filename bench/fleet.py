@@ -41,7 +41,7 @@ from common import (
 from throughput import Batch, check_stored, copy_in, new_clinic, run_client, stage
 
 sys.path.insert(0, str(ROOT))
-from tests.pg import Postgres, start_cluster  # noqa: E402
+from tests.pg import Postgres, start_cluster
 
 
 def server_cpu(pg: Postgres) -> float:

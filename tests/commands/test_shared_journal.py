@@ -5,7 +5,6 @@ one host see and act on what another host's instance did."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
