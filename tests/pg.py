@@ -88,7 +88,9 @@ def start_cluster() -> Iterator[Postgres]:
             "PostgreSQL's binaries are not installed (tests/postgres-tools.sh installs them)"
         )
     pytest.importorskip("psycopg", reason="psycopg 3 is not installed (the `test` extra has it)")
-    root = Path(tempfile.mkdtemp(prefix="ingestd-pg-"))
+    # In /tmp itself (not $TMPDIR, which a package build may put under a folder only root can
+    # enter): `nobody` must reach it, and a unix socket's path must stay short.
+    root = Path(tempfile.mkdtemp(prefix="ingestd-pg-", dir="/tmp"))
     as_user: list[str] = []
     if os.geteuid() == 0:
         # initdb refuses to run as root: the cluster is nobody's, in a folder it owns.

@@ -14,6 +14,7 @@ from tests.config.test_load import ENV, GOOD, SECRET, problems, write
 
 
 def test_a_shared_journal_is_its_url_and_the_resolved_password(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg", reason="psycopg 3 is not installed (the `test` extra has it)")
     text = GOOD + "journal:\n  url: postgresql://ingestd@db:5432/ingestd?sslmode=verify-full\n"
     config = load_config(write(tmp_path, text + "  password: ${LEYR_SECRET}\n"), ENV)
     assert config.journal == SharedJournal(
