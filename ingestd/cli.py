@@ -19,7 +19,7 @@ from ingestd.commands.sandbox import run_sandbox
 from ingestd.commands.status import run_status
 from ingestd.commands.verify import run_verify
 from ingestd.config.model import ConfigError
-from ingestd.journal import JournalError
+from ingestd.journal import JournalError, JournalUnreachable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
+    except JournalUnreachable as exc:
+        # The shared journal's server is not up (yet): a failure that a restart may fix.
+        print(f"ingestd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except (JournalError, UsageError) as exc:
         print(f"ingestd: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -39,6 +39,17 @@ _DEFAULTS = {
 }
 
 
+# Words of libpq's messages that a restart cannot fix (wrong password, role, database, TLS or
+# pg_hba.conf): the config is wrong. Anything else (refused, timed out, starting up) is a server
+# not reachable yet, which a restart of the service a few seconds later may find.
+_REFUSALS = ("authentication", "password", "pg_hba.conf", "does not exist", "invalid",
+             "permission denied", "certificate", "ssl", "role")  # fmt: skip
+
+
+class JournalUnreachable(JournalError):
+    """The shared journal's server cannot be reached at start-up (try again later)."""
+
+
 @dataclass(frozen=True)
 class SharedJournal:
     """`journal:` in the config: a libpq URL (TLS options as its query, e.g. ?sslmode=verify-full)
@@ -105,7 +116,10 @@ class Link:
         try:
             self._connect(self._slots[0])
         except self._lost as exc:
-            raise JournalError(f"cannot open journal {self.where}: {reason(exc)}") from None
+            why = reason(exc)
+            unreachable = not any(word in why.lower() for word in _REFUSALS)
+            error = JournalUnreachable if unreachable else JournalError
+            raise error(f"cannot open journal {self.where}: {why}") from None
 
     def _connect(self, slot: _Slot) -> Any:
         if slot.conn is None or slot.conn.closed:

@@ -51,6 +51,12 @@ def test_check_online_connects_and_a_refused_password_is_a_clear_error(
     assert "password authentication failed" in started.stderr
     assert "Not-the-Pa55word" not in started.stderr + started.stdout
 
+    # A server not up (yet) is no config error: exit 1, which systemd restarts after 5 s.
+    down = _host(tree, sandbox, "postgresql://ingestd@127.0.0.1:1/ingestd", 2)
+    unreachable = ingestd("once", "-c", down)
+    assert unreachable.returncode == 1
+    assert "cannot open journal ingestd@127.0.0.1:1/ingestd" in unreachable.stderr
+
 
 def test_status_and_retry_on_one_host_see_what_another_host_did(
     tree: Tree, sandbox: Sandbox, postgres: Postgres, pg_db: str

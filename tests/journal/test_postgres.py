@@ -15,6 +15,7 @@ from ingestd.journal import (
     ClaimLost,
     JournalError,
     JournalUnavailable,
+    JournalUnreachable,
     SharedJournal,
     open_journal,
 )
@@ -175,6 +176,7 @@ def test_a_refused_password_fails_clearly_without_echoing_it(
     url = postgres.url("postgres", tcp=True, user=PASSWORD_ROLE)
     with pytest.raises(JournalError) as caught:
         open_journal(PurePosixPath("x"), SharedJournal(url, password), "a")  # type: ignore[arg-type]
+    assert not isinstance(caught.value, JournalUnreachable)  # the config: exit 2, no restart
     message = str(caught.value)
     assert message.startswith(
         f"cannot open journal {PASSWORD_ROLE}@127.0.0.1:{postgres.port}/postgres: "
@@ -184,5 +186,7 @@ def test_a_refused_password_fails_clearly_without_echoing_it(
 
 
 def test_an_unreachable_server_fails_clearly() -> None:
-    with pytest.raises(JournalError, match=r"cannot open journal u@127\.0\.0\.1:1/x: .*refused"):
+    with pytest.raises(
+        JournalUnreachable, match=r"cannot open journal u@127\.0\.0\.1:1/x: .*refused"
+    ):
         open_journal(PurePosixPath("x"), SharedJournal("postgresql://u@127.0.0.1:1/x"), "a")  # type: ignore[arg-type]
