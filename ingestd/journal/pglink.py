@@ -96,6 +96,7 @@ class _Slot:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     conn: Any = None
+    epoch: int = 0  # the link's epoch when it connected
 
 
 class Link:
@@ -112,6 +113,9 @@ class Link:
         self._down_since: float | None = None
         self._up_since = time.monotonic()
         self._next_try = 0.0
+        # Counts connection losses: a slot that connected before the last one reconnects before
+        # its next use (a restarted server broke every connection, not only the one that saw it).
+        self._epoch = 0
         self._lost = (self._psycopg.OperationalError, self._psycopg.InterfaceError)
         try:
             self._connect(self._slots[0])
@@ -122,7 +126,12 @@ class Link:
             raise error(f"cannot open journal {self.where}: {why}") from None
 
     def _connect(self, slot: _Slot) -> Any:
+        if slot.conn is not None and slot.epoch != self._epoch:
+            with contextlib.suppress(Exception):  # most likely broken by the same loss
+                slot.conn.close()
+            slot.conn = None
         if slot.conn is None or slot.conn.closed:
+            slot.epoch = self._epoch
             given = self._psycopg.conninfo.conninfo_to_dict(self._settings.url)
             extra = {k: v for k, v in _DEFAULTS.items() if k not in given}
             if self._settings.password is not None:
@@ -192,6 +201,7 @@ class Link:
             slot.conn = None
         with self._state:
             self._next_try = time.monotonic() + RECONNECT_EVERY
+            self._epoch += 1
             if self._down_since is not None:
                 return
             self._down_since = time.monotonic()
