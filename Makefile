@@ -25,6 +25,7 @@ test: $(STAMP)  ## lint, type-check and run the whole test suite
 	tests/share-tools.sh
 	tests/image-tools.sh
 	tests/browser-tools.sh
+	tests/postgres-tools.sh
 	$(BIN)/pytest -q -n 4 --dist worksteal
 
 demo: $(STAMP)  ## sandbox EHR + daemon + sample files, end to end

@@ -20,7 +20,7 @@ from ingestd.commands.sandbox import run_sandbox
 from ingestd.commands.status import run_status
 from ingestd.commands.verify import run_verify
 from ingestd.config.model import ConfigError
-from ingestd.journal import JournalError
+from ingestd.journal import JournalError, JournalUnreachable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
         )
-    command("check", run_check, "validate the config offline")
+    check = command("check", run_check, "validate the config offline")
+    check.add_argument(
+        "--online", action="store_true", help="also connect to the shared journal's database"
+    )
     explain = command("explain", run_explain, "what would happen to these inbox files, and why")
     explain.add_argument("paths", nargs="+", metavar="PATH", help="files or folders in the inbox")
     explain.add_argument("--json", action="store_true", help="one JSON list, for scripts")
@@ -103,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
+    except JournalUnreachable as exc:
+        # The shared journal's server is not up (yet): a failure that a restart may fix.
+        print(f"ingestd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except (JournalError, UsageError) as exc:
         print(f"ingestd: {exc}", file=sys.stderr)
         return EXIT_CONFIG

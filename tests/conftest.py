@@ -188,3 +188,7 @@ def daemon_process(tree: Tree) -> Iterator[Callable[..., DaemonProcess]]:
     for proc in started:
         if proc.proc.poll() is None:
             proc.kill()
+
+
+# The shared journal's real PostgreSQL (tests/pg.py): `postgres` (the session's cluster), `pg_db`.
+from tests.pg import pg_db, postgres  # noqa: E402, F401

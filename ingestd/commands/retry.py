@@ -15,7 +15,7 @@ from ingestd.commands.common import EXIT_OK, UsageError, as_state_owner, load
 from ingestd.config.model import Config
 from ingestd.filing.putback import retry_one
 from ingestd.filing.receipts import SUFFIX
-from ingestd.journal import Journal
+from ingestd.journal import open_journal
 
 
 class RetryError(Exception):
@@ -49,7 +49,7 @@ def run_retry(args: argparse.Namespace) -> int:
         raise UsageError("name failed files, --patient FOLDER or --all")
     config = load(args, in_service=False)
     as_state_owner(config)
-    journal = Journal(config.paths.state)
+    journal = open_journal(config.paths.state, config.journal)
     try:
         selected = list(failed_receipts(config, args.paths, args.patient or [], args.all))
         back = [retry_one(config, journal, receipt) for receipt in selected]

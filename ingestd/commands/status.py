@@ -17,7 +17,8 @@ from typing import Any
 from ingestd.commands.common import EXIT_OK, as_state_owner, load
 from ingestd.config.model import Config
 from ingestd.inbox.scan import scan
-from ingestd.journal import ACTIVE_STATES, FINAL_STATES, Journal
+from ingestd.journal import ACTIVE_STATES, FINAL_STATES, open_journal
+from ingestd.journal.postgres import PostgresJournal
 from ingestd.observe.logs import load_masker
 from ingestd.observe.statusfile import read_running
 from ingestd.web.pages import age
@@ -25,7 +26,7 @@ from ingestd.web.pages import age
 
 def report(config: Config) -> dict[str, Any]:
     state_dir = config.paths.state.parent
-    journal = Journal(config.paths.state)
+    journal = open_journal(config.paths.state, config.journal)
     masker = load_masker(state_dir)
     try:
         counts = dict.fromkeys((*ACTIVE_STATES, *FINAL_STATES), 0)
@@ -36,10 +37,13 @@ def report(config: Config) -> dict[str, Any]:
                 "kind": (row.error or {}).get("kind"),
                 "http_status": (row.error or {}).get("http_status"),
                 "finished_at": row.finished_at,
+                **({"instance": row.holder} if row.holder else {}),
             }
             for row in journal.recent("failed", 10)
         ]
         oldest_claimed = journal.oldest_active()
+        # A shared journal: every instance of the fleet and when the database last heard of it.
+        fleet = journal.members() if isinstance(journal, PostgresJournal) else None
     finally:
         journal.close()
     waiting, oldest_inbox = _inbox(config.paths.inbox)
@@ -54,6 +58,7 @@ def report(config: Config) -> dict[str, Any]:
         "oldest_waiting_seconds": round(now - oldest, 1) if oldest else None,
         "targets": daemon.get("targets", {}) if daemon else {},
         "recent_failures": failures,
+        **({"fleet": fleet} if fleet is not None else {}),
     }
 
 
@@ -92,6 +97,11 @@ def render(status: dict[str, Any]) -> str:
         else:
             state = f"PAUSED, not answering: {health.get('reason')}"
         lines.append(f"target {name}: {state}")
+    lines.extend(
+        f"instance {member['instance']}: {member['host']} pid {member['pid']}, "
+        f"heard from {member['seen_seconds_ago']:g} s ago"
+        for member in status.get("fleet", [])
+    )
     if status["recent_failures"]:
         lines.append("recent failures:")
         for failure in status["recent_failures"]:

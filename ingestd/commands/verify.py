@@ -34,7 +34,7 @@ from ingestd.delivery.verifying import (
     receipts_in,
 )
 from ingestd.filing.receipts import SUFFIX
-from ingestd.journal import Journal
+from ingestd.journal import open_journal
 from ingestd.observe.logs import load_masker, setup
 from ingestd.targets import make_target
 
@@ -159,7 +159,7 @@ def run_verify(args: argparse.Namespace) -> int:
     selected = select(config, args)
     wanted = {item.target for item in selected if isinstance(item, Claim)}
     targets = {name: make_target(config.targets[name]) for name in wanted if name in config.targets}
-    journal = Journal(config.paths.state)
+    journal = open_journal(config.paths.state, config.journal)
     try:
         verifier = Verifier(
             targets=targets,

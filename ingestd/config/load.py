@@ -14,6 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from ingestd.config.journal import parse_journal
 from ingestd.config.model import (
     Config,
     ConfigError,
@@ -31,6 +32,7 @@ from ingestd.yamlsource import START, MarkedDict, MarkedList, Problem, Report, l
 
 TOP_KEYS = (
     "paths", "targets", "watch", "patients", "rules", "metrics", "verify", "status_page",
+    "journal",
 )  # fmt: skip
 METRICS_KEYS = ("listen",)
 VERIFY_KEYS = ("every", "sample")
@@ -111,10 +113,13 @@ def _build(report: Report, tree: MarkedDict) -> Config | None:
     verify = _verify(report, verify_node) if verify_node is not None else None
     page_node = report.mapping(tree, "status_page", "status_page")
     page = parse_status_page(report, page_node) if page_node is not None else None
+    journal_node = report.mapping(tree, "journal", "journal")
+    journal = parse_journal(report, journal_node) if journal_node is not None else None
     if paths is None:
         return None
     return Config(
         status_page=page,
+        journal=journal,
         metrics_listen=listen,
         verify=verify,
         file=report.file,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ingestd.config.statuspage import StatusPageConfig
+from ingestd.journal import SharedJournal
 from ingestd.rules.globs import path_regex
 from ingestd.rules.matching import Rule
 from ingestd.rules.patients import PatientMap
@@ -101,6 +102,7 @@ class Config:
     metrics_listen: tuple[str, int] | None = None  # loopback host and port; None: no metrics
     verify: VerifySchedule | None = None  # None: no periodic verification
     status_page: StatusPageConfig | None = None  # None: no status page
+    journal: SharedJournal | None = None  # None: the SQLite journal at paths.state
     warnings: tuple[Problem, ...] = ()
 
     @property

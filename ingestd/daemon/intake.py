@@ -26,7 +26,7 @@ from ingestd.inbox.claims import WORK_DIR, Claimer
 from ingestd.inbox.scan import INBOX_ROOT, scan
 from ingestd.inbox.settle import Ready, Settler
 from ingestd.inbox.watch import Hints
-from ingestd.journal import Journal, Row
+from ingestd.journal import JournalLike, Row
 from ingestd.names import is_ignored_path
 from ingestd.observe.logs import Masker, event
 
@@ -47,7 +47,7 @@ class Intake:
         self,
         config: Callable[[], Config],
         claimer: Claimer,
-        journal: Journal,
+        journal: JournalLike,
         masker: Masker,
         once: bool,
     ) -> None:

@@ -30,7 +30,7 @@ from ingestd.delivery.fleet import Fleet
 from ingestd.delivery.pipeline import Pipeline
 from ingestd.filing.places import make_folders
 from ingestd.inbox.claims import Claimer, instance_id
-from ingestd.journal import ACTIVE_STATES, Journal, Row
+from ingestd.journal import ACTIVE_STATES, Row, open_journal
 from ingestd.observe import notify
 from ingestd.observe.logs import event, load_masker
 from ingestd.observe.metrics import DaemonState, Metrics, MetricsServer, start_server
@@ -59,9 +59,10 @@ class Daemon:
         for folder in (paths.inbox, paths.done, paths.failed):
             _make_unless_unavailable(folder)
         state_dir = paths.state.parent
-        self.journal = Journal(paths.state)
+        instance = instance_id(state_dir)
+        self.journal = open_journal(paths.state, config.journal, instance)
         self.masker = load_masker(state_dir)
-        self.claimer = Claimer(paths.inbox, self.journal, instance_id(state_dir), self.masker)
+        self.claimer = Claimer(paths.inbox, self.journal, instance, self.masker)
         try:
             self.claimer.prepare()
         except OSError as exc:
@@ -184,14 +185,31 @@ class Daemon:
                     next_poll = now + POLL_EVERY
                 if now >= next_lease:
                     self._keep_lease()
-                    next_lease = now + LEASE_TOUCH_EVERY
+                    next_lease = now + self._lease_every()
             elif self._once_finished():
                 break
             self._sleep(next_scan)
         return self._shutdown()
 
+    def _lease_every(self) -> float:
+        """A shared journal's heartbeat comes well inside the lease, however short it is."""
+        lease = self._config.watch.claim_lease_seconds
+        return min(LEASE_TOUCH_EVERY, lease / 3) if self.journal.shared else LEASE_TOUCH_EVERY
+
     def _keep_lease(self) -> None:
         """Renew this instance's lease and take over claims of instances gone past theirs."""
+        if self.journal.shared:
+            # The fleet's journal knows who is alive, by the database's clock: no lease files.
+            self.journal.heartbeat()
+            if not self.intake.rescan_if_restarted():
+                return
+            taken = self.journal.take_over(self._config.watch.claim_lease_seconds)
+            if taken:
+                event(log, logging.WARNING, "claims_taken_over", files=len(taken))
+            for row in self.claimer.recover(taken):
+                self._resumed.add(row.id)
+            self._journal_check_at = 0.0
+            return
         if not self.intake.rescan_if_restarted():
             return
         for other in self.claimer.stale_instances(self._config.watch.claim_lease_seconds):
@@ -294,6 +312,7 @@ class Daemon:
         # Files parked at shutdown are journal rows in an active state: counted there, once.
         counts = self.journal.counts()
         self.summary.waiting = sum(counts.get(state, 0) for state in ACTIVE_STATES)
+        self.journal.leave()
         event(
             log,
             logging.INFO,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ingestd.config.statuspage import StatusPageConfig
 from ingestd.filing.putback import retry_one
-from ingestd.journal.reader import JournalReader
+from ingestd.journal.reader import JournalReader, JournalView, SharedJournalView
 from ingestd.observe.logs import event
 from ingestd.web.auth import Csrf, Gate
 from ingestd.web.server import Site, StatusPageServer, start_page
@@ -36,7 +36,7 @@ class _InForce:
 @dataclass
 class StatusPage:
     server: StatusPageServer
-    reader: JournalReader
+    reader: JournalView
 
     def stop(self) -> None:
         self.server.stop()
@@ -65,7 +65,11 @@ def start_status_page(daemon: Daemon) -> StatusPage | None:
         where = daemon.masker.path(back.inbox) if back is not None else None
         event(log, logging.INFO, "status_page_retry", file=where)
 
-    reader = JournalReader(daemon.config.paths.state)
+    reader: JournalView = (
+        SharedJournalView(daemon.journal)
+        if daemon.journal.shared
+        else JournalReader(daemon.config.paths.state)
+    )
     site = Site(
         settings=settings,
         gate=Gate(first.user, first.password),

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from ingestd.config.model import Config
 from ingestd.delivery.verifying import BAD, UNVERIFIED, Checked, Verifier, claim_of, receipts_in
-from ingestd.journal import Journal
+from ingestd.journal import JournalLike
 from ingestd.observe.logs import Masker, event
 from ingestd.observe.metrics import Metrics
 from ingestd.targets import make_target
@@ -28,7 +28,7 @@ class PeriodicVerify:
     def __init__(
         self,
         config: Callable[[], Config],
-        journal: Journal,
+        journal: JournalLike,
         masker: Masker,
         metrics: Metrics,
         stopping: threading.Event,

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from ingestd.delivery.pipeline import Outcome
-from ingestd.journal import Journal, Row
+from ingestd.journal import ClaimLost, JournalLike, Row
 from ingestd.observe.logs import Masker, event
 
 log = logging.getLogger("ingestd.daemon")
@@ -29,7 +29,7 @@ class WorkerPool:
         size: int,
         capacity: Callable[[], int],
         process: Callable[[Row, bool], Outcome],
-        journal: Journal,
+        journal: JournalLike,
         masker: Masker,
         wake: threading.Event,
     ) -> None:
@@ -106,6 +106,12 @@ class WorkerPool:
         for thread in self._threads:
             thread.join(timeout)
 
+    def _lost(self, row: Row) -> Outcome:
+        """A survivor of the fleet took this row over while this instance was thought dead:
+        the file is its now (it asks the EHR before sending again); leave it alone."""
+        event(log, logging.WARNING, "claim_lost", file=self._masker.path(row.source))
+        return Outcome("gone", row.source)
+
     def _run(self) -> None:
         while True:
             item = self._work.get()
@@ -114,6 +120,8 @@ class WorkerPool:
             row, resumed = item
             try:
                 outcome = self._process(row, resumed)
+            except ClaimLost:
+                outcome = self._lost(row)
             except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker
                 # Only the type: messages of OS errors can carry a path (patient data).
                 event(
@@ -123,8 +131,11 @@ class WorkerPool:
                     file=self._masker.path(row.source),
                     error=type(exc).__name__,
                 )
-                self._journal.update(row.id, next_attempt_at=time.time() + CRASH_RETRY_SECONDS)
-                outcome = Outcome("deferred", row.source)
+                try:
+                    self._journal.update(row.id, next_attempt_at=time.time() + CRASH_RETRY_SECONDS)
+                    outcome = Outcome("deferred", row.source)
+                except ClaimLost:
+                    outcome = self._lost(row)
             self._finished.put(outcome)
             with self._lock:
                 self._in_flight.discard(row.id)

@@ -39,7 +39,7 @@ from ingestd.delivery.send import RETRY_SOON_SECONDS, Sender
 from ingestd.delivery.staged import Stager
 from ingestd.filing.filer import Filer
 from ingestd.inbox.claims import Claimer
-from ingestd.journal import Journal, Row
+from ingestd.journal import JournalLike, Row
 from ingestd.names import valid_text
 from ingestd.observe.logs import Masker, event
 from ingestd.observe.metrics import Metrics
@@ -68,7 +68,7 @@ class Pipeline:
     def __init__(
         self,
         config: Callable[[], Config],
-        journal: Journal,
+        journal: JournalLike,
         claimer: Claimer,
         fleet: Fleet,
         masker: Masker,

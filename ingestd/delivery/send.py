@@ -19,7 +19,7 @@ from ingestd.delivery.decide import Rejected
 from ingestd.delivery.fleet import Fleet
 from ingestd.delivery.health import TargetHealth
 from ingestd.delivery.retrying import Deferred, Delivered, Refused, RetryPolicy, deliver
-from ingestd.journal import Journal, Row
+from ingestd.journal import JournalLike, Row
 from ingestd.observe.logs import Masker, event
 from ingestd.observe.metrics import Metrics
 from ingestd.targets.base import (
@@ -41,7 +41,7 @@ UNKNOWN_OUTCOME_WAIT_SECONDS = 20.0
 class Sender:
     def __init__(
         self,
-        journal: Journal,
+        journal: JournalLike,
         fleet: Fleet,
         masker: Masker,
         metrics: Metrics,

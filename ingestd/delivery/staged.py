@@ -25,7 +25,7 @@ from ingestd import content
 from ingestd.delivery.decide import Rejected
 from ingestd.delivery.topdf import ConversionFailed, Converted, convert
 from ingestd.filing.receipts import fsync_dir
-from ingestd.journal import ACTIVE_STATES, Journal, Row
+from ingestd.journal import ACTIVE_STATES, JournalLike, Row
 from ingestd.observe.logs import Masker, event
 from ingestd.observe.metrics import Metrics
 from ingestd.rules.conversion import CONVERTIBLE, PDF, unconvertible
@@ -47,7 +47,7 @@ class StagedPdf:
 
 class Stager:
     def __init__(
-        self, folder: Callable[[], Path], journal: Journal, masker: Masker, metrics: Metrics
+        self, folder: Callable[[], Path], journal: JournalLike, masker: Masker, metrics: Metrics
     ) -> None:
         self._folder = folder  # the state folder (the journal's)
         self.journal = journal

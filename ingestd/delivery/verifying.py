@@ -25,7 +25,7 @@ from ingestd.clock import utc_iso
 from ingestd.delivery.health import TargetHealth
 from ingestd.delivery.retrying import RetryPolicy, backoff_delay
 from ingestd.filing.receipts import SUFFIX, Receipt
-from ingestd.journal import Journal
+from ingestd.journal import JournalLike
 from ingestd.observe.logs import Masker, event
 from ingestd.observe.metrics import Metrics
 from ingestd.targets.base import AuthError, Fetched, Target, TargetError, TransientError
@@ -81,7 +81,7 @@ class _Pause:
 class Verifier:
     targets: Mapping[str, Target]
     concurrency: Mapping[str, int]
-    journal: Journal
+    journal: JournalLike
     masker: Masker
     metrics: Metrics = field(default_factory=Metrics)
     policy: RetryPolicy = field(default_factory=RetryPolicy)

@@ -23,7 +23,7 @@ from ingestd import content
 from ingestd.clock import utc_iso
 from ingestd.filing.places import free_name, place
 from ingestd.filing.receipts import Receipt, receipt_path, write_receipt
-from ingestd.journal import Journal, Row
+from ingestd.journal import JournalLike, Row
 from ingestd.observe.logs import Masker, event
 
 log = logging.getLogger("ingestd.pipeline")
@@ -36,7 +36,7 @@ class Filer:
         self,
         inbox: Callable[[], Path],
         roots: Callable[[], tuple[Path, Path]],  # (done, failed)
-        journal: Journal,
+        journal: JournalLike,
         masker: Masker,
     ) -> None:
         self._inbox = inbox

@@ -19,7 +19,7 @@ from ingestd import content
 from ingestd.config.model import Config
 from ingestd.filing.places import free_name, place
 from ingestd.filing.receipts import SUFFIX, Receipt
-from ingestd.journal import Journal
+from ingestd.journal import JournalLike
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Retried:
     inbox: PurePosixPath  # where it is now, relative to the inbox
 
 
-def retry_one(config: Config, journal: Journal, receipt_file: Path) -> Retried | None:
+def retry_one(config: Config, journal: JournalLike, receipt_file: Path) -> Retried | None:
     """Put one failed file back; None when its file is already gone (the receipt is removed)."""
     receipt = Receipt.read(receipt_file)
     stored = receipt_file.with_name(receipt_file.name[: -len(SUFFIX)])

@@ -34,7 +34,7 @@ from ingestd.clock import utc_iso
 from ingestd.content import Snapshot
 from ingestd.filing.moves import move_no_replace
 from ingestd.inbox.settle import Ready
-from ingestd.journal import Journal, Row
+from ingestd.journal import AlreadyClaimed, JournalLike, JournalUnavailable, Row
 from ingestd.observe.logs import Masker, event
 from ingestd.observe.statefiles import read_or_create
 from ingestd.unreachable import errno_name, is_unavailable
@@ -123,7 +123,7 @@ def instance_id(state_dir: Path) -> str:
 @dataclass
 class Claimer:
     inbox: Path
-    journal: Journal
+    journal: JournalLike
     instance: str
     masker: Masker
     # Files that could not be claimed, with the reason last logged: logged once, not at
@@ -141,9 +141,20 @@ class Claimer:
         # The row stays `claiming` until a worker records its decision (one journal write fewer
         # per file); a `claiming` row whose work file exists is a claimed file (see recover).
         owner = ready.snapshot.uid if ready.snapshot is not None else None
-        row = self.journal.add(
-            rel, work, utc_iso(ready.received), owner_uid=owner, format=ready.format
-        )
+        snap = ready.snapshot
+        try:
+            row = self.journal.add(
+                rel,
+                work,
+                utc_iso(ready.received),
+                identity=None if snap is None else f"{snap.size}:{snap.mtime_ns}",
+                owner_uid=owner,
+                format=ready.format,
+            )
+        except (AlreadyClaimed, JournalUnavailable):
+            # Another instance of the fleet claims it; or the shared journal is down, and
+            # nothing new is claimed until it answers. Either way the file stays in the inbox.
+            return None
         work_path = self.inbox / work
         try:
             # No mkdir here: on a share that went away, claiming must fail rather than build
@@ -212,6 +223,8 @@ class Claimer:
         snap = ready.snapshot
         if snap is None:
             return True  # nothing to compare: not a regular file, and nothing to lose
+        if self.journal.shared and self.journal.by_source(ready.rel):
+            return True  # the fleet's journal knows it: claimed (maybe finished) by another
         base = self.inbox / WORK_DIR
         try:
             folders = os.listdir(base)
@@ -326,10 +339,11 @@ class Claimer:
         self.journal.delete(row.id)
         return True
 
-    def recover(self) -> list[Row]:
-        """Settle claims a crash interrupted; return every row that still has work to do."""
+    def recover(self, taken: list[Row] | None = None) -> list[Row]:
+        """Settle claims a crash interrupted (this instance's, or those `taken` over from a dead
+        one in a shared journal); return every row that still has work to do."""
         rows = []
-        for row in self.journal.active():
+        for row in self.journal.held() if taken is None else taken:
             if row.state == "claiming":
                 if not os.path.lexists(self.inbox / row.work):
                     self.journal.delete(row.id)  # never renamed: still in the inbox, or gone

@@ -1,4 +1,5 @@
-"""The journal: one SQLite row per claimed file and the state it has reached.
+"""The journal: one row per claimed file and the state it has reached (SQLite, or PostgreSQL
+shared by a fleet: see interface.py).
 
 It is the truth about every file ingestd has taken out of the inbox. Each state is committed
 before the side effect that follows it, so after a crash every unfinished row says exactly what
@@ -17,7 +18,24 @@ Files still in the inbox are not rows: the inbox itself is their truth, and a sc
 restart finds them again. Paths are stored as bytes so odd names survive byte for byte.
 """
 
+from ingestd.journal.interface import AlreadyClaimed, ClaimLost, JournalLike, JournalUnavailable
+from ingestd.journal.opening import open_journal, probe
+from ingestd.journal.pglink import JournalUnreachable, SharedJournal
 from ingestd.journal.rows import ACTIVE_STATES, FINAL_STATES, Row
 from ingestd.journal.store import Journal, JournalError
 
-__all__ = ["ACTIVE_STATES", "FINAL_STATES", "Journal", "JournalError", "Row"]
+__all__ = [
+    "ACTIVE_STATES",
+    "FINAL_STATES",
+    "AlreadyClaimed",
+    "ClaimLost",
+    "Journal",
+    "JournalError",
+    "JournalLike",
+    "JournalUnavailable",
+    "JournalUnreachable",
+    "Row",
+    "SharedJournal",
+    "open_journal",
+    "probe",
+]

@@ -7,10 +7,40 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from ingestd.journal.rows import ACTIVE_STATES, COLUMNS, Row, from_db
+
+
+class JournalView(Protocol):
+    """What the status page reads: this module's reader of the SQLite file, or the shared
+    journal itself (`SharedJournalView`)."""
+
+    def active(self) -> list[Row]: ...
+
+    def finished_since(self, state: str, since: str, limit: int) -> list[Row]: ...
+
+    def close(self) -> None: ...
+
+
+class SharedJournalView:
+    """The shared journal read by the page: the whole fleet's rows, through the daemon's own
+    connections (thread-safe); in an outage it fails at once rather than hold the page."""
+
+    def __init__(self, journal: Any) -> None:
+        self._journal = journal  # a PostgresJournal (imported lazily: psycopg is optional)
+
+    def active(self) -> list[Row]:
+        rows: list[Row] = self._journal.active_now()
+        return rows
+
+    def finished_since(self, state: str, since: str, limit: int) -> list[Row]:
+        rows: list[Row] = self._journal.finished_since(state, since, limit)
+        return rows
+
+    def close(self) -> None:
+        """The daemon closes its journal itself."""
 
 
 class JournalReader:

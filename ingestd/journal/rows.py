@@ -50,6 +50,7 @@ class Row:
     converted_sha256: str | None = None
     converted_size: int | None = None
     converted_pages: int | None = None
+    holder: str | None = None  # the instance that holds it (a shared journal); None: this one
 
 
 def new_row(row_id: int, columns: dict[str, Any]) -> Row:

@@ -39,6 +39,8 @@ class Journal:
     that every other worker queues behind.
     """
 
+    shared = False  # one instance's file: claims are settled by the rename alone
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
@@ -112,9 +114,15 @@ class Journal:
             return self._db.execute(sql, params)
 
     def add(
-        self, source: PurePosixPath, work: PurePosixPath, received_at: str, **values: Any
+        self,
+        source: PurePosixPath,
+        work: PurePosixPath,
+        received_at: str,
+        identity: str | None = None,
+        **values: Any,
     ) -> Row:
-        """Record the intent to claim `source` into `work` (state `claiming`)."""
+        """Record the intent to claim `source` into `work` (state `claiming`). `identity` serves
+        a shared journal's claim lock; here the rename alone decides."""
         columns = {"source": source, "work": work, "state": "claiming", "received_at": received_at}
         columns.update(values)
         names = [*list(columns), "updated_at"]
@@ -193,6 +201,10 @@ class Journal:
         marks = ", ".join("?" * len(ACTIVE_STATES))
         return self._select(f"state IN ({marks}) ORDER BY id", ACTIVE_STATES)
 
+    def held(self) -> list[Row]:
+        """The active rows this instance holds: all of them, in a journal of its own."""
+        return self.active()
+
     def due(self, now: float, exclude: set[int]) -> list[Row]:
         """Active rows whose next attempt is due, oldest first, leaving out those in hand."""
         marks = ", ".join("?" * len(ACTIVE_STATES))
@@ -263,3 +275,14 @@ class Journal:
 
     def recent(self, state: str, limit: int = 10) -> list[Row]:
         return self._select("state = ? ORDER BY finished_at DESC, id DESC LIMIT ?", (state, limit))
+
+    # --- a fleet (nothing to do for a journal of one instance) ------------------------------
+
+    def heartbeat(self) -> None:
+        """Only a shared journal knows other instances: leases are files here (inbox/claims)."""
+
+    def take_over(self, lease_seconds: float) -> list[Row]:
+        return []
+
+    def leave(self) -> None:
+        """Nothing registered: nothing to leave."""

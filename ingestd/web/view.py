@@ -29,7 +29,8 @@ from ingestd.clock import utc_iso
 from ingestd.config.model import Config
 from ingestd.filing.receipts import SUFFIX, Receipt
 from ingestd.inbox.scan import scan
-from ingestd.journal.reader import JournalReader
+from ingestd.journal.interface import JournalUnavailable
+from ingestd.journal.reader import JournalView
 from ingestd.names import patient_folder
 
 CACHE_SECONDS = 2.0
@@ -127,7 +128,7 @@ class Gatherer:
     """Gathers a `View`; `key` makes the failed files' opaque keys."""
 
     config: Callable[[], Config]
-    reader: JournalReader
+    reader: JournalView
     daemon: Callable[[], Any]  # the daemon's DaemonState (targets, healthy, problem)
     key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
 
@@ -141,7 +142,10 @@ class Gatherer:
 
         problems: list[str] = []
         add(_waiting(config.paths.inbox, problems))
-        add(_journal(self.reader, _local_midnight()))
+        try:
+            add(list(_journal(self.reader, _local_midnight())))
+        except JournalUnavailable:
+            problems.append("the shared journal is not answering: files in progress are not shown")
         failed, not_listed = self._failed(config.paths.failed)
         add(failed)
         state = self.daemon()
@@ -209,7 +213,7 @@ def _waiting(inbox: Path, problems: list[str]) -> Iterable[Item]:
         problems.append("the inbox is not answering")
 
 
-def _journal(reader: JournalReader, midnight: str) -> Iterable[Item]:
+def _journal(reader: JournalView, midnight: str) -> Iterable[Item]:
     for row in reader.active():
         yield _item(row.source, "in_progress", _epoch(row.received_at))
     for row in reader.finished_since("done", midnight, MAX_DONE_TODAY):

@@ -11,11 +11,12 @@ import pytest
 
 from ingestd.clock import utc_iso
 from ingestd.config.model import Config, Paths
-from ingestd.journal import Journal
-from ingestd.journal.reader import JournalReader
+from ingestd.journal import Journal, SharedJournal, open_journal
+from ingestd.journal.reader import JournalReader, JournalView, SharedJournalView
 from ingestd.observe.metrics import DaemonState
 from ingestd.web.view import Gatherer, View, ViewCache, target_state
 from tests.conftest import Tree
+from tests.pg import Postgres
 from tests.web.test_server import FOLDER, NAME, fail_a_file
 
 
@@ -26,12 +27,12 @@ def journal(tree: Tree) -> Iterator[Journal]:
     journal.close()
 
 
-def gatherer(tree: Tree) -> Gatherer:
+def gatherer(tree: Tree, reader: JournalView | None = None) -> Gatherer:
     config = Config(
         file="c.yaml", paths=Paths(tree.inbox, tree.done, tree.failed, tree.state), targets={}
     )
     state = DaemonState({}, 0.0, None, {"leyr": {"up": True, "misconfigured": False}}, True)
-    return Gatherer(lambda: config, JournalReader(tree.state), lambda: state)
+    return Gatherer(lambda: config, reader or JournalReader(tree.state), lambda: state)
 
 
 def row(journal: Journal, source: str, state: str, finished: float | None = None) -> None:
@@ -121,3 +122,35 @@ def test_the_cache_gathers_once_for_many_viewers(tmp_path: Path) -> None:
     cache.forget()
     cache.get()
     assert len(calls) == 3
+
+
+def test_with_a_shared_journal_the_page_shows_the_whole_fleet(
+    tree: Tree, postgres: Postgres, pg_db: str
+) -> None:
+    """Rows held by another instance show; in an outage the page says so at once, not hang."""
+    url = postgres.url(pg_db)
+    other = open_journal(tree.state, SharedJournal(url), "host-a")
+    mine = open_journal(tree.state, SharedJournal(url), "host-b")
+    try:
+        work = PurePosixPath(".ingestd/work/host-a")
+        sending = other.add(
+            PurePosixPath("p_1/sending.pdf"), work / "1", utc_iso(time.time() - 60), "1:1"
+        )
+        other.update(sending.id, state="uploading")
+        done = other.add(PurePosixPath("p_2/today.pdf"), work / "2", utc_iso(time.time()), "2:2")
+        other.update(done.id, state="done", finished_at=utc_iso(time.time()))
+        page = gatherer(tree, SharedJournalView(mine))
+        folders = {f.name: f for f in page().folders}
+        assert [i.name for i in folders["p_1"].items["in_progress"]] == ["sending.pdf"]
+        assert [i.name for i in folders["p_2"].items["done_today"]] == ["today.pdf"]
+        postgres.stop()
+        try:
+            started = time.monotonic()
+            view = page()
+            assert time.monotonic() - started < 5
+            assert "shared journal is not answering" in view.problem
+        finally:
+            postgres.start()
+    finally:
+        other.close()
+        mine.close()

@@ -1,0 +1,285 @@
+"""The shared journal: the same rows in PostgreSQL, for a fleet of instances on one inbox.
+
+Every row names the instance that holds it (`holder`); an instance works only on its own rows,
+and every write it makes is conditional on still holding the row (a survivor may have taken it
+over while this instance was thought dead: the write raises ClaimLost instead). A claim is the
+row inserted before the rename, unique per (source, identity) among active rows: of several
+instances that see the same file, one inserts it; the rename still has the final say.
+Liveness (heartbeats, takeover) lives in journal/fleet.py and uses the database's clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from ingestd.journal.fleet import Roster
+from ingestd.journal.interface import AlreadyClaimed, ClaimLost, JournalUnavailable
+from ingestd.journal.pglink import Link, SharedJournal
+from ingestd.journal.rows import ACTIVE_STATES, COLUMNS, Row, from_db, new_row, to_db
+from ingestd.journal.schema import PG_FIRST_VERSION, PG_MIGRATIONS, PG_SCHEMA, SCHEMA_VERSION
+from ingestd.journal.store import JournalError
+
+_SELECTED = (*COLUMNS, "holder")
+_ACTIVE = list(ACTIVE_STATES)
+_MIGRATION_LOCK = 0x1A6E57D  # the advisory lock instances starting together migrate under
+
+
+class PostgresJournal(Roster):
+    """`JournalLike` on PostgreSQL. `instance` None: a command's view of the whole fleet."""
+
+    shared = True
+
+    def __init__(self, settings: SharedJournal, instance: str | None = None) -> None:
+        self.link = Link(settings)
+        self.instance = instance
+        try:
+            self._migrate()
+            if instance is not None:
+                self.heartbeat(wait=True)
+        except JournalUnavailable as exc:
+            self.link.close()
+            raise JournalError(
+                f"cannot open journal {exc}: the database stopped answering"
+            ) from None
+        except Exception:
+            self.link.close()
+            raise
+        self._counts: dict[str, int] = {}
+        self._oldest: float | None = None
+
+    def _migrate(self) -> None:
+        with self.link.transaction() as db:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            for statement in PG_SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            found = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = PG_FIRST_VERSION if found is None else int(found[0])
+            if found is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', %s)", (str(version),))
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"journal {self.link.where} has schema {version}; this ingestd knows "
+                    f"{SCHEMA_VERSION}: upgrade ingestd"
+                )
+            while version < SCHEMA_VERSION:
+                for statement in PG_MIGRATIONS[version]:
+                    db.execute(statement)
+                version += 1
+                db.execute(
+                    "UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(version),)
+                )
+
+    def close(self) -> None:
+        self.link.close()
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def _mine(self) -> tuple[str, tuple[Any, ...]]:
+        """The condition that a row is this instance's (none for a command)."""
+        return ("AND holder = %s", (self.instance,)) if self.instance is not None else ("", ())
+
+    def add(
+        self,
+        source: PurePosixPath,
+        work: PurePosixPath,
+        received_at: str,
+        identity: str | None = None,
+        **values: Any,
+    ) -> Row:
+        """The claim: a `claiming` row, unless another instance claims the same file. Fails at
+        once when the database is down (the file waits in the inbox)."""
+        columns = {"source": source, "work": work, "state": "claiming", "received_at": received_at}
+        columns.update(values)
+        names = [*columns, "updated_at", "holder", "identity"]
+        params = [to_db(n, columns[n]) for n in columns] + [time.time(), self.instance, identity]
+        found, _ = self.link.run(
+            f"INSERT INTO files ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "  # noqa: S608
+            "ON CONFLICT DO NOTHING RETURNING id",
+            params,
+            wait=False,
+        )
+        if not found:
+            raise AlreadyClaimed(str(source))
+        return new_row(int(found[0][0]), {**columns, "holder": self.instance})
+
+    def update(self, row_id: int, **values: Any) -> None:
+        """Set columns of a row this instance holds; waits out an outage (nothing is lost)."""
+        unknown = set(values) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown journal columns: {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = %s" for name in values)
+        mine, held = self._mine()
+        params = [to_db(name, value) for name, value in values.items()]
+        _, count = self.link.run(
+            f"UPDATE files SET {assignments}, updated_at = %s WHERE id = %s {mine}",  # noqa: S608
+            [*params, time.time(), row_id, *held],
+            wait=True,
+        )
+        if count == 0 and self.instance is not None:
+            raise ClaimLost(str(row_id))
+
+    def change(self, row: Row, **values: Any) -> Row:
+        self.update(row.id, **values)
+        return dataclasses.replace(row, **values)
+
+    def make_due(self) -> None:
+        mine, held = self._mine()
+        self.link.run(
+            f"UPDATE files SET next_attempt_at = 0 WHERE state = ANY(%s) {mine}",  # noqa: S608
+            (_ACTIVE, *held),
+            wait=True,
+        )
+
+    def delete(self, row_id: int) -> None:
+        mine, held = self._mine()
+        self.link.run(f"DELETE FROM files WHERE id = %s {mine}", (row_id, *held), wait=True)  # noqa: S608
+
+    def mark_verified(self, target: str, document_id: str, sha256: str, at: str) -> None:
+        self.link.run(
+            "INSERT INTO verified (target, document_id, sha256, verified_at) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (target, document_id, sha256) "
+            "DO UPDATE SET verified_at = EXCLUDED.verified_at",
+            (target, document_id, sha256, at),
+            wait=True,
+        )
+
+    def forget_verified(self, target: str, document_id: str, sha256: str) -> None:
+        self.link.run(
+            "DELETE FROM verified WHERE target = %s AND document_id = %s AND sha256 = %s",
+            (target, document_id, sha256),
+            wait=True,
+        )
+
+    def keep_for_retry(self, source: PurePosixPath, sha256: str, receipts: list[Any]) -> None:
+        self.link.run(
+            "INSERT INTO retried (source, sha256, receipts) VALUES (%s, %s, %s) "
+            "ON CONFLICT (source, sha256) DO UPDATE SET receipts = EXCLUDED.receipts",
+            (os.fsencode(str(source)), sha256, json.dumps(receipts, ensure_ascii=True)),
+            wait=True,
+        )
+
+    def take_retried(self, source: PurePosixPath, sha256: str) -> list[dict[str, Any]] | None:
+        found, _ = self.link.run(
+            "DELETE FROM retried WHERE source = %s AND sha256 = %s RETURNING receipts",
+            (os.fsencode(str(source)), sha256),
+            wait=True,
+        )
+        if not found:
+            return None
+        loaded = json.loads(found[0][0])
+        return loaded if isinstance(loaded, list) else None
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _select(self, where: str, params: tuple[Any, ...] = (), wait: bool = True) -> list[Row]:
+        found, _ = self.link.run(
+            f"SELECT {', '.join(_SELECTED)} FROM files WHERE {where}",  # noqa: S608
+            params,
+            wait=wait,
+        )
+        return [
+            Row(**{n: from_db(n, v) for n, v in zip(_SELECTED, record, strict=True)})
+            for record in found
+        ]
+
+    def get(self, row_id: int) -> Row | None:
+        rows = self._select("id = %s", (row_id,))
+        return rows[0] if rows else None
+
+    def active(self) -> list[Row]:
+        """Every active row of the whole fleet, oldest first."""
+        return self._select("state = ANY(%s) ORDER BY id", (_ACTIVE,))
+
+    def active_now(self) -> list[Row]:
+        """`active`, but failing at once (`JournalUnavailable`) in an outage: for the page."""
+        return self._select("state = ANY(%s) ORDER BY id", (_ACTIVE,), wait=False)
+
+    def finished_since(self, state: str, since: str, limit: int) -> list[Row]:
+        """As `JournalReader.finished_since`, for the whole fleet; fails at once in an outage."""
+        return self._select(
+            "state = %s AND finished_at >= %s ORDER BY finished_at DESC LIMIT %s",
+            (state, since, limit),
+            wait=False,
+        )
+
+    def held(self) -> list[Row]:
+        """The active rows this instance holds."""
+        mine, held = self._mine()
+        return self._select(f"state = ANY(%s) {mine} ORDER BY id", (_ACTIVE, *held))
+
+    def due(self, now: float, exclude: set[int]) -> list[Row]:
+        """This instance's due rows; none while the database is down (the loop goes on)."""
+        mine, held = self._mine()
+        try:
+            rows = self._select(
+                f"state = ANY(%s) AND next_attempt_at <= %s {mine} "
+                "ORDER BY next_attempt_at, id LIMIT %s",
+                (_ACTIVE, now, *held, len(exclude) + 256),
+                wait=False,
+            )
+        except JournalUnavailable:
+            return []
+        return [row for row in rows if row.id not in exclude]
+
+    def next_due_time(self, exclude: set[int]) -> float | None:
+        mine, held = self._mine()
+        try:
+            found, _ = self.link.run(
+                f"SELECT id, next_attempt_at FROM files WHERE state = ANY(%s) {mine} "  # noqa: S608
+                "ORDER BY next_attempt_at LIMIT %s",
+                (_ACTIVE, *held, len(exclude) + 1),
+                wait=False,
+            )
+        except JournalUnavailable:
+            return time.time() + 1.0  # look again soon: the database may be back
+        times = [when for row_id, when in found if row_id not in exclude]
+        return min(times) if times else None
+
+    def by_source(self, source: PurePosixPath) -> list[Row]:
+        return self._select("source = %s ORDER BY id", (os.fsencode(str(source)),))
+
+    def verified_at(self, target: str, document_id: str, sha256: str) -> str | None:
+        found, _ = self.link.run(
+            "SELECT verified_at FROM verified WHERE target = %s AND document_id = %s "
+            "AND sha256 = %s",
+            (target, document_id, sha256),
+            wait=True,
+        )
+        return str(found[0][0]) if found else None
+
+    def oldest_active(self) -> float | None:
+        """The whole fleet's oldest unfinished row (the last value seen, in an outage)."""
+        try:
+            found, _ = self.link.run(
+                "SELECT MIN(received_at) FROM files WHERE state = ANY(%s)", (_ACTIVE,), wait=False
+            )
+        except JournalUnavailable:
+            return self._oldest
+        value = found[0][0] if found else None
+        self._oldest = (
+            datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() if value else None
+        )
+        return self._oldest
+
+    def counts(self) -> dict[str, int]:
+        """The whole fleet's rows by state (the last counts seen, in an outage)."""
+        try:
+            found, _ = self.link.run(
+                "SELECT state, COUNT(*) FROM files GROUP BY state", (), wait=False
+            )
+        except JournalUnavailable:
+            return dict(self._counts)
+        self._counts = {state: int(n) for state, n in found}
+        return dict(self._counts)
+
+    def recent(self, state: str, limit: int = 10) -> list[Row]:
+        return self._select(
+            "state = %s ORDER BY finished_at DESC, id DESC LIMIT %s", (state, limit)
+        )
