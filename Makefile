@@ -22,10 +22,7 @@ test: $(STAMP)  ## lint, type-check and run the whole test suite
 	$(BIN)/ruff format --check ingestd tests bench
 	$(BIN)/mypy ingestd
 	$(BIN)/lint-imports
-	tests/share-tools.sh
-	tests/image-tools.sh
-	tests/browser-tools.sh
-	tests/postgres-tools.sh
+	tests/tools.sh
 	$(BIN)/pytest -q -n 4 --dist worksteal
 
 demo: $(STAMP)  ## sandbox EHR + daemon + sample files, end to end

@@ -2,7 +2,7 @@
 beside one process on its SQLite journal and the bare client, at one total concurrency.
 
 Usage (from the repository root; needs PostgreSQL's server binaries and psycopg, see
-tests/postgres-tools.sh):
+tests/tools.sh):
 
     .venv/bin/python bench/fleet.py [--files 1000] [--size 200000] [--patients 50]
         [--processes 1,2,4] [--concurrency 16] [--runs 1] [--latency-ms 50] [--settle 0.2]

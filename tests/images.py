@@ -52,7 +52,7 @@ def big_endian(tiff: bytes, tmp_path: Path, compression: str = "g4") -> bytes:
     """The same pages written big-endian ("MM") by libtiff's tiffcp."""
     tiffcp = shutil.which("tiffcp")
     if tiffcp is None:
-        pytest.skip("libtiff-tools (tiffcp) is not installed: tests/image-tools.sh installs it")
+        pytest.skip("libtiff-tools (tiffcp) is not installed: tests/tools.sh installs it")
     src, dest = tmp_path / "le.tif", tmp_path / "be.tif"
     src.write_bytes(tiff)
     subprocess.run([tiffcp, "-B", "-c", compression, str(src), str(dest)], check=True)

@@ -1,6 +1,6 @@
 """A real PostgreSQL for the shared-journal tests: Debian's server binaries, a throwaway cluster
 per test session (initdb in a temporary folder, as `nobody` when the tests run as root), a unix
-socket plus a loopback port, and a fresh database per test. Installed by tests/postgres-tools.sh;
+socket plus a loopback port, and a fresh database per test. Installed by tests/tools.sh;
 without the binaries or psycopg, the tests that need them skip and say why."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def start_cluster() -> Iterator[Postgres]:
     bin_dir = _binaries()
     if bin_dir is None:
         pytest.skip(
-            "PostgreSQL's binaries are not installed (tests/postgres-tools.sh installs them)"
+            "PostgreSQL's binaries are not installed (tests/tools.sh installs them)"
         )
     pytest.importorskip("psycopg", reason="psycopg 3 is not installed (the `test` extra has it)")
     # In /tmp itself (not $TMPDIR, which a package build may put under a folder only root can

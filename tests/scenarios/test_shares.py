@@ -38,9 +38,9 @@ def _unavailable() -> str:
         if shutil.which(tool) is None and not (
             tool == "fusermount3" and shutil.which("fusermount")
         ):
-            return f"{tool} is not installed (tests/share-tools.sh installs it as root)"
+            return f"{tool} is not installed (tests/tools.sh installs it as root)"
     if not SSHD.exists() or not SFTP_SERVER.exists():
-        return "openssh-server is not installed (tests/share-tools.sh installs it as root)"
+        return "openssh-server is not installed (tests/tools.sh installs it as root)"
     return ""
 
 

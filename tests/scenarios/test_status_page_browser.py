@@ -76,7 +76,7 @@ def own_address() -> str | None:
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
     if not (CHROMIUM and DRIVER):
-        pytest.skip("chromium and chromium-driver are not installed (tests/browser-tools.sh)")
+        pytest.skip("chromium and chromium-driver are not installed (tests/tools.sh)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'chromium'}"]:
