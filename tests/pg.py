@@ -84,9 +84,7 @@ class Postgres:
 def start_cluster() -> Iterator[Postgres]:
     bin_dir = _binaries()
     if bin_dir is None:
-        pytest.skip(
-            "PostgreSQL's binaries are not installed (tests/tools.sh installs them)"
-        )
+        pytest.skip("PostgreSQL's binaries are not installed (tests/tools.sh installs them)")
     pytest.importorskip("psycopg", reason="psycopg 3 is not installed (the `test` extra has it)")
     # In /tmp itself (not $TMPDIR, which a package build may put under a folder only root can
     # enter): `nobody` must reach it, and a unix socket's path must stay short.
