@@ -104,6 +104,13 @@ def settings_for(
             "client_id": creds["client_id"],
             "client_secret": creds["client_secret"],
         }
+    elif kind == "fhir":
+        base = {
+            "base_url": sb.fhir_base_url,
+            "token_url": sb.fhir_token_url,
+            "client_id": creds["client_id"],
+            "client_secret": creds["client_secret"],
+        }
     else:
         base = {
             "base_url": sb.nymbl_base_url,
