@@ -12,6 +12,7 @@ from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from ingestd.config.conversion import parse_convert_to_pdf
+from ingestd.config.keys import check_private_key
 from ingestd.rules.parse import MIME, parse_size
 from ingestd.targets import COMMON_KEYS, KINDS, CommonSettings, TargetSettings
 from ingestd.yamlsource import MarkedDict, Report
@@ -70,6 +71,7 @@ def _target(report: Report, name: str, node: MarkedDict) -> TargetSettings | Non
         if key in URL_KEYS and not _url_ok(report, node, key, f"{where}.{key}"):
             continue
         options[key] = value
+    check_private_key(report, node, where, options)
     for key, message in kind.validate_options(options).items():
         report.error(node.value_mark(key), f"{where}.{key}: {message}")
     concurrency = report.number(node, "concurrency", f"{where}.concurrency", integer=True)

@@ -204,14 +204,14 @@ def _answer(req: Request, status: int, doc: StoredDocument, ctx: Context) -> Res
     location = {"Location": f"{ctx.url}{PREFIX}/DocumentReference/{doc.id}/_history/1"}
     if (req.header("Prefer") or "").replace(" ", "") == "return=minimal":
         return Response(status, b"", None, location)
-    return fhir_json(status, representation(doc), location)
+    return fhir_json(status, representation(doc, ctx.url + PREFIX), location)
 
 
 def _read_document(ctx: Context, req: Request, doc_id: str) -> Response:
     _authorized(ctx, req)
     for doc in _all_documents(ctx):
         if doc.id == doc_id:
-            return fhir_json(200, representation(doc))
+            return fhir_json(200, representation(doc, ctx.url + PREFIX))
     raise refuse(404, "not-found", "no such DocumentReference")
 
 
@@ -236,7 +236,7 @@ def _search_documents(ctx: Context, req: Request) -> Response:
         next_url = f"{ctx.url}{PREFIX}/DocumentReference?" + "&".join(
             f"{k}={v}" for k, v in rest.items()
         )
-    resources = [representation(d) for d in page]
+    resources = [representation(d, ctx.url + PREFIX) for d in page]
     return fhir_json(200, bundle(resources, ctx.url + PREFIX, len(docs), next_url))
 
 

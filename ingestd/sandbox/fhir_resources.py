@@ -140,7 +140,7 @@ def capability_statement(conditional_create: bool, token_url: str) -> dict[str, 
     }
 
 
-def representation(doc: StoredDocument) -> dict[str, Any]:
+def representation(doc: StoredDocument, base: str) -> dict[str, Any]:
     """The stored document as the DocumentReference a read returns."""
     resource: dict[str, Any] = json.loads(doc.fields["resource"])
     resource["id"] = doc.id
@@ -149,7 +149,7 @@ def representation(doc: StoredDocument) -> dict[str, Any]:
     attachment = dict(resource["content"][0]["attachment"])
     binary = doc.fields.get("binary")
     if binary:
-        attachment["url"] = f"Binary/{binary}"
+        attachment["url"] = f"{base}/Binary/{binary}"
     else:
         attachment["data"] = base64.b64encode(doc.content).decode("ascii")
     resource["content"] = [{**resource["content"][0], "attachment": attachment}]

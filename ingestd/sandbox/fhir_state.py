@@ -16,6 +16,8 @@ class FhirState:
     conditional_create: bool = True
     # Identifier (`system|value`) -> the ids of the Patients carrying it (for duplicates).
     patients: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # The token endpoint's clock runs this far ahead: assertions expire early (clock skew).
+    clock_ahead_seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _binaries: dict[str, tuple[str, bytes]] = field(default_factory=dict, repr=False)
     _jtis: set[str] = field(default_factory=set, repr=False)

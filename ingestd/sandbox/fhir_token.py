@@ -92,15 +92,16 @@ def _verify_assertion(ctx: Context, form: dict[str, str]) -> None:
             algorithms=[KEY_IDS[kid]],
             audience=ctx.url + PATH,
             issuer=client_id,
-            options={"require": ["exp", "iss", "sub", "aud", "jti"]},
+            options={"require": ["exp", "iss", "sub", "aud", "jti"], "verify_exp": False},
         )
-    except jwt.ExpiredSignatureError:
-        raise _refused("client_assertion has expired") from None
     except jwt.PyJWTError as exc:
         raise _refused(f"client_assertion refused ({type(exc).__name__})") from None
+    now = time.time() + ctx.fhir.clock_ahead_seconds
+    if not isinstance(claims["exp"], int | float) or claims["exp"] <= now:
+        raise _refused("client_assertion has expired")
     if claims.get("sub") != client_id:
         raise _refused("client_assertion sub must be the client_id")
-    if claims["exp"] > time.time() + MAX_ASSERTION_SECONDS:
+    if claims["exp"] > now + MAX_ASSERTION_SECONDS:
         raise _refused("client_assertion exp is more than 5 minutes away")
     if not ctx.fhir.first_use(str(claims["jti"])):
         raise _refused("client_assertion jti was used before")

@@ -32,6 +32,7 @@ class Sandbox:
     `tls`: serve https with this server-side context (its certificate chain loaded).
     `fhir_conditional_create`: False makes the FHIR server one without conditional create.
     `fhir_patients`: identifiers (`system|value`) that several FHIR Patients share, with their ids.
+    `fhir_clock_ahead_seconds`: the FHIR token endpoint's clock runs ahead (assertions expire).
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class Sandbox:
         tls: ssl.SSLContext | None = None,
         fhir_conditional_create: bool = True,
         fhir_patients: Mapping[str, Sequence[str]] | None = None,
+        fhir_clock_ahead_seconds: float = 0.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -58,7 +60,9 @@ class Sandbox:
             latency_seconds=latency_seconds,
             token_client_auth=frozenset(token_client_auth),
             proxy_body_limit=proxy_body_limit,
-            fhir=FhirState(fhir_conditional_create, dict(fhir_patients or {})),
+            fhir=FhirState(
+                fhir_conditional_create, dict(fhir_patients or {}), fhir_clock_ahead_seconds
+            ),
         )
         self._server: SandboxServer | None = None
         self._thread: threading.Thread | None = None

@@ -221,7 +221,8 @@ class FhirTarget(HttpTarget):
             binary_id = created_id(response, "Binary")
             if binary_id is None:
                 raise TransientError(f"{what}: Binary stored without an id", outcome_unknown=True)
-            stored = (f"Binary/{binary_id}", body.sha1.value())
+            # Absolute: R4's Attachment.url is a `url`, which many servers read as absolute.
+            stored = (f"{self._base}/Binary/{binary_id}", body.sha1.value())
             with self._lock:
                 self._binaries[meta.identifier] = stored
         document = meta.with_url(*stored)

@@ -16,7 +16,18 @@ from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox
 from ingestd.targets import CommonSettings, TargetSettings, make_target
 from ingestd.targets.base import Target, Upload
 
+from .fhir_r4 import Exchanges, fhir_exchanges
+
 UploadFactory = Callable[..., Upload]
+
+
+@pytest.fixture(autouse=True)
+def _every_fhir_exchange_is_r4(fhir_exchanges: Exchanges) -> Exchanges:
+    """Each target test's FHIR traffic is validated against R4 (when fhir.resources is here)."""
+    return fhir_exchanges
+
+
+__all__ = ["fhir_exchanges"]
 
 # File names real scanners and people produce that a multipart upload must carry as they are.
 HARD_FILE_NAMES = [
