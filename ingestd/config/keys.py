@@ -15,7 +15,7 @@ def check_private_key(
     report: Report, node: MarkedDict, where: str, options: dict[str, str]
 ) -> None:
     """Make `options["private_key"]` an absolute path (or keep the PEM text); report a key
-    that cannot be used and drop it from the options."""
+    that cannot be used (the option stays, so its auth form is not reported as well)."""
     value = options.get("private_key")
     if value is None:
         return
@@ -26,6 +26,5 @@ def check_private_key(
         load_signing_key(value)
     except KeyProblem as problem:
         report.error(node.value_mark("private_key"), f"{where}.{problem}")
-        del options["private_key"]
         return
     options["private_key"] = value
