@@ -155,7 +155,8 @@ def _create_document(ctx: Context, req: Request) -> Response:
     attachment = resource["content"][0]["attachment"]
     binary = None
     if "url" in attachment:
-        binary = str(attachment.pop("url")).removeprefix(ctx.url + PREFIX + "/")
+        url = str(attachment.pop("url")).split("/_history/")[0]
+        binary = url.removeprefix(ctx.url + PREFIX + "/")
         stored = ctx.fhir.binary(binary.removeprefix("Binary/"))
         if not binary.startswith("Binary/") or stored is None:
             raise refuse(422, "processing", "attachment.url names no Binary on this server")
