@@ -93,7 +93,19 @@ def _query(req: Request, resource_type: str) -> dict[str, str]:
 
 
 def _patient_exists(ctx: Context, reference: str) -> bool:
-    return ctx.patient_exists(reference, reference.removeprefix("Patient/"))
+    pid = reference.removeprefix("Patient/")
+    if ctx.patient_exists(reference, pid):
+        return True
+    # The Patients an identifier search finds exist too.
+    known = ctx.known_patients or frozenset()
+    found = {_identified(k) for k in known if "|" in k}
+    found.update(p for ids in ctx.fhir.patients.values() for p in ids)
+    return pid in found
+
+
+def _identified(identifier: str) -> str:
+    """The id of the one Patient a known identifier names."""
+    return "pat-" + hashlib.sha256(identifier.encode()).hexdigest()[:12]
 
 
 def _patients_with(ctx: Context, identifier: str) -> list[str]:
@@ -102,7 +114,7 @@ def _patients_with(ctx: Context, identifier: str) -> list[str]:
         return list(shared)
     if not ctx.patient_exists(identifier):
         return []
-    return ["pat-" + hashlib.sha256(identifier.encode()).hexdigest()[:12]]
+    return [_identified(identifier)]
 
 
 def _patient(pid: str) -> dict[str, Any]:
