@@ -72,7 +72,9 @@ def _target(report: Report, name: str, node: MarkedDict) -> TargetSettings | Non
             continue
         options[key] = value
     check_private_key(report, node, where, options)
-    for key, message in kind.validate_options(options).items():
+    # A value only the service can read (`${credential:…}` offline) still counts as given.
+    unread = {k: "${…}" for k in option_keys if k in node and node.value_mark(k) in report.unusable}
+    for key, message in kind.validate_options({**unread, **options}).items():
         report.error(node.value_mark(key), f"{where}.{key}: {message}")
     concurrency = report.number(node, "concurrency", f"{where}.concurrency", integer=True)
     if concurrency is not None and concurrency < 1:

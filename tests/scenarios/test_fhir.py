@@ -206,3 +206,27 @@ def test_a_key_file_beside_the_config_loads(tree: Tree, sandbox: Sandbox, tmp_pa
     )
     loaded = load_config(str(config), dict(os.environ))
     assert loaded.targets["ehr"].options["private_key"] == str(tree.root / "fhir.pem")
+
+
+def test_check_takes_a_key_only_the_service_can_read(tree: Tree, sandbox: Sandbox) -> None:
+    """`${credential:…}` is read by systemd for the service: offline it is noted, not refused."""
+    config = fhir_config(
+        tree,
+        sandbox,
+        token_url=sandbox.fhir_token_url,
+        client_id="c",
+        private_key="${credential:fhir-private-key}",
+        key_id="k1",
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    loaded = load_config(str(config), env, in_service=False)
+    assert "ehr" in loaded.targets
+
+
+def test_check_refuses_plain_http_to_a_remote_fhir_server(tree: Tree, sandbox: Sandbox) -> None:
+    config = fhir_config(tree, sandbox, bearer_token="t")
+    config.write_text(config.read_text().replace(sandbox.fhir_base_url, "http://fhir.example/r4"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(config), dict(os.environ))
+    [problem] = [str(p) for p in caught.value.problems]
+    assert "targets.ehr.base_url must use https://" in problem

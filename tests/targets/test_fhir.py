@@ -448,3 +448,27 @@ def test_a_static_bearer_token(sb: Sandbox, upload: Callable[..., Upload]) -> No
 def test_auth_and_options_are_checked(options: dict[str, str], problem: str) -> None:
     found = FhirTarget.validate_options({"base_url": "https://fhir", **options})
     assert problem in " ".join(found.values())
+
+
+# --- verify -------------------------------------------------------------------------------------
+
+
+def test_fetch_reads_the_document_back_and_sees_a_change_or_a_deletion(
+    sb: Sandbox, target_for: TargetFactory, upload: Callable[..., Upload]
+) -> None:
+    target = fhir(sb, target_for)
+    data = pdf_bytes(30_000, seed=4)
+    doc_id = target.send(upload(data, patient_id=PNR))
+    fetched = target.fetch(doc_id, PNR)
+    assert fetched is not None
+    assert (fetched.size, fetched.sha256, fetched.other_patient) == (
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        False,
+    )
+    sb.change_content(doc_id, b"other bytes")
+    changed = target.fetch(doc_id, PNR)
+    assert changed is not None
+    assert changed.sha256 == hashlib.sha256(b"other bytes").hexdigest()
+    sb.delete_document(doc_id)
+    assert target.fetch(doc_id, PNR) is None
