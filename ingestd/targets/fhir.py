@@ -18,7 +18,7 @@ from urllib.parse import quote
 import requests
 
 from ingestd.targets.answers import json_object, raise_for_outcome
-from ingestd.targets.base import Fetched, PermanentError, TransientError, Upload
+from ingestd.targets.base import Fetched, PermanentError, TargetError, TransientError, Upload
 from ingestd.targets.bodies import StreamingBody
 from ingestd.targets.fhir_answers import Capabilities, JsonBytes, capabilities_in, created_id
 from ingestd.targets.fhir_auth import FhirAuth, auth_problems
@@ -135,8 +135,11 @@ class FhirTarget(HttpTarget):
 
     def send(self, upload: Upload) -> str:
         what = f"{self.name} upload"
-        capabilities = self.capabilities()
-        meta = self._meta(upload)
+        try:
+            capabilities = self.capabilities()
+            meta = self._meta(upload)
+        except TargetError as exc:
+            raise _unsent(exc) from None
         if upload.size > self._binary_above:
             return self._send_with_binary(meta, what)
         body = InlineDocumentBody(meta)
@@ -329,6 +332,16 @@ class FhirTarget(HttpTarget):
         return content_digest(
             resource, self._base, streamed, what, redact, self.timeout_seconds, limit
         )
+
+
+def _unsent(exc: TargetError) -> TargetError:
+    """An error before the upload request (CapabilityStatement, patient search): nothing was
+    sent, so it is no attempt and leaves no outcome to ask about."""
+    if isinstance(exc, TransientError):
+        exc.sent, exc.outcome_unknown = False, False
+    else:
+        exc.sent = False  # type: ignore[attr-defined]  # read by deliver() with getattr
+    return exc
 
 
 def _redact(upload: Upload) -> list[str]:

@@ -12,6 +12,10 @@ import pytest
 import requests
 
 from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox
+from tests.targets.fhir_r4 import fhir_exchanges  # noqa: F401 - a fixture
+
+# Every FHIR request and response of these tests is validated against R4 (tests/targets/fhir_r4).
+pytestmark = pytest.mark.usefixtures("fhir_exchanges")
 
 CLIENT = SANDBOX_CREDENTIALS["fhir"]["client_id"]
 BEARER = {"Authorization": "Bearer " + SANDBOX_CREDENTIALS["fhir"]["bearer_token"]}

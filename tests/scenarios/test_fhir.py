@@ -17,6 +17,10 @@ from ingestd.config.model import ConfigError
 from ingestd.sandbox import SANDBOX_CREDENTIALS, Fault, Sandbox
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 from tests.samples import pdf
+from tests.targets.fhir_r4 import fhir_exchanges  # noqa: F401 - a fixture
+
+# Every FHIR request and response of these tests is validated against R4 (tests/targets/fhir_r4).
+pytestmark = pytest.mark.usefixtures("fhir_exchanges")
 
 PNR_SYSTEM = "urn:oid:1.2.752.129.2.1.3.1"
 LOINC = "http://loinc.org|11506-3|Progress note"

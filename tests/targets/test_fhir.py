@@ -243,6 +243,7 @@ def test_an_identifier_matching_two_patients_is_never_a_guess(
     refused = deliver(fhir(sb, target_for), upload(patient_id=PNR), sleep=lambda s: None)
     assert isinstance(refused, Refused)
     assert isinstance(refused.error, PermanentError)
+    assert refused.attempts == 0  # a patient search is no upload
     assert refused.error.kind == "invalid_patient_id"
     assert "2 Patients" in refused.error.message
     assert "191212121212" not in refused.error.message
@@ -324,6 +325,16 @@ def test_a_server_refusing_the_inline_size_gets_a_binary(
 
 
 # --- errors -------------------------------------------------------------------------------------
+
+
+def test_a_failing_patient_search_is_no_attempt_and_no_unknown_outcome(
+    sb: Sandbox, target_for: TargetFactory, upload: Callable[..., Upload]
+) -> None:
+    sb.add_fault(Fault(api="fhir", route="patient", action="drop"))
+    with pytest.raises(TransientError) as failed:
+        fhir(sb, target_for).send(upload(patient_id=PNR))
+    assert (failed.value.sent, failed.value.outcome_unknown) == (False, False)
+    assert uploads(sb) == []
 
 
 def test_an_operation_outcome_becomes_the_message(
