@@ -156,7 +156,7 @@ class FhirTarget(HttpTarget):
         conditional create, by content: our size in the time window, SHA-256 as proof."""
         meta = self._meta(upload)
         what = f"{self.name} look-up"
-        redact = _redact(upload)
+        redact = _redact(upload, meta.subject)
         token = f"{quote(self._system, safe=':/')}|{quote(meta.identifier, safe=':')}"
         for resource in self._search(f"DocumentReference?identifier={token}", what, redact):
             if same_reference(subject_of(resource), meta.subject, self._base):
@@ -220,7 +220,7 @@ class FhirTarget(HttpTarget):
             body = BinaryBody(meta.upload)
             headers, token = self._headers({"Prefer": "return=minimal"})
             response = self._post(f"{self._base}/Binary", body, what, headers)
-            self._after(response, what, _redact(meta.upload), token)
+            self._after(response, what, _redact(meta.upload, meta.subject), token)
             binary_id = created_id(response, "Binary")
             if binary_id is None:
                 raise TransientError(f"{what}: Binary stored without an id", outcome_unknown=True)
@@ -247,7 +247,7 @@ class FhirTarget(HttpTarget):
         self, answer: tuple[requests.Response, str | None], meta: DocumentMeta, what: str
     ) -> str:
         response, token = answer
-        redact = _redact(meta.upload)
+        redact = _redact(meta.upload, meta.subject)
         if response.status_code == 412:
             raise PermanentError(
                 f"{what}: several DocumentReferences in the EHR already carry this document's "
@@ -344,8 +344,12 @@ def _unsent(exc: TargetError) -> TargetError:
     return exc
 
 
-def _redact(upload: Upload) -> list[str]:
+def _redact(upload: Upload, subject: str = "") -> list[str]:
+    """What a server's reason must not repeat: the patient (as mapped and as the EHR's own
+    id), the file's name and title."""
     return [
+        subject,
+        subject.removeprefix("Patient/"),
         upload.patient_id,
         upload.patient_id.partition("|")[2],
         upload.patient_id.removeprefix("Patient/"),

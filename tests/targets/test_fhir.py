@@ -483,3 +483,19 @@ def test_fetch_reads_the_document_back_and_sees_a_change_or_a_deletion(
     assert changed.sha256 == hashlib.sha256(b"other bytes").hexdigest()
     sb.delete_document(doc_id)
     assert target.fetch(doc_id, PNR) is None
+
+
+def test_an_operation_outcome_reason_is_short_and_never_repeats_the_patient() -> None:
+    import requests
+
+    from ingestd.targets.answers import server_reason
+
+    response = requests.Response()
+    response.status_code = 422
+    response._content = (
+        b'{"resourceType": "OperationOutcome", "issue": ['
+        b'{"severity": "error", "code": "processing", "diagnostics": "Patient/pat-77 is inactive"},'
+        b'{"severity": "warning", "code": "invalid", "details": {"text": "191212121212 unknown"}}]}'
+    )
+    reason = server_reason(response, ["urn:oid:x|191212121212", "191212121212", "pat-77"])
+    assert reason == "error processing: Patient/[…] is inactive; warning invalid: […] unknown"
