@@ -9,7 +9,6 @@ create gets the look-up the other targets use: by identifier, then by content.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +20,7 @@ from ingestd.targets.answers import json_object, raise_for_outcome
 from ingestd.targets.base import Fetched, PermanentError, TargetError, TransientError, Upload
 from ingestd.targets.bodies import StreamingBody
 from ingestd.targets.fhir_answers import Capabilities, JsonBytes, capabilities_in, created_id
-from ingestd.targets.fhir_auth import FhirAuth, auth_problems
+from ingestd.targets.fhir_auth import AUTH_OPTIONS, FhirAuth, parse_size, validate_options
 from ingestd.targets.fhir_document import (
     DEFAULT_IDENTIFIER_SYSTEM,
     FHIR_JSON,
@@ -48,24 +47,6 @@ from ingestd.targets.settings import CommonSettings
 MiB = 1024 * 1024
 DEFAULT_BINARY_ABOVE = 3 * MiB  # inline JSON is 4/3 of the file: a 4 MB request limit is common
 MAX_PAGES = 100
-_SIZE = re.compile(r"\s*([0-9]+)\s*(B|KB|KiB|MB|MiB)?\s*")
-_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": MiB}
-AUTH_OPTIONS = ("bearer_token", "token_url", "client_id", "client_secret", "private_key")
-
-
-def parse_size(text: str) -> int | None:
-    match = _SIZE.fullmatch(text)
-    return None if match is None else int(match.group(1)) * _UNITS[match.group(2)]
-
-
-def validate_options(options: Mapping[str, str]) -> dict[str, str]:
-    problems = auth_problems(options)
-    if "binary_above" in options and parse_size(options["binary_above"]) is None:
-        problems["binary_above"] = "binary_above must be a size in bytes, e.g. 3 MiB or 3145728"
-    system = options.get("identifier_system")
-    if system is not None and (":" not in system or any(c in system for c in " |")):
-        problems["identifier_system"] = "identifier_system must be a URI without spaces or '|'"
-    return problems
 
 
 class FhirTarget(HttpTarget):
@@ -158,7 +139,13 @@ class FhirTarget(HttpTarget):
         what = f"{self.name} look-up"
         redact = _redact(upload, meta.subject)
         token = f"{quote(self._system, safe=':/')}|{quote(meta.identifier, safe=':')}"
-        for resource in self._search(f"DocumentReference?identifier={token}", what, redact):
+        try:
+            by_identifier = self._search(f"DocumentReference?identifier={token}", what, redact)
+        except PermanentError as exc:
+            if exc.http_status != 400:
+                raise
+            by_identifier = []  # no search by identifier here: the content decides
+        for resource in by_identifier:
             if same_reference(subject_of(resource), meta.subject, self._base):
                 return str(resource.get("id"))
         if self.capabilities().conditional_create:

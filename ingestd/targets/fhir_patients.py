@@ -86,7 +86,7 @@ class PatientResolver:
 
     def _search(self, identifier: str) -> str:
         what = f"{self._name} patient search"
-        url = f"{self._base}/Patient?identifier={search_token(identifier)}&_count=2"
+        url = f"{self._base}/Patient?identifier={search_token(identifier)}"
         response = self._get(url, what)
         redact = [identifier, identifier.partition("|")[2]]
         raise_for_outcome(response, what, redact)

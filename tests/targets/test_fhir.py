@@ -499,3 +499,15 @@ def test_an_operation_outcome_reason_is_short_and_never_repeats_the_patient() ->
     )
     reason = server_reason(response, ["urn:oid:x|191212121212", "191212121212", "pat-77"])
     assert reason == "error processing: Patient/[…] is inactive; warning invalid: […] unknown"
+
+
+def test_a_server_refusing_the_identifier_search_still_gets_a_look_up(
+    sandbox_factory: Callable[..., Sandbox],
+    target_for: TargetFactory,
+    upload: Callable[..., Upload],
+) -> None:
+    sb = sandbox_factory(fhir_conditional_create=False)
+    target = fhir(sb, target_for)
+    stored = target.send(upload(key="claim-a"))
+    sb.add_fault(Fault(api="fhir", route="list", status=400))  # no search by identifier
+    assert target.find(upload(key="claim-a")) == stored  # found by its content instead
