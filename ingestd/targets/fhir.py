@@ -265,7 +265,7 @@ class FhirTarget(HttpTarget):
             raise PermanentError(
                 f"{what}: the EHR holds a DocumentReference with this document's identifier "
                 "for another patient; nothing was stored",
-                409,
+                200,  # what the server answered: it holds this identifier already
             )
 
     def _after(

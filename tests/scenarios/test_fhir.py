@@ -234,3 +234,34 @@ def test_check_refuses_plain_http_to_a_remote_fhir_server(tree: Tree, sandbox: S
         load_config(str(config), dict(os.environ))
     [problem] = [str(p) for p in caught.value.problems]
     assert "targets.ehr.base_url must use https://" in problem
+
+
+def test_verify_proves_fhir_receipts_and_finds_a_change_and_a_move(
+    tree: Tree, sandbox: Sandbox
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    config = str(fhir_config(tree, sandbox))
+    tree.drop("191212121212/a.pdf", pdf("a"))
+    tree.drop("191212121212/b.pdf", pdf("b"))
+    tree.drop("191212121212/c.pdf", pdf("c"))
+
+    def ingestd(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "ingestd", *args, "-c", config]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    assert ingestd("once").returncode == 0
+    ids = {r["source"]: r["document_id"] for r in tree.receipts()}
+    sandbox.change_content(ids["191212121212/b.pdf"], b"%PDF-1.4 not the same")
+    sandbox.move_document(ids["191212121212/c.pdf"], "Patient/pat-other")
+    result = ingestd("verify", "--json")
+    assert result.returncode == 1, result.stderr
+    found = {r["receipt"]: r["status"] for r in json.loads(result.stdout)["receipts"]}
+    assert found == {
+        "191212121212/a.pdf.receipt.json": "ok",
+        "191212121212/b.pdf.receipt.json": "different",
+        "191212121212/c.pdf.receipt.json": "other_patient",
+    }
+    assert "191212121212" not in result.stderr
