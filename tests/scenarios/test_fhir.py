@@ -14,7 +14,7 @@ import pytest
 
 from ingestd.config.load import load_config
 from ingestd.config.model import ConfigError
-from ingestd.sandbox import SANDBOX_CREDENTIALS, Fault, Sandbox
+from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 from tests.samples import pdf
 from tests.targets.fhir_r4 import fhir_exchanges  # noqa: F401 - a fixture
@@ -76,35 +76,29 @@ def test_a_folder_mapped_to_an_identifier_lands_as_a_document_reference(
 
 @pytest.mark.slow
 def test_a_crash_after_the_server_stored_it_leaves_one_document(
-    tree: Tree, sandbox: Sandbox, daemon_process: Callable[..., DaemonProcess]
+    tree: Tree,
+    sandbox_factory: Callable[..., Sandbox],
+    daemon_process: Callable[..., DaemonProcess],
 ) -> None:
-    """Killed while the server was storing it: the restarted daemon sends again (conditional
-    create on the identifier committed with the claim) and gets the stored document back."""
-    config = fhir_config(tree, sandbox)
-    sandbox.add_fault(Fault(api="fhir", route="upload", action="delay", delay_seconds=3.0))
+    """Killed after the server stored the document but before its answer came back: the
+    restarted daemon asks by the identifier committed with the claim and files the stored one."""
+    sb = sandbox_factory(latency_seconds=5.0)  # stores, then waits 5 s before answering
+    config = fhir_config(tree, sb)
     proc = daemon_process(config)
     proc.wait_started()
     tree.drop("191212121212/note.pdf", pdf("crash", 30_000))
-    # The upload reached the server (it took the fault and sleeps before reading): kill -9 now.
-    wait_for(lambda: _sent(tree) and not sandbox._context.faults.pending(), timeout=20)
-    proc.kill()
-    wait_for(lambda: len(sandbox.documents("fhir")) == 1, timeout=10)
+    wait_for(lambda: len(sb.documents("fhir")) == 1, timeout=20)
+    proc.kill()  # kill -9 while the answer is still on its way
+    assert tree.all_receipts() == []
     again = daemon_process(config)
     wait_for(lambda: len(tree.receipts()) == 1, timeout=40)
     [receipt] = tree.receipts()
-    [doc] = sandbox.documents("fhir")
+    [doc] = sb.documents("fhir")
     assert receipt["document_id"] == doc.id
     assert again.stop() == 0
-
-
-def _sent(tree: Tree) -> bool:
-    import sqlite3
-
-    if not tree.state.exists():
-        return False
-    with sqlite3.connect(tree.state) as db:
-        states = [state for (state,) in db.execute("SELECT state FROM files")]
-    return "uploading" in states
+    # The first request is logged once its (unread) answer is written, 5 s after storing.
+    wait_for(lambda: [r.route for r in sb.requests("fhir")].count("upload") == 1, timeout=10)
+    assert len(sb.documents("fhir")) == 1
 
 
 def _key_file(tmp_path: Path) -> Path:
