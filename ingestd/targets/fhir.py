@@ -209,7 +209,7 @@ class FhirTarget(HttpTarget):
             response = self._post(f"{self._base}/Binary", body, what, headers)
             self._after(response, what, _redact(meta.upload, meta.subject), token)
             binary_id = created_id(response, "Binary")
-            if binary_id is None:
+            if binary_id is None or not body.sha1.done:
                 raise TransientError(f"{what}: Binary stored without an id", outcome_unknown=True)
             # Absolute: R4's Attachment.url is a `url`, which many servers read as absolute.
             stored = (f"{self._base}/Binary/{binary_id}", body.sha1.value())

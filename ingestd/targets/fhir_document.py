@@ -48,21 +48,6 @@ def concept(value: str) -> dict[str, object]:
     return {"text": value}
 
 
-def concept_text(value: object) -> str | None:
-    """The rule's string back from a CodeableConcept (the sandbox and tests read it so)."""
-    if not isinstance(value, dict):
-        return None
-    codings = value.get("coding")
-    if isinstance(codings, list) and codings and isinstance(codings[0], dict):
-        first = codings[0]
-        parts = [str(first.get("system", "")), str(first.get("code", ""))]
-        if first.get("display"):
-            parts.append(str(first["display"]))
-        return "|".join(parts)
-    text = value.get("text")
-    return text if isinstance(text, str) else None
-
-
 def _instant(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
@@ -118,7 +103,7 @@ class Sha1Tap:
 
     def __init__(self) -> None:
         self._hash = hashlib.sha1()  # noqa: S324 - FHIR's Attachment.hash is SHA-1 by definition
-        self.done = False
+        self.done = False  # every byte went through: the hash is the file's
 
     def update(self, chunk: bytes) -> bytes:
         self._hash.update(chunk)
