@@ -8,7 +8,10 @@ then reads getrusage(RUSAGE_CHILDREN).ru_maxrss, which is that one child's peak 
 medians over the runs, and the growth from the smallest file to each larger one.
 
 Baselines: for Leyr, the API guide's own snippet (the whole file read, base64-encoded and sent
-with `json=`); for Nymbl, requests' `files=` (the whole multipart body built in memory).
+with `json=`); for Nymbl, requests' `files=` (the whole multipart body built in memory); for FHIR
+(issue 17), the file read whole and posted as a Binary, then the DocumentReference naming it —
+ingestd's FHIR target sends a file that large as a Binary too, streamed.
+`--apis fhir` measures one API only.
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-PATIENT = {"leyr": "se_personal_number:191212121212", "nymbl": "12345"}
+PATIENT = {
+    "leyr": "se_personal_number:191212121212",
+    "nymbl": "12345",
+    "fhir": "urn:oid:1.2.752.129.2.1.3.1|191212121212",
+}
 METHODS = ("ingestd", "baseline")
 GOAL_MB = 5.0
 
@@ -37,6 +44,7 @@ def child(args: argparse.Namespace) -> None:
 
     from ingestd.sandbox import SANDBOX_CREDENTIALS
     from ingestd.targets.base import Upload
+    from ingestd.targets.fhir import FhirTarget
     from ingestd.targets.leyr import LeyrTarget
     from ingestd.targets.nymbl import NymblTarget
 
@@ -58,9 +66,12 @@ def child(args: argparse.Namespace) -> None:
             title="Benchmark",
             doc_type="Scan",
             fd=fd,
+            key="bench",
         )
-        target: LeyrTarget | NymblTarget
-        if args.api == "leyr":
+        target: LeyrTarget | NymblTarget | FhirTarget
+        if args.api == "fhir":
+            target = FhirTarget("fhir", base_url=args.base_url, bearer_token=creds["bearer_token"])
+        elif args.api == "leyr":
             target = LeyrTarget(
                 "leyr",
                 base_url=args.base_url,
@@ -81,6 +92,9 @@ def child(args: argparse.Namespace) -> None:
         target.send(upload)
         target.close()
         os.close(fd)
+        return
+    if args.api == "fhir":
+        fhir_baseline(args.base_url, path, creds["bearer_token"])
         return
     if args.api == "leyr":
         # The guide's snippet, as written there.
@@ -124,6 +138,39 @@ def child(args: argparse.Namespace) -> None:
     response.raise_for_status()
 
 
+def fhir_baseline(base_url: str, path: Path, bearer: str) -> None:
+    """The plain way: the file read whole, posted as a Binary, then the DocumentReference."""
+    import requests
+
+    auth = {"Authorization": f"Bearer {bearer}"}
+    data = path.read_bytes()
+    binary = requests.post(
+        f"{base_url}/Binary",
+        data=data,
+        headers={**auth, "Content-Type": "application/pdf"},
+        timeout=60,
+    )
+    binary.raise_for_status()
+    patients = requests.get(
+        f"{base_url}/Patient", params={"identifier": PATIENT["fhir"]}, headers=auth, timeout=60
+    ).json()
+    document = {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "subject": {"reference": f"Patient/{patients['entry'][0]['resource']['id']}"},
+        "content": [
+            {"attachment": {"contentType": "application/pdf", "url": binary.headers["Location"]}}
+        ],
+    }
+    response = requests.post(
+        f"{base_url}/DocumentReference",
+        json=document,
+        headers={**auth, "Content-Type": "application/fhir+json"},
+        timeout=60,
+    )
+    response.raise_for_status()
+
+
 def measure(child_argv: list[str]) -> None:
     """Run one child and print its peak RSS in KiB: this process has no other child."""
     subprocess.run([sys.executable, str(HERE), "--child", *child_argv], check=True)
@@ -155,8 +202,12 @@ def parent(args: argparse.Namespace) -> None:
                     f.write(os.urandom(size - 9))
                 files[size] = path
             rows = []
-            for api in ("leyr", "nymbl"):
-                base_url = sb.leyr_base_url if api == "leyr" else sb.nymbl_base_url
+            for api in args.apis.split(","):
+                base_url = {
+                    "leyr": sb.leyr_base_url,
+                    "nymbl": sb.nymbl_base_url,
+                    "fhir": sb.fhir_base_url,
+                }[api]
                 for method in METHODS:
                     medians = {}
                     for size in sizes:
@@ -202,7 +253,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--api", choices=("leyr", "nymbl"))
+    parser.add_argument("--api", choices=("leyr", "nymbl", "fhir"))
+    parser.add_argument("--apis", default="leyr,nymbl,fhir")
     parser.add_argument("--method", choices=METHODS)
     parser.add_argument("--file")
     parser.add_argument("--base-url")

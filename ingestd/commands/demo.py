@@ -54,9 +54,11 @@ DEMO_FILES: list[tuple[str, bytes]] = [
     ("191212121212/referral letter.docx", samples.docx("referral letter")),
     ("nymbl-10482/fax/referral.tiff", samples.tiff("fax", 30_000)),
     ("nymbl-10482/insurance_front.png", samples.png("insurance card", 20_000)),
+    ("fhir-194107086995/discharge summary.pdf", samples.pdf("discharge summary", 30_000)),
     ("198112189876/consent.pdf", samples.pdf("consent form")),
 ]
-KNOWN_PATIENTS = {"se_personal_number:191212121212", "10482"}
+PNR_SYSTEM = "urn:oid:1.2.752.129.2.1.3.1"  # the Swedish personal number's identifier system
+KNOWN_PATIENTS = {"se_personal_number:191212121212", "10482", f"{PNR_SYSTEM}|194107086995"}
 DEADLINE_SECONDS = 60.0
 
 
@@ -96,6 +98,7 @@ def demo_config(root: Path, sandbox: Sandbox) -> tuple[Path, Path]:
                 token_url=sandbox.nymbl_token_url,
                 client_id=nymbl["client_id"],
             )
+    _add_fhir(config, sandbox)
     config.setdefault("watch", {}).update(settle_seconds=0.5)
     config["metrics"] = {"listen": "127.0.0.1:0"}  # any free port: 9464 may be in use
     config.pop("status_page", None)  # the demo shows the files, not the page
@@ -105,12 +108,56 @@ def demo_config(root: Path, sandbox: Sandbox) -> tuple[Path, Path]:
         ("leyr-client-secret", leyr["client_secret"]),
         ("nymbl-client-secret", nymbl["client_secret"]),
         ("nymbl-api-key", nymbl["api_key"]),
+        ("fhir-client-secret", SANDBOX_CREDENTIALS["fhir"]["client_secret"]),
+        *(("fhir-private-key", pem) for pem in _FHIR_KEY[-1:]),
     ):
         (credentials / name).write_text(value + "\n")
     path = root / "ingestd.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     path.chmod(0o600)
     return path, credentials
+
+
+def _add_fhir(config: dict[str, Any], sandbox: Sandbox) -> None:
+    """A FHIR R4 target beside the example's two: folders `fhir-<personal number>` map to the
+    patient with that identifier, and their files go there as DocumentReferences (SMART Backend
+    Services when PyJWT and cryptography are installed, else a client secret)."""
+    creds = SANDBOX_CREDENTIALS["fhir"]
+    target: dict[str, Any] = {
+        "kind": "fhir",
+        "base_url": sandbox.fhir_base_url,
+        "token_url": sandbox.fhir_token_url,
+        "client_id": creds["client_id"],
+        "client_secret": "${credential:fhir-client-secret}",
+    }
+    try:
+        import jwt  # noqa: F401 - only whether it is there
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key  # noqa: F401
+
+        from ingestd.sandbox.fhir_token import sandbox_key_pem
+    except ImportError:
+        pass
+    else:
+        del target["client_secret"]
+        target.update(private_key="${credential:fhir-private-key}", key_id=creds["key_id"])
+        _FHIR_KEY.append(sandbox_key_pem(creds["key_id"]))
+    config["targets"]["fhir"] = target
+    patterns = config.setdefault("patients", {}).setdefault("patterns", [])
+    patterns.insert(0, {"folder": r"fhir-(?P<pnr>\d{12})", "id": PNR_SYSTEM + "|{pnr}"})
+    rule = {
+        "name": "FHIR patients",
+        "match": {"patient": f"{PNR_SYSTEM}\\|.*"},
+        "set": {
+            "title": "{stem}",
+            "type": "http://loinc.org|18842-5|Discharge summary",
+            "category": "Clinical note",
+            "target": "fhir",
+        },
+    }
+    config["rules"].insert(1, rule)
+
+
+_FHIR_KEY: list[str] = []
 
 
 def _receipts(root: Path) -> dict[str, dict[str, Any]]:
@@ -145,7 +192,7 @@ def demo(keep: bool = False) -> int:
     try:
         config, credentials = demo_config(root, sandbox)
         _say(f"demo folder:  {root}")
-        _say(f"sandbox EHR:  {sandbox.url} (Leyr at /leyr/api, Nymbl at /nymbl)")
+        _say(f"sandbox EHR:  {sandbox.url} (Leyr at /leyr/api, Nymbl at /nymbl, FHIR at /fhir/r4)")
         env = dict(os.environ, CREDENTIALS_DIRECTORY=str(credentials))
         log_path = root / "ingestd.log"
         with log_path.open("wb") as log:
@@ -201,6 +248,8 @@ def demo(keep: bool = False) -> int:
         _say("the sandbox EHR now holds:")
         for doc in stored.values():
             _say(f"  {doc.api:5}  {doc.id}  patient {doc.patient_id}  {doc.mime}  {doc.size} bytes")
+            if doc.api == "fhir":
+                _say(f"         DocumentReference, type {doc.doc_type}, {doc.fields['identifier']}")
         expected_failed = [rel for rel, _ in DEMO_FILES if rel.startswith("198112189876/")]
         ok = ok and all(receipts.get(rel, {}).get("status") == "failed" for rel in expected_failed)
         ok = ok and len(stored) == len(DEMO_FILES) - len(expected_failed)

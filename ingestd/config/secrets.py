@@ -139,7 +139,15 @@ def _resolve_item(
         return value
     if not isinstance(value, str):
         return value
-    if key is not None and exposed and is_secret_key(key) and has_literal(value):
+    # A key file's path (`private_key: /etc/…/key.pem`) is not the secret itself.
+    names_a_file = key == "private_key" and "-----BEGIN" not in value
+    if (
+        key is not None
+        and exposed
+        and is_secret_key(key)
+        and has_literal(value)
+        and not names_a_file
+    ):
         report.warn(
             at,
             f"{key} is written inline in a config file that group or others can read; "

@@ -12,6 +12,7 @@ from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from ingestd.config.conversion import parse_convert_to_pdf
+from ingestd.config.keys import check_private_key
 from ingestd.rules.parse import MIME, parse_size
 from ingestd.targets import COMMON_KEYS, KINDS, CommonSettings, TargetSettings
 from ingestd.yamlsource import MarkedDict, Report
@@ -70,7 +71,10 @@ def _target(report: Report, name: str, node: MarkedDict) -> TargetSettings | Non
         if key in URL_KEYS and not _url_ok(report, node, key, f"{where}.{key}"):
             continue
         options[key] = value
-    for key, message in kind.validate_options(options).items():
+    check_private_key(report, node, where, options)
+    # A value only the service can read (`${credential:…}` offline) still counts as given.
+    unread = {k: "${…}" for k in option_keys if k in node and node.value_mark(k) in report.unusable}
+    for key, message in kind.validate_options({**unread, **options}).items():
         report.error(node.value_mark(key), f"{where}.{key}: {message}")
     concurrency = report.number(node, "concurrency", f"{where}.concurrency", integer=True)
     if concurrency is not None and concurrency < 1:

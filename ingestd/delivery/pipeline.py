@@ -38,7 +38,7 @@ from ingestd.delivery.retrying import Delivered, RetryPolicy
 from ingestd.delivery.send import RETRY_SOON_SECONDS, Sender
 from ingestd.delivery.staged import Stager
 from ingestd.filing.filer import Filer
-from ingestd.inbox.claims import Claimer
+from ingestd.inbox.claims import Claimer, claim_key
 from ingestd.journal import JournalLike, Row
 from ingestd.names import valid_text
 from ingestd.observe.logs import Masker, event
@@ -193,6 +193,7 @@ class Pipeline:
             fields=dict(decision.fields),
             fd=fd,
             not_before=_epoch(row.received_at),
+            key=claim_key(row.work),
         )
         if not converts(decision, read.format):
             return self._send(row, target, upload, resumed, read)

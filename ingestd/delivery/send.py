@@ -234,7 +234,7 @@ def _settled_at(row: Row, target: Target) -> float:
     return row.sent_at + min(target.timeout_seconds, UNKNOWN_OUTCOME_WAIT_SECONDS)
 
 
-_EHR_KINDS = frozenset({"patient_not_found", "unreadable", "too_large"})
+_EHR_KINDS = frozenset({"patient_not_found", "unreadable", "too_large", "invalid_patient_id"})
 
 
 def _rejection_message(exc: PermanentError, target: Target) -> str:
@@ -249,10 +249,13 @@ def _rejection_message(exc: PermanentError, target: Target) -> str:
     if exc.kind == "unreadable":
         return f"{exc.message}; check the file and its permissions, then `ingestd retry`"
     if exc.kind == "patient_not_found":
+        said = f"HTTP {exc.http_status}" if exc.http_status else exc.message
         return (
-            f"the EHR does not know this patient (HTTP {exc.http_status}): check the patient "
+            f"the EHR does not know this patient ({said}): check the patient "
             "folder's name or mapping, move the file to the right folder, then `ingestd retry`"
         )
+    if exc.kind == "invalid_patient_id":
+        return f"{exc.message}; then `ingestd retry`"
     return (
         f"the EHR refused the document (HTTP {exc.http_status}): {exc.message}; fix the file or "
         "the rule, then `ingestd retry`"

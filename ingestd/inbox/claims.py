@@ -84,6 +84,25 @@ def work_name(claim: str, rel: PurePosixPath) -> str:
     return f"{claim}--{cut}"
 
 
+def new_claim() -> str:
+    """A claim: 128 random bits, so an identity derived from it is unique beyond one clinic."""
+    return secrets.token_hex(16)
+
+
+def claim_of(name: str) -> str | None:
+    """The claim a work name starts with (either naming scheme); None when it is not ours."""
+    for sep in ("-", "~"):
+        claim, found, _ = name.partition(sep)
+        if found and claim and all(c in _HEX for c in claim):
+            return claim.lower()
+    return None
+
+
+def claim_key(work: PurePosixPath) -> str:
+    """What identifies a claimed file's document across retries, crashes and takeovers."""
+    return f"ingestd-claim:{claim_of(work.name) or work}"
+
+
 def _same_file(st: os.stat_result | None, snap: Snapshot) -> bool:
     # ctime is left out: the rename itself changes it.
     return st is not None and (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns) == (
@@ -137,7 +156,7 @@ class Claimer:
         """Move a ready file into the work folder; None when another process took it first
         or it changed since it was judged ready (the caller looks at it again)."""
         rel = ready.rel
-        work = WORK_DIR / self.instance / work_name(secrets.token_hex(8), rel)
+        work = WORK_DIR / self.instance / work_name(new_claim(), rel)
         # The row stays `claiming` until a worker records its decision (one journal write fewer
         # per file); a `claiming` row whose work file exists is a claimed file (see recover).
         owner = ready.snapshot.uid if ready.snapshot is not None else None
@@ -302,7 +321,9 @@ class Claimer:
             source = self._traceable(folder / name)
             if source is None:
                 continue
-            work = WORK_DIR / self.instance / work_name(secrets.token_hex(8), source)
+            # The claim stays the one the gone instance made: a document's identity (claim_key)
+            # must survive a takeover as it survives a crash.
+            work = WORK_DIR / self.instance / work_name(claim_of(name) or new_claim(), source)
             row = self.journal.add(source, work, utc_iso(time.time()), outcome_unknown=True)
             try:
                 os.rename(self.inbox / folder / name, self.inbox / work)

@@ -15,7 +15,8 @@ from ingestd.rules.globs import name_regex, path_regex
 from ingestd.rules.templates import Template
 
 ACTIONS = ("upload", "ignore", "fail")
-FIELD_SET_KEYS = ("description", "created_by_id")  # sent as per-target fields
+# Sent as per-target fields (`category`: a FHIR DocumentReference's, `system|code|display`).
+FIELD_SET_KEYS = ("description", "created_by_id", "category")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from ingestd.yamlsource import MarkedDict, MarkedList, Report, did_you_mean, yam
 
 RULE_KEYS = ("name", "match", "set", "ignore", "fail")
 MATCH_KEYS = ("filename", "filename_regex", "path", "format", "size", "patient")
-SET_KEYS = ("title", "type", "target", "description", "created_by_id", "convert")
+SET_KEYS = ("title", "type", "target", "description", "created_by_id", "category", "convert")
 REQUIRED_SET_KEYS = ("title", "type", "target")
 MIME = re.compile(r"[A-Za-z0-9][\w.+-]*/(?:[A-Za-z0-9][\w.+-]*|\*)")
 SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")

@@ -69,6 +69,7 @@ def _clear_faults(ctx: Context, req: Request) -> Response:
 def _reset(ctx: Context, req: Request) -> Response:
     ctx.store.reset()
     ctx.faults.clear()
+    ctx.fhir.reset()
     return Response(204)
 
 
@@ -80,6 +81,8 @@ def patient_key(api: str, patient_id: str) -> str:
     """The key an API files a patient's documents under (see each API's `_scope`)."""
     if api == "leyr":
         key = leyr.patient_key(patient_id)
+    elif api == "fhir":
+        key = patient_id if patient_id.startswith("Patient/") else None
     else:
         key = str(int(patient_id)) if nymbl.PATIENT_ID.fullmatch(patient_id) else None
     if key is None:

@@ -20,6 +20,12 @@ SANDBOX_CREDENTIALS: dict[str, dict[str, str]] = {
         "client_id": "sandbox-nymbl-client",
         "client_secret": "sandbox-nymbl-secret",
     },
+    "fhir": {
+        "client_id": "sandbox-fhir-client",
+        "client_secret": "sandbox-fhir-secret",
+        "bearer_token": "sandbox-fhir-bearer",
+        "key_id": "sandbox-rs384",  # also "sandbox-es384" (see fhir_token.sandbox_key_pem)
+    },
 }
 
 

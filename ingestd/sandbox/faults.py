@@ -11,10 +11,10 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-FAULT_APIS = frozenset({"leyr", "nymbl", "token", "any"})
+FAULT_APIS = frozenset({"leyr", "nymbl", "fhir", "token", "any"})
 ACTIONS = frozenset({"status", "delay", "drop", "commit_drop", "revoke"})
 # "any" covers the APIs a client talks to, never the control plane that adds and clears faults.
-_ANY = frozenset({"leyr", "nymbl", "token"})
+_ANY = frozenset({"leyr", "nymbl", "fhir", "token"})
 
 
 @dataclass(frozen=True)

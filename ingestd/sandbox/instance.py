@@ -10,25 +10,29 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType, TracebackType
 
-from ingestd.sandbox import control, leyr, nymbl, oauth
+from ingestd.sandbox import control, fhir, fhir_token, leyr, nymbl, oauth
 from ingestd.sandbox.credentials import SANDBOX_CREDENTIALS
 from ingestd.sandbox.faults import Fault, FaultQueue
+from ingestd.sandbox.fhir_state import FhirState
 from ingestd.sandbox.server import SandboxServer
 from ingestd.sandbox.store import RequestRecord, Store, StoredDocument
 from ingestd.sandbox.wire import Context
 
 
 class Sandbox:
-    """A local stand-in for the Leyr and Nymbl document APIs, with fault injection.
+    """A local stand-in for the Leyr, Nymbl and FHIR R4 document APIs, with fault injection.
 
     `known_patients`: None means every syntactically valid patient id exists; otherwise only
     these ids do (any written form: `abc_1`, `emr_id:abc_1`, `12345`) and others get 404.
     `proxy_body_limit`: like a reverse proxy in front of the EHR with a lower body limit (nginx's
     client_max_body_size), a larger request body is refused with 413 before it is read.
     `tls`: serve https with this server-side context (its certificate chain loaded).
+    `fhir_conditional_create`: False makes the FHIR server one without conditional create.
+    `fhir_patients`: identifiers (`system|value`) that several FHIR Patients share, with their ids.
+    `fhir_clock_ahead_seconds`: the FHIR token endpoint's clock runs ahead (assertions expire).
     """
 
     def __init__(
@@ -41,6 +45,9 @@ class Sandbox:
         token_client_auth: Iterable[str] = ("basic", "body"),
         proxy_body_limit: int | None = None,
         tls: ssl.SSLContext | None = None,
+        fhir_conditional_create: bool = True,
+        fhir_patients: Mapping[str, Sequence[str]] | None = None,
+        fhir_clock_ahead_seconds: float = 0.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -53,6 +60,9 @@ class Sandbox:
             latency_seconds=latency_seconds,
             token_client_auth=frozenset(token_client_auth),
             proxy_body_limit=proxy_body_limit,
+            fhir=FhirState(
+                fhir_conditional_create, dict(fhir_patients or {}), fhir_clock_ahead_seconds
+            ),
         )
         self._server: SandboxServer | None = None
         self._thread: threading.Thread | None = None
@@ -119,6 +129,18 @@ class Sandbox:
     def nymbl_token_url(self) -> str:
         return self.url + oauth.PATH
 
+    @property
+    def fhir_base_url(self) -> str:
+        return self.url + fhir.PREFIX
+
+    @property
+    def fhir_token_url(self) -> str:
+        return self.url + fhir_token.PATH
+
+    def fhir_binaries(self) -> int:
+        """How many Binaries the FHIR server holds."""
+        return self._context.fhir.binaries()
+
     def documents(self, api: str | None = None) -> list[StoredDocument]:
         return self._context.store.documents(api)
 
@@ -147,6 +169,7 @@ class Sandbox:
 
     def reset(self) -> None:
         self._context.store.reset()
+        self._context.fhir.reset()
         self._context.faults.clear()
 
     def describe(self) -> str:
@@ -168,6 +191,12 @@ class Sandbox:
             f"  api_key        {nymbl_creds['api_key']}",
             f"  client_id      {nymbl_creds['client_id']}",
             f"  client_secret  {nymbl_creds['client_secret']}",
+            "FHIR R4",
+            f"  base_url       {self.fhir_base_url}",
+            f"  token_url      {self.fhir_token_url}",
+            f"  client_id      {SANDBOX_CREDENTIALS['fhir']['client_id']}",
+            f"  client_secret  {SANDBOX_CREDENTIALS['fhir']['client_secret']}",
+            f"  bearer_token   {SANDBOX_CREDENTIALS['fhir']['bearer_token']}",
             "Control",
             f"  {self.url}{control.PREFIX}/documents  /requests  /faults  /reset  /tamper",
         ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 
-from ingestd.sandbox import control, leyr, nymbl, oauth
+from ingestd.sandbox import control, fhir, fhir_token, leyr, nymbl, oauth
 from ingestd.sandbox.faults import Fault
 from ingestd.sandbox.store import RequestRecord
 from ingestd.sandbox.wire import (
@@ -61,6 +61,10 @@ def _body_limit(ctx: Context, chosen: Route) -> int:
 def route(method: str, path: str) -> Route:
     if path == oauth.PATH:
         return oauth.route(method)
+    if path == fhir_token.PATH:
+        return fhir_token.route(method)
+    if path.startswith(fhir.PREFIX + "/"):
+        return fhir.route(method, path[len(fhir.PREFIX) :])
     if path.startswith(leyr.PREFIX + "/"):
         return leyr.route(method, path[len(leyr.PREFIX) :])
     if path.startswith(nymbl.PREFIX + "/"):
@@ -121,6 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         chosen = route(self.command, path)
         answer = self._answer(ctx, chosen, path, query)
+        if chosen.api == "fhir" and answer.response is not None:
+            answer = _Answer(fhir.as_outcome(answer.response), answer.body_unread)
         status = 0 if answer.response is None else answer.response.status
         # Recorded before answering, so a client that has its answer also finds it in the log.
         ctx.store.record(

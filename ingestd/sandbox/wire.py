@@ -16,6 +16,7 @@ from email.message import Message
 from typing import Generic, TypeVar
 
 from ingestd.sandbox.faults import FaultQueue
+from ingestd.sandbox.fhir_state import FhirState
 from ingestd.sandbox.multipart import MultipartError, parse_params
 from ingestd.sandbox.store import Scope, Store, StoredDocument
 
@@ -102,6 +103,7 @@ class Context:
     token_client_auth: frozenset[str] = frozenset({"basic", "body"})
     # A proxy's lower body limit in front of the APIs (None: only the APIs' own limits).
     proxy_body_limit: int | None = None
+    fhir: FhirState = field(default_factory=FhirState)
 
     def patient_exists(self, *forms: str) -> bool:
         """True when any written form of the id is known (or every patient exists)."""
@@ -116,7 +118,7 @@ Handler = Callable[[Context, Request], Response]
 class Route:
     """Where a request goes, decided from the method and path alone, before the body is read."""
 
-    api: str  # leyr | nymbl | token | control
+    api: str  # leyr | nymbl | fhir | token | control
     kind: str  # upload | list | get | value | delete | token | unknown | control names
     handler: Handler
     max_body: int = SMALL_BODY_LIMIT

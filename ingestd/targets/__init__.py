@@ -6,12 +6,15 @@ builds a target from its settings.
 from __future__ import annotations
 
 from ingestd.targets.base import Target
+from ingestd.targets.fhir import FhirTarget
 from ingestd.targets.http import HttpTarget
 from ingestd.targets.leyr import LeyrTarget
 from ingestd.targets.nymbl import NymblTarget
 from ingestd.targets.settings import COMMON_KEYS, COMMON_OPTIONS, CommonSettings, TargetSettings
 
-KINDS: dict[str, type[HttpTarget]] = {kind.kind: kind for kind in (LeyrTarget, NymblTarget)}
+KINDS: dict[str, type[HttpTarget]] = {
+    kind.kind: kind for kind in (LeyrTarget, NymblTarget, FhirTarget)
+}
 
 
 def make_target(cfg: TargetSettings) -> Target:

@@ -69,6 +69,8 @@ def server_reason(response: requests.Response, redact: Collection[str] = ()) -> 
 def _reason_from(payload: Any) -> str:
     if not isinstance(payload, dict):
         return ""
+    if payload.get("resourceType") == "OperationOutcome":
+        return _outcome_issues(payload.get("issue"))
     for key in ("error_description", "message", "error", "title", "detail"):
         value = payload.get(key)
         if isinstance(value, str) and value.strip():
@@ -78,6 +80,22 @@ def _reason_from(payload: Any) -> str:
             if nested:
                 return nested
     return ""
+
+
+def _outcome_issues(issues: Any) -> str:
+    """A FHIR OperationOutcome's issues, each `severity code: what it says`, joined by `; `."""
+    said: list[str] = []
+    for issue in issues if isinstance(issues, list) else []:
+        if not isinstance(issue, dict):
+            continue
+        details = issue.get("details")
+        text = issue.get("diagnostics") or (
+            details.get("text") if isinstance(details, dict) else ""
+        )
+        head = " ".join(str(issue.get(k)) for k in ("severity", "code") if issue.get(k))
+        if head or text:
+            said.append(f"{head}: {text}" if head and text else str(head or text))
+    return "; ".join(said)
 
 
 def describe(response: requests.Response, what: str, redact: Collection[str] = ()) -> str:

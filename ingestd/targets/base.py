@@ -33,6 +33,9 @@ class Upload:
     # Epoch seconds: no send of this document began earlier (when the file was received). A
     # look-up for an earlier upload skips what the EHR stored well before. None: any time.
     not_before: float | None = None
+    # What stays the same for this document across retries and crashes (the claim): a FHIR
+    # target derives its conditional-create identifier from it. "": none (each Upload differs).
+    key: str = ""
     known_sha256: InitVar[str | None] = None
     digest: StreamedDigest = field(init=False, repr=False, compare=False)
 

@@ -22,6 +22,7 @@ from ingestd.targets.base import AuthError, TransientError
 from ingestd.targets.transport import timeouts, transport_errors
 
 TOKEN_AUTH_MODES = ("auto", "basic", "body")
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 TOKEN_MARGIN_SECONDS = 30.0
 TOKEN_DEFAULT_LIFETIME = 60.0
 
@@ -68,8 +69,14 @@ class TokenSource:
         scope: str | None = None,
         timeout_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        assertion: Callable[[], str] | None = None,
+        label: str = "nymbl token request",
     ) -> None:
         self._session = session
+        # private_key_jwt (RFC 7523, SMART Backend Services): a new signed assertion per request
+        # authenticates the client instead of a secret.
+        self._assertion = assertion
+        self._label = label
         self._token_url = token_url
         self._client_id = client_id
         self._client_secret = client_secret
@@ -161,6 +168,8 @@ class TokenSource:
         raw_differs = _form_encoded(self._client_id) != self._client_id or (
             _form_encoded(self._client_secret) != self._client_secret
         )
+        if self._assertion is not None:
+            return ["jwt"]
         basic = ["basic"]
         if raw_differs and ":" not in self._client_id:
             basic.append("basic-raw")
@@ -171,7 +180,7 @@ class TokenSource:
         return [*basic, "body"]
 
     def _fetch_with(self, client_auth: str) -> tuple[str, float]:
-        what = "nymbl token request"
+        what = self._label
         form = {"grant_type": "client_credentials"}
         if self._scope:
             form["scope"] = self._scope
@@ -182,6 +191,9 @@ class TokenSource:
             )
         elif client_auth == "basic-raw":
             headers["Authorization"] = _basic(self._client_id, self._client_secret)
+        elif client_auth == "jwt" and self._assertion is not None:
+            form["client_assertion_type"] = JWT_BEARER
+            form["client_assertion"] = self._assertion()
         else:
             form["client_id"] = self._client_id
             form["client_secret"] = self._client_secret
@@ -208,7 +220,13 @@ class TokenSource:
             raise TokenRefused(
                 describe(
                     response,
-                    f"{what} refused: check client_id, client_secret, token_url and token_auth",
+                    f"{what} refused: check client_id, "
+                    + (
+                        "private_key, key_id (the server must hold its public key), the clock"
+                        if self._assertion is not None
+                        else "client_secret"
+                    )
+                    + ", token_url and token_auth",
                 ),
                 status,
             )

@@ -24,7 +24,10 @@ def test_demo_runs_end_to_end() -> None:
         [sys.executable, "-m", "ingestd", "demo"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("\ndone ") == 5
+    assert result.stdout.count("\ndone ") == 6
+    # A FHIR patient found by identifier: one DocumentReference, coded type, stable identifier.
+    assert "done     fhir-194107086995/discharge summary.pdf -> fhir" in result.stdout
+    assert "DocumentReference, type http://loinc.org|18842-5|Discharge summary" in result.stdout
     # A real G4 fax reaches the Leyr sandbox as a PDF that opens with its three pages.
     assert "done     Andersson Anna/letters/2026-11-21 referral.tif -> leyr" in result.stdout
     assert (

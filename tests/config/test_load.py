@@ -339,7 +339,7 @@ def test_target_options_and_common_keys(tmp_path: Path) -> None:
         f"{path}:14:16: targets.leyr.max_bytes may only lower the limit: between 1 and 20971520",
         f"{path}:15:22: targets.leyr.timeout_seconds must be more than 8",
         f"{path}:16:13: targets.leyr.accept: 'pdf' is not a MIME type like application/pdf",
-        f"{path}:18:11: targets.nymbl.kind must be one of leyr, nymbl",
+        f"{path}:18:11: targets.nymbl.kind must be one of fhir, leyr, nymbl",
     ]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from ingestd.content import Snapshot
-from ingestd.inbox.claims import Claimer
+from ingestd.inbox.claims import Claimer, claim_key, claim_of
 from ingestd.inbox.settle import Ready
 from ingestd.journal import Journal
 from ingestd.observe.logs import Masker
@@ -53,3 +53,25 @@ def test_a_file_replaced_before_the_claim_and_kept_is_typed_again(
     assert row is not None
     assert row.format is None  # the pipeline detects it anew, never trusts the old look
     assert row == claimer.journal.get(row.id)
+
+
+def test_a_taken_over_claim_keeps_the_identity_of_its_document(tmp_path: Path) -> None:
+    """A FHIR document's identifier comes from the claim: another instance taking the file
+    over must send it under the same one (issue 17)."""
+    gone = _claimer(tmp_path)
+    path = gone.inbox / REL
+    path.write_bytes(pdf("a"))
+    row = gone.claim(Ready(REL, time.time(), Snapshot.of(path.stat()), format="application/pdf"))
+    assert row is not None
+    assert len(claim_of(row.work.name) or "") == 32  # 128 bits: unique beyond one clinic
+    heir = Claimer(gone.inbox, Journal(tmp_path / "other.sqlite"), "heir", Masker(b"k"))
+    heir.prepare()
+    [taken] = heir.take_over("me")
+    assert taken.work.parent.name == "heir"
+    assert claim_key(taken.work) == claim_key(row.work)
+
+
+def test_the_claim_is_read_from_either_naming_scheme() -> None:
+    assert claim_of("0a1b2c-p_5F1_2Fscan_2Epdf") == "0a1b2c"
+    assert claim_of("0A1B~p_1%2Fscan-2.pdf") == "0a1b"
+    assert claim_of("not-a-claim") is None

@@ -16,7 +16,18 @@ from ingestd.sandbox import SANDBOX_CREDENTIALS, Sandbox
 from ingestd.targets import CommonSettings, TargetSettings, make_target
 from ingestd.targets.base import Target, Upload
 
+from .fhir_r4 import Exchanges, fhir_exchanges
+
 UploadFactory = Callable[..., Upload]
+
+
+@pytest.fixture(autouse=True)
+def _every_fhir_exchange_is_r4(fhir_exchanges: Exchanges) -> Exchanges:
+    """Each target test's FHIR traffic is validated against R4 (when fhir.resources is here)."""
+    return fhir_exchanges
+
+
+__all__ = ["fhir_exchanges"]
 
 # File names real scanners and people produce that a multipart upload must carry as they are.
 HARD_FILE_NAMES = [
@@ -101,6 +112,13 @@ def settings_for(
             "base_url": sb.leyr_base_url,
             "emr": creds["emr"],
             "care_unit_id": creds["care_unit_id"],
+            "client_id": creds["client_id"],
+            "client_secret": creds["client_secret"],
+        }
+    elif kind == "fhir":
+        base = {
+            "base_url": sb.fhir_base_url,
+            "token_url": sb.fhir_token_url,
             "client_id": creds["client_id"],
             "client_secret": creds["client_secret"],
         }

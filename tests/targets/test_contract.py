@@ -23,6 +23,7 @@ from ingestd.sandbox import Fault, Sandbox
 from ingestd.targets import COMMON_OPTIONS, KINDS, TargetSettings, make_target
 from ingestd.targets.answers import parse_retry_after, server_reason
 from ingestd.targets.base import AuthError, PermanentError, TargetError, TransientError, Upload
+from ingestd.targets.fhir import FhirTarget
 from ingestd.targets.http import HttpTarget
 from ingestd.targets.leyr import LeyrTarget
 from ingestd.targets.nymbl import NymblTarget
@@ -46,6 +47,9 @@ class Kind:
         if self.kind == "leyr":
             assert doc.title == up.title
             assert doc.fields.get("created_by_id") == up.fields["created_by_id"]
+        elif self.kind == "fhir":
+            assert doc.name == up.file_name
+            assert doc.title == up.title
         else:
             assert doc.name == up.file_name
             assert doc.title == up.fields["description"]
@@ -60,6 +64,7 @@ KIND_CASES = {
         ("client_secret", "client_id"),
     ),
     "nymbl": Kind("nymbl", "12345", "67890", "12a45", ("client_secret", "api_key")),
+    "fhir": Kind("fhir", "Patient/pat-1", "Patient/pat-2", "Patient/bad id!", ("client_secret",)),
 }
 
 
@@ -368,7 +373,7 @@ def test_concurrent_uploads_share_one_target(
 
 
 def test_every_kind_is_registered_with_consistent_defaults() -> None:
-    assert set(KINDS) == {"leyr", "nymbl"}
+    assert set(KINDS) == {"leyr", "nymbl", "fhir"}
     for name, kind in KINDS.items():
         assert kind.kind == name
         assert not (kind.required & kind.optional)
@@ -377,7 +382,7 @@ def test_every_kind_is_registered_with_consistent_defaults() -> None:
         assert kind.default_accept
 
 
-@pytest.mark.parametrize("target_class", [LeyrTarget, NymblTarget])
+@pytest.mark.parametrize("target_class", [LeyrTarget, NymblTarget, FhirTarget])
 def test_every_option_of_a_kind_is_a_keyword_of_its_constructor(
     target_class: type[HttpTarget],
 ) -> None:
@@ -417,7 +422,7 @@ def test_make_target_refuses_bad_settings(sb: Sandbox, api: Kind) -> None:
     with pytest.raises(ValueError, match="unknown option"):
         make_target(TargetSettings(api.kind, api.kind, {**good.options, "colour": "red"}))
     with pytest.raises(ValueError, match="unknown target kind"):
-        make_target(TargetSettings("x", "fhir", good.options))
+        make_target(TargetSettings("x", "hl7v2", good.options))
 
 
 def test_a_session_sends_our_user_agent_and_never_retries_by_itself(
@@ -426,7 +431,8 @@ def test_a_session_sends_our_user_agent_and_never_retries_by_itself(
     target = target_for(sb, api.kind, concurrency=7)
     session: requests.Session = target._session  # type: ignore[attr-defined]
     assert session.headers["User-Agent"] == USER_AGENT
-    assert session.headers["Accept"] == "application/json"
+    accept = "application/fhir+json" if api.kind == "fhir" else "application/json"
+    assert session.headers["Accept"] == accept
     adapter = session.get_adapter("https://example.org/")
     assert adapter.max_retries.total == 0  # type: ignore[attr-defined]
     assert adapter._pool_maxsize >= 7  # type: ignore[attr-defined]
