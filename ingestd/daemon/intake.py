@@ -23,6 +23,7 @@ from ingestd.config.model import Config
 from ingestd.daemon.folders import Folders
 from ingestd.delivery.decide import Rejected, judge, reading
 from ingestd.inbox.claims import WORK_DIR, Claimer
+from ingestd.inbox.owners import Owners
 from ingestd.inbox.scan import INBOX_ROOT, scan
 from ingestd.inbox.settle import Ready, Settler
 from ingestd.inbox.watch import Hints
@@ -50,12 +51,14 @@ class Intake:
         journal: JournalLike,
         masker: Masker,
         once: bool,
+        instance: str = "",
     ) -> None:
         self._config = config
         self.claimer = claimer
         self.journal = journal
         self.masker = masker
         self.once = once
+        self.owners = Owners(instance)  # a fleet's live instances, set at each heartbeat
         first = config()
         self.hints = Hints()
         self.settler = Settler(
@@ -156,8 +159,13 @@ class Intake:
             self.hints.wake.set()  # more to list: come straight back
 
     def look(self) -> None:
-        """Look at the files whose settle time is up; the ready ones join the queue."""
+        """Look at the files whose settle time is up; the ready ones join the queue. In a fleet,
+        a file another instance owns is left to it for a while (inbox/owners.py)."""
         for rel in list(self.settler.due_paths()):
+            wait = self.owners.wait(rel, self.settler.age(rel))
+            if wait > 0:
+                self.settler.postpone(rel, wait)
+                continue
             ready = self.settler.look(rel)
             if ready is not None and rel not in self._ready_paths:
                 self._ready.append(ready)

@@ -77,7 +77,9 @@ class Daemon:
         self.metrics.watch(self.snapshot)
         self._metrics_server: MetricsServer | None = None
         self._status_page: StatusPage | None = None
-        self.intake = Intake(lambda: self._config, self.claimer, self.journal, self.masker, once)
+        self.intake = Intake(
+            lambda: self._config, self.claimer, self.journal, self.masker, once, instance
+        )
         self.signals = Signals(self.stopping, self.intake.hints.wake)
         self.pipeline = Pipeline(
             config=lambda: self._config,
@@ -200,10 +202,12 @@ class Daemon:
         """Renew this instance's lease and take over claims of instances gone past theirs."""
         if self.journal.shared:
             # The fleet's journal knows who is alive, by the database's clock: no lease files.
+            lease = self._config.watch.claim_lease_seconds
             self.journal.heartbeat()
+            self.intake.owners.members = self.journal.live_instances(lease)
             if not self.intake.rescan_if_restarted():
                 return
-            taken = self.journal.take_over(self._config.watch.claim_lease_seconds)
+            taken = self.journal.take_over(lease)
             if taken:
                 event(log, logging.WARNING, "claims_taken_over", files=len(taken))
             for row in self.claimer.recover(taken):

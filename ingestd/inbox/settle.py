@@ -65,6 +65,17 @@ class Settler:
         self._pending.pop(rel, None)
         self._held[rel] = _snapshot(self.root / rel)
 
+    def age(self, rel: PurePosixPath) -> float:
+        """Seconds since `rel` was first seen (0 for a path not tracked)."""
+        entry = self._pending.get(rel)
+        return time.time() - entry.first_seen if entry is not None else 0.0
+
+    def postpone(self, rel: PurePosixPath, seconds: float) -> None:
+        """Look at `rel` again in `seconds`, not now (a fleet's other instance takes it)."""
+        entry = self._pending.get(rel)
+        if entry is not None:
+            self._later(rel, entry, self.clock() + seconds)
+
     def notice(self, rel: PurePosixPath) -> None:
         """A hint or a scan saw `rel`: look at it soon."""
         if is_ignored_path(rel):

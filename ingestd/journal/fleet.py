@@ -45,6 +45,22 @@ class Roster:
         except JournalUnavailable:
             return
 
+    def live_instances(self, lease_seconds: float) -> tuple[str, ...]:
+        """The instances whose heartbeat is within the lease (by the database's clock), sorted;
+        () in an outage: each instance then looks at every file, as alone."""
+        if self.instance is None:
+            return ()
+        try:
+            found, _ = self.link.run(
+                "SELECT id FROM instances WHERE seen_at >= now() - make_interval(secs => %s) "
+                "ORDER BY id",
+                (lease_seconds,),
+                wait=False,
+            )
+        except JournalUnavailable:
+            return ()
+        return tuple(name for (name,) in found)
+
     def take_over(self, lease_seconds: float) -> list[Row]:
         """Hold every active row of instances gone past their lease; the rows now ours."""
         if self.instance is None or self.link.up_for() < lease_seconds:

@@ -281,6 +281,9 @@ class Journal:
     def heartbeat(self) -> None:
         """Only a shared journal knows other instances: leases are files here (inbox/claims)."""
 
+    def live_instances(self, lease_seconds: float) -> tuple[str, ...]:
+        return ()
+
     def take_over(self, lease_seconds: float) -> list[Row]:
         return []
 

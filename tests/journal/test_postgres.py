@@ -190,3 +190,21 @@ def test_an_unreachable_server_fails_clearly() -> None:
         JournalUnreachable, match=r"cannot open journal u@127\.0\.0\.1:1/x: .*refused"
     ):
         open_journal(PurePosixPath("x"), SharedJournal("postgresql://u@127.0.0.1:1/x"), "a")  # type: ignore[arg-type]
+
+
+def test_the_live_instances_are_those_within_the_lease_by_the_databases_clock(
+    postgres: Postgres, pg_db: str
+) -> None:
+    url = postgres.url(pg_db)
+    a, b, c = (_journal(url, name) for name in ("a", "b", "c"))
+    assert a.live_instances(600) == ("a", "b", "c")
+    _make_dead(postgres, pg_db, "b")
+    assert c.live_instances(600) == ("a", "c")  # b's files go to the others (inbox/owners.py)
+    c.leave()
+    assert a.live_instances(600) == ("a",)
+    assert _journal(url, None).live_instances(600) == ()  # a command's view: no instance
+    postgres.stop()
+    try:
+        assert a.live_instances(600) == ()  # an outage: each looks at every file, as alone
+    finally:
+        postgres.start()
