@@ -57,6 +57,18 @@ def server_cpu(pg: Postgres) -> float:
     return total
 
 
+def statements(url: str) -> int:
+    """Transactions the database has committed (each autocommit statement is one)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("SELECT pg_stat_force_next_flush()")  # PostgreSQL 15: flush this backend's
+        found = db.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(found[0]) if found else 0
+
+
 def run_fleet(
     sb: StampedSandbox, pg: Postgres | None, batch: Batch, root: Path, args: argparse.Namespace,
     processes: int, run: int,
@@ -87,6 +99,7 @@ def run_fleet(
             wait_quiet(daemon.pid)
         before = sum(cpu_seconds(d.pid) for d in daemons)
         db_before = server_cpu(pg) if pg else 0.0
+        statements_before = statements(url) if url else 0
         first = copy_in(clinic, batch, n)
         sb.wait_count(n, args.deadline, f"{processes} process(es): every file stored")
         wait_for(
@@ -97,6 +110,10 @@ def run_fleet(
         )
         cpu_ms = (sum(cpu_seconds(d.pid) for d in daemons) - before) * 1000 / n
         db_ms = ((server_cpu(pg) - db_before) * 1000 / n) if pg else 0.0
+        if url:
+            time.sleep(1.0)  # the backends' statistics reach the server within a second
+            per_file = (statements(url) - statements_before) / n
+            log(f"{processes} process(es): {per_file:.1f} database statements per file")
     finally:
         codes = [d.stop() for d in daemons]
     stored = check_stored(sb, batch, n, f"{processes} process(es)")
