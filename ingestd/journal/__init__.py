@@ -22,7 +22,8 @@ from ingestd.journal.interface import AlreadyClaimed, ClaimLost, JournalLike, Jo
 from ingestd.journal.opening import open_journal, probe
 from ingestd.journal.pglink import JournalUnreachable, SharedJournal
 from ingestd.journal.rows import ACTIVE_STATES, FINAL_STATES, Row
-from ingestd.journal.store import Journal, JournalError
+from ingestd.journal.schema import JournalError
+from ingestd.journal.store import Journal
 
 __all__ = [
     "ACTIVE_STATES",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ingestd.journal.interface import JournalUnavailable
-from ingestd.journal.store import JournalError
+from ingestd.journal.schema import JournalError
 
 log = logging.getLogger("ingestd.journal")
 

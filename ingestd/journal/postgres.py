@@ -22,8 +22,7 @@ from ingestd.journal.fleet import Roster
 from ingestd.journal.interface import AlreadyClaimed, ClaimLost, JournalUnavailable
 from ingestd.journal.pglink import Link, SharedJournal
 from ingestd.journal.rows import ACTIVE_STATES, COLUMNS, Row, from_db, new_row, to_db
-from ingestd.journal.schema import PG_FIRST_VERSION, PG_MIGRATIONS, PG_SCHEMA, SCHEMA_VERSION
-from ingestd.journal.store import JournalError
+from ingestd.journal.schema import PG_FIRST_VERSION, PG_MIGRATIONS, PG_SCHEMA, JournalError, migrate
 
 _SELECTED = (*COLUMNS, "holder")
 _ACTIVE = list(ACTIVE_STATES)
@@ -63,18 +62,7 @@ class PostgresJournal(Roster):
             version = PG_FIRST_VERSION if found is None else int(found[0])
             if found is None:
                 db.execute("INSERT INTO meta VALUES ('schema_version', %s)", (str(version),))
-            if version > SCHEMA_VERSION:
-                raise JournalError(
-                    f"journal {self.link.where} has schema {version}; this ingestd knows "
-                    f"{SCHEMA_VERSION}: upgrade ingestd"
-                )
-            while version < SCHEMA_VERSION:
-                for statement in PG_MIGRATIONS[version]:
-                    db.execute(statement)
-                version += 1
-                db.execute(
-                    "UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(version),)
-                )
+            migrate(db, version, PG_MIGRATIONS, self.link.where, "%s")
 
     def close(self) -> None:
         self.link.close()

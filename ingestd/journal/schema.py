@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 SCHEMA_VERSION = 4
 
 SCHEMA = """
@@ -109,3 +112,25 @@ CREATE TABLE IF NOT EXISTS instances (id TEXT PRIMARY KEY, host TEXT NOT NULL,
 """
 PG_FIRST_VERSION = 4
 PG_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+
+class JournalError(Exception):
+    """The journal cannot be used (opened, migrated, written)."""
+
+
+def migrate(
+    db: Any, version: int, migrations: Mapping[int, Sequence[str]], where: str, mark: str
+) -> None:
+    """Bring a journal at schema `version` to SCHEMA_VERSION, in the caller's transaction;
+    refuse one newer than this ingestd. `mark`: the driver's parameter mark (? or %s)."""
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"journal {where} has schema {version}; this ingestd knows {SCHEMA_VERSION}: "
+            "upgrade ingestd"
+        )
+    while version < SCHEMA_VERSION:
+        for statement in migrations[version]:
+            db.execute(statement)
+        version += 1
+        update = f"UPDATE meta SET value = {mark} WHERE key = 'schema_version'"  # noqa: S608
+        db.execute(update, (str(version),))

@@ -23,11 +23,7 @@ from ingestd.journal.rows import (
     new_row,
     to_db,
 )
-from ingestd.journal.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
-
-
-class JournalError(Exception):
-    """The journal cannot be opened or is from a newer ingestd."""
+from ingestd.journal.schema import MIGRATIONS, SCHEMA, JournalError, migrate
 
 
 class Journal:
@@ -76,18 +72,7 @@ class Journal:
                 version = 1
             else:
                 version = int(found[0])
-            if version > SCHEMA_VERSION:
-                raise JournalError(
-                    f"journal {self.path} has schema {version}; this ingestd knows "
-                    f"{SCHEMA_VERSION}: upgrade ingestd"
-                )
-            while version < SCHEMA_VERSION:
-                for statement in MIGRATIONS[version]:
-                    db.execute(statement)
-                version += 1
-                db.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),)
-                )
+            migrate(db, version, MIGRATIONS, str(self.path), "?")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -5,7 +5,6 @@ document already stored (by size and time, its SHA-1 and file name as hints).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -15,8 +14,13 @@ import requests
 from ingestd.targets.answers import document_id, raise_for_outcome
 from ingestd.targets.base import TransientError, Upload
 from ingestd.targets.bodies import CHUNK
-from ingestd.targets.leyr import _b64_sha256
-from ingestd.targets.lookup import Candidate, in_window, stored_at
+from ingestd.targets.lookup import (
+    Candidate,
+    base64_sha256,
+    in_window,
+    stored_at,
+    streamed_sha256,
+)
 from ingestd.targets.transport import transport_errors
 
 StreamGet = Callable[[str, str, dict[str, str]], requests.Response]
@@ -104,7 +108,7 @@ def content_digest(
     attachment = attachment_of(resource)
     data = attachment.get("data")
     if isinstance(data, str):
-        return _b64_sha256(data)
+        return base64_sha256(data)
     url = attachment.get("url")
     if not isinstance(url, str) or not url:
         return None
@@ -123,14 +127,7 @@ def content_digest(
                 # The server answered with the Binary resource: its `data` is the content.
                 payload = response.json()
                 inner = payload.get("data") if isinstance(payload, dict) else None
-                return _b64_sha256(inner) if isinstance(inner, str) else None
-            digest = hashlib.sha256()
-            size = 0
-            for chunk in response.iter_content(CHUNK):
-                size += len(chunk)
-                if limit is not None and size > limit:
-                    return None
-                digest.update(chunk)
-            return size, digest.hexdigest()
+                return base64_sha256(inner) if isinstance(inner, str) else None
+            return streamed_sha256(response.iter_content(CHUNK), limit)
     finally:
         response.close()

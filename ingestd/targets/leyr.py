@@ -7,8 +7,6 @@ and the request shapes of "Attach a Document". One `send` is one POST; retries l
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from ingestd.targets.answers import created_id, document_id, json_object, raise_
 from ingestd.targets.base import Fetched, TransientError, Upload
 from ingestd.targets.bodies import StreamingBody, file_chunks
 from ingestd.targets.http import DEFAULTS, HttpTarget
-from ingestd.targets.lookup import Candidate, check_order, in_window, stored_at
+from ingestd.targets.lookup import Candidate, base64_sha256, check_order, in_window, stored_at
 from ingestd.targets.settings import CommonSettings
 from ingestd.targets.transport import transport_errors
 
@@ -33,7 +31,6 @@ _EXPECTED = (
     "or 'se_personal_number:<12 digits>'"
 )
 # Decoding base64 text in slices of a multiple of 4 characters keeps memory flat while hashing.
-_B64_SLICE = 4 * 16 * 1024
 
 
 def validate_patient_id(patient_id: str) -> str | None:
@@ -130,7 +127,7 @@ class LeyrTarget(HttpTarget):
         if payload is None:
             return None
         content = payload.get("content")
-        digest = _b64_sha256(content) if isinstance(content, str) else None
+        digest = base64_sha256(content) if isinstance(content, str) else None
         if digest is None:
             raise TransientError(f"{what}: HTTP 200 without base64 content")
         said = payload.get("patient_id")
@@ -151,7 +148,7 @@ class LeyrTarget(HttpTarget):
         content = None if payload is None else payload.get("content")
         if not isinstance(content, str):
             return False
-        digest = _b64_sha256(content)
+        digest = base64_sha256(content)
         return digest is not None and digest == (upload.size, upload.sha256)
 
     def _document(
@@ -205,25 +202,6 @@ def _too_short(response: requests.Response, size: int) -> bool:
     """True when the announced body cannot hold `size` bytes as base64 (4 characters per 3)."""
     length = response.headers.get("Content-Length", "")
     return length.isdigit() and int(length) < 4 * (size // 3)
-
-
-def _b64_sha256(content: str) -> tuple[int, str] | None:
-    """(size, hex SHA-256) of base64 text, decoded a slice at a time; None if not base64."""
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        for start in range(0, len(content), _B64_SLICE):
-            chunk = base64.b64decode(content[start : start + _B64_SLICE], validate=True)
-            digest.update(chunk)
-            size += len(chunk)
-    except (binascii.Error, ValueError):
-        # Line breaks or other whitespace misalign the slices: decode it whole instead.
-        try:
-            data = base64.b64decode(content)
-        except (binascii.Error, ValueError):
-            return None
-        return len(data), hashlib.sha256(data).hexdigest()
-    return size, digest.hexdigest()
 
 
 # A multiple of 3, so every chunk but the last encodes to base64 without padding: 64 KiB out.

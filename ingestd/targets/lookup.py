@@ -10,9 +10,14 @@ generous allowance for an EHR clock or time zone that is off.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+_B64_SLICE = 4 * 16 * 1024  # base64 characters decoded at a time
 
 # An EHR clock (or a time zone written as UTC) off by up to a day still finds the document.
 CLOCK_SLACK_SECONDS = 24 * 3600.0
@@ -49,3 +54,35 @@ def check_order(candidates: Iterable[Candidate]) -> list[str]:
     """Document ids to compare, most likely first: hinted ones, then the most recently stored."""
     ordered = sorted(candidates, key=lambda c: (not c.hinted, -(c.stored_at or 0.0)))
     return [c.document_id for c in ordered]
+
+
+def base64_sha256(content: str) -> tuple[int, str] | None:
+    """(size, hex SHA-256) of base64 text, decoded a slice at a time; None if not base64."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        for start in range(0, len(content), _B64_SLICE):
+            chunk = base64.b64decode(content[start : start + _B64_SLICE], validate=True)
+            digest.update(chunk)
+            size += len(chunk)
+    except (binascii.Error, ValueError):
+        # Line breaks or other whitespace misalign the slices: decode it whole instead.
+        try:
+            data = base64.b64decode(content)
+        except (binascii.Error, ValueError):
+            return None
+        return len(data), hashlib.sha256(data).hexdigest()
+    return size, digest.hexdigest()
+
+
+def streamed_sha256(chunks: Iterable[bytes], limit: int | None) -> tuple[int, str] | None:
+    """(size, hex SHA-256) of a body read a chunk at a time; None once it grows past `limit`
+    (larger than what we sent: not ours, and not worth reading to the end)."""
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if limit is not None and size > limit:
+            return None
+        digest.update(chunk)
+    return size, digest.hexdigest()

@@ -7,7 +7,6 @@ POST, preceded by a token request only when no valid token is cached; retries li
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 import time
@@ -21,7 +20,13 @@ from ingestd.targets.answers import created_id, document_id, json_object, raise_
 from ingestd.targets.base import Fetched, TransientError, Upload
 from ingestd.targets.bodies import CHUNK, StreamingBody, file_chunks
 from ingestd.targets.http import DEFAULTS, HttpTarget
-from ingestd.targets.lookup import Candidate, check_order, in_window, stored_at
+from ingestd.targets.lookup import (
+    Candidate,
+    check_order,
+    in_window,
+    stored_at,
+    streamed_sha256,
+)
 from ingestd.targets.oauth2 import TOKEN_AUTH_MODES, TokenSource
 from ingestd.targets.settings import CommonSettings
 from ingestd.targets.transport import transport_errors
@@ -164,15 +169,8 @@ class NymblTarget(HttpTarget):
             if response.status_code == 404:
                 return None
             raise_for_outcome(response, what, redact)
-            digest = hashlib.sha256()
-            size = 0
             with transport_errors(what, self.timeout_seconds):
-                for chunk in response.iter_content(CHUNK):
-                    size += len(chunk)
-                    if limit is not None and size > limit:
-                        return None
-                    digest.update(chunk)
-            return size, digest.hexdigest()
+                return streamed_sha256(response.iter_content(CHUNK), limit)
         finally:
             response.close()
 
