@@ -192,3 +192,18 @@ def daemon_process(tree: Tree) -> Iterator[Callable[..., DaemonProcess]]:
 
 # The shared journal's real PostgreSQL (tests/pg.py): `postgres` (the session's cluster), `pg_db`.
 from tests.pg import pg_db, postgres  # noqa: E402, F401
+
+
+@pytest.fixture
+def sandbox_factory() -> Iterator[Callable[..., Sandbox]]:
+    """Start sandboxes with any constructor arguments; all are stopped after the test."""
+    started: list[Sandbox] = []
+
+    def start(**kwargs: Any) -> Sandbox:
+        sb = Sandbox(port=0, **kwargs).start()
+        started.append(sb)
+        return sb
+
+    yield start
+    for sb in started:
+        sb.stop()

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ingestd.journal.interface import JournalUnavailable
-from ingestd.journal.rows import ACTIVE_STATES, COLUMNS, Row, from_db
+from ingestd.journal.rows import ACTIVE_STATES, COLUMNS, Row, row_from_db
 
 if TYPE_CHECKING:
     from ingestd.journal.pglink import Link
@@ -121,4 +121,4 @@ class Roster:
 
 
 def _row(record: tuple[Any, ...]) -> Row:
-    return Row(**{n: from_db(n, v) for n, v in zip(_SELECTED, record, strict=True)})
+    return row_from_db(_SELECTED, record)

@@ -21,7 +21,7 @@ from typing import Any
 from ingestd.journal.fleet import Roster
 from ingestd.journal.interface import AlreadyClaimed, ClaimLost, JournalUnavailable
 from ingestd.journal.pglink import Link, SharedJournal
-from ingestd.journal.rows import ACTIVE_STATES, COLUMNS, Row, from_db, new_row, to_db
+from ingestd.journal.rows import ACTIVE_STATES, COLUMNS, Row, new_row, row_from_db, to_db
 from ingestd.journal.schema import PG_FIRST_VERSION, PG_MIGRATIONS, PG_SCHEMA, JournalError, migrate
 
 _SELECTED = (*COLUMNS, "holder")
@@ -172,10 +172,7 @@ class PostgresJournal(Roster):
             params,
             wait=wait,
         )
-        return [
-            Row(**{n: from_db(n, v) for n, v in zip(_SELECTED, record, strict=True)})
-            for record in found
-        ]
+        return [row_from_db(_SELECTED, record) for record in found]
 
     def get(self, row_id: int) -> Row | None:
         rows = self._select("id = %s", (row_id,))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from ingestd.journal.rows import ACTIVE_STATES, COLUMNS, Row, from_db
+from ingestd.journal.rows import ACTIVE_STATES, COLUMNS, Row, row_from_db
 
 
 class JournalView(Protocol):
@@ -60,10 +60,7 @@ class JournalReader:
         sql = f"SELECT {', '.join(COLUMNS)} FROM files WHERE {where}"  # noqa: S608
         with self._lock:
             found = self._db.execute(sql, params).fetchall()
-        return [
-            Row(**{name: from_db(name, value) for name, value in zip(COLUMNS, record, strict=True)})
-            for record in found
-        ]
+        return [row_from_db(COLUMNS, record) for record in found]
 
     def active(self) -> list[Row]:
         """Every unfinished row, oldest first."""

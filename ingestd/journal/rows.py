@@ -83,3 +83,8 @@ def from_db(column: str, value: Any) -> Any:
     if column == "outcome_unknown":
         return bool(value)
     return value
+
+
+def row_from_db(columns: tuple[str, ...], record: tuple[Any, ...] | Any) -> Row:
+    """A row from a record of `columns`, as a SELECT of them returned it."""
+    return Row(**{name: from_db(name, value) for name, value in zip(columns, record, strict=True)})

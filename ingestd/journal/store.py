@@ -19,8 +19,8 @@ from ingestd.journal.rows import (
     ACTIVE_STATES,
     COLUMNS,
     Row,
-    from_db,
     new_row,
+    row_from_db,
     to_db,
 )
 from ingestd.journal.schema import MIGRATIONS, SCHEMA, JournalError, migrate
@@ -172,10 +172,7 @@ class Journal:
             f"SELECT {', '.join(COLUMNS)} FROM files WHERE {where}",  # noqa: S608
             params,
         )
-        return [
-            Row(**{name: from_db(name, value) for name, value in zip(COLUMNS, record, strict=True)})
-            for record in found
-        ]
+        return [row_from_db(COLUMNS, record) for record in found]
 
     def get(self, row_id: int) -> Row | None:
         rows = self._select("id = ?", (row_id,))

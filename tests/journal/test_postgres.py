@@ -196,7 +196,7 @@ def test_the_live_instances_are_those_within_the_lease_by_the_databases_clock(
     postgres: Postgres, pg_db: str
 ) -> None:
     url = postgres.url(pg_db)
-    a, b, c = (_journal(url, name) for name in ("a", "b", "c"))
+    a, _b, c = (_journal(url, name) for name in ("a", "b", "c"))
     assert a.live_instances(600) == ("a", "b", "c")
     _make_dead(postgres, pg_db, "b")
     assert c.live_instances(600) == ("a", "c")  # b's files go to the others (inbox/owners.py)

@@ -143,20 +143,6 @@ def test_an_expired_assertion_pauses_the_target_with_one_clear_line(
     assert proc.stop() == 0
 
 
-@pytest.fixture
-def sandbox_factory() -> Any:
-    started: list[Sandbox] = []
-
-    def start(**kwargs: Any) -> Sandbox:
-        sb = Sandbox(port=0, **kwargs).start()
-        started.append(sb)
-        return sb
-
-    yield start
-    for sb in started:
-        sb.stop()
-
-
 # --- ingestd check ---------------------------------------------------------------------------
 
 

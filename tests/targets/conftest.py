@@ -83,21 +83,6 @@ def make_upload(tmp_path: Path) -> Iterator[UploadFactory]:
 
 
 @pytest.fixture
-def sandbox_factory() -> Iterator[Callable[..., Sandbox]]:
-    """Start sandboxes with any constructor arguments; all are stopped after the test."""
-    started: list[Sandbox] = []
-
-    def start(**kwargs: Any) -> Sandbox:
-        sb = Sandbox(port=0, **kwargs).start()
-        started.append(sb)
-        return sb
-
-    yield start
-    for sb in started:
-        sb.stop()
-
-
-@pytest.fixture
 def sb(sandbox_factory: Callable[..., Sandbox]) -> Sandbox:
     return sandbox_factory()
 
