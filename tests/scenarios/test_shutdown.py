@@ -58,7 +58,10 @@ def test_sigterm_during_backoff_parks_the_file_and_a_restart_completes_it(
     assert not (tree.inbox / "p_1" / "parked.pdf").exists()  # parked in the work folder
     sandbox.clear_faults()
     proc = daemon_process(config)
-    wait_for(lambda: tree.receipts())
+    # A restarted daemon asks the EHR before re-sending a file it had sent (the journal's
+    # last word may not have survived a power cut), and waits until that send must be over:
+    # sent_at plus the upload timeout, about 20 s here. So the wait is longer than that.
+    wait_for(lambda: tree.receipts(), timeout=60)
     [receipt] = tree.receipts()
     assert receipt["status"] == "done"
     assert receipt["attempts"] >= 2
