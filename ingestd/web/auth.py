@@ -1,6 +1,10 @@
 """Who may see the status page: HTTP Basic against an scrypt hash, a lockout per client address,
 and the CSRF token that a Retry form must carry.
 
+A page without a password (allowed on loopback only) answers only requests whose `Host` is a
+loopback name or address: otherwise a web page the server's own browser opens could rename its
+site to 127.0.0.1 (DNS rebinding) and read the page as its own (`loopback_host`).
+
 Everything secret is compared with `hmac.compare_digest`. A password, once checked, is
 remembered by a keyed digest of its header for a few minutes, so a page refreshing every few
 seconds does not cost an scrypt each time (and nobody can read the password back from memory
@@ -14,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import threading
 import time
@@ -150,3 +155,21 @@ class Csrf:
 
 def new_session() -> str:
     return secrets.token_urlsafe(32)
+
+
+def loopback_host(header: str | None) -> bool:
+    """Whether a `Host` header names this machine by a loopback name or address (no header:
+    an HTTP/1.0 client, which no browser is)."""
+    if header is None:
+        return True
+    host = header.strip().lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else ""
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

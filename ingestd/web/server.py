@@ -6,7 +6,8 @@ the metrics listener, with a handful of fixed routes.
     POST /search     q=…: files whose name holds it (a POST: a name never goes in a URL)
     POST /retry      file=KEY&csrf=TOKEN: put that failed file back, as `ingestd retry` does
 
-Every request passes the `Gate` first (HTTP Basic when a password is set). Every response sends
+Every request passes the `Gate` first (HTTP Basic when a password is set; without one, only a
+loopback `Host` is answered: see web/auth.py). Every response sends
 `Cache-Control: no-store`, a Content-Security-Policy that allows only our own style sheet and
 script, `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff` and
 `Referrer-Policy: no-referrer`. The access log names the method, the route (one of the fixed
@@ -29,7 +30,7 @@ from urllib.parse import parse_qs
 from ingestd.config.statuspage import StatusPageConfig
 from ingestd.observe.logs import event
 from ingestd.web import pages
-from ingestd.web.auth import Csrf, Gate, new_session
+from ingestd.web.auth import Csrf, Gate, loopback_host, new_session
 from ingestd.web.view import ViewCache
 
 log = logging.getLogger("ingestd.status_page")
@@ -112,6 +113,14 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
             client = self.client_address[0]
             settings = site.settings()
             site.gate.use(settings.user, settings.password)  # a reload may have changed them
+            if settings.password is None and not loopback_host(self.headers.get("Host")):
+                event(log, logging.WARNING, "status_page_host_refused", client=client)
+                self._text(
+                    421,
+                    "This page answers to http://127.0.0.1 or http://localhost only. Behind a "
+                    "reverse proxy, let it send the upstream address as Host, or set a password.\n",
+                )
+                return
             verdict = site.gate.check(client, self.headers.get("Authorization"))
             if verdict.failed:
                 event(log, logging.WARNING, "status_page_login_failed", client=client)

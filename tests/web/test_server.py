@@ -269,6 +269,25 @@ def test_without_credentials_a_password_protected_page_asks_for_them(locked_page
     assert NAME in good.text
 
 
+def test_without_a_password_only_a_loopback_host_is_answered(page: Page) -> None:
+    """DNS rebinding: a site renamed to 127.0.0.1 sends its own name as Host; never answered."""
+    fail_a_file(page.tree)
+    port = page.url.rsplit(":", 1)[1]
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "10.0.0.5"):
+        answer = page.get(headers={"Host": host})
+        assert answer.status_code == 421, host
+        assert FOLDER not in answer.text
+        assert answer.headers["Cache-Control"] == "no-store"
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]", "LOCALHOST"):
+        assert page.get(headers={"Host": host}).status_code == 200, host
+
+
+def test_with_a_password_any_host_may_ask(locked_page: Page) -> None:
+    """Behind a reverse proxy that sends the site's own name: the password decides."""
+    answer = locked_page.get(headers={"Host": "intake.clinic.lan"}, auth=("desk", PASSWORD))
+    assert answer.status_code == 200
+
+
 def test_repeated_wrong_passwords_lock_out_and_are_logged_without_the_name(
     locked_page: Page, caplog: pytest.LogCaptureFixture
 ) -> None:
