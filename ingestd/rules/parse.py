@@ -1,5 +1,5 @@
 """The `rules:` section of the config: parsing and checking it, every problem with its
-file:line:col, into `Rule`s. Sizes (`10 MB`, `500 KiB`) are parsed here too."""
+file:line:col, into `Rule`s (sizes by ingestd.sizes)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Collection
 from ingestd.rules.conversion import rule_convert
 from ingestd.rules.matching import Match, Rule
 from ingestd.rules.templates import BUILTIN_FIELDS, Template, check_template
+from ingestd.sizes import parse_size
 from ingestd.yamlsource import MarkedDict, MarkedList, Report, did_you_mean, yaml_type
 
 RULE_KEYS = ("name", "match", "set", "ignore", "fail")
@@ -16,34 +17,6 @@ MATCH_KEYS = ("filename", "filename_regex", "path", "format", "size", "patient")
 SET_KEYS = ("title", "type", "target", "description", "created_by_id", "category", "convert")
 REQUIRED_SET_KEYS = ("title", "type", "target")
 MIME = re.compile(r"[A-Za-z0-9][\w.+-]*/(?:[A-Za-z0-9][\w.+-]*|\*)")
-SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
-SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "byte": 1,
-    "bytes": 1,
-    "kb": 1000,
-    "kib": 1024,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "gb": 1000**3,
-    "gib": 1024**3,
-}
-
-
-def parse_size(value: object) -> int:
-    """Bytes from an int or a string like `10 MB` (10^6) or `500 KiB` (2^10); ValueError else."""
-    if isinstance(value, bool):
-        raise ValueError("a size is a number of bytes or a string like '10 MB'")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    if isinstance(value, str) and (found := SIZE.fullmatch(value)):
-        unit = SIZE_UNITS.get(found.group(2).lower())
-        if unit is not None:
-            return int(float(found.group(1)) * unit)
-    raise ValueError("a size is a number of bytes or a string like '10 MB' or '500 KiB'")
 
 
 def _regex(

@@ -103,7 +103,8 @@ class FhirTarget(HttpTarget):
         }
         auth = {key: value for key, value in given.items() if value}
         self._base = base_url.rstrip("/")
-        self._binary_above = parse_size(binary_above or "") or DEFAULT_BINARY_ABOVE
+        given_size = parse_size(binary_above) if binary_above else None
+        self._binary_above = DEFAULT_BINARY_ABOVE if given_size is None else given_size
         self._system = identifier_system or DEFAULT_IDENTIFIER_SYSTEM
         self._auth = FhirAuth(self._session, auth, name=name, timeout_seconds=self.timeout_seconds)
         self._session.headers["Accept"] = FHIR_JSON

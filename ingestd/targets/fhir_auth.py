@@ -8,15 +8,14 @@ the token and earns one resend; a 401 for the replacement means the credentials 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import requests
 
+from ingestd import sizes
 from ingestd.targets.oauth2 import TOKEN_AUTH_MODES, TokenSource
 from ingestd.targets.smart import KeyProblem, assertion_maker
 
-_MiB = 1024 * 1024
 AUTH_FORMS = (
     "bearer_token; token_url + client_id + client_secret; "
     "or token_url + client_id + private_key + key_id"
@@ -57,20 +56,21 @@ def auth_problems(options: Mapping[str, str]) -> dict[str, str]:
     return problems
 
 
-_SIZE = re.compile(r"\s*([0-9]+)\s*(B|KB|KiB|MB|_MiB)?\s*")
-_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "_MiB": _MiB}
 AUTH_OPTIONS = ("bearer_token", "token_url", "client_id", "client_secret", "private_key")
 
 
 def parse_size(text: str) -> int | None:
-    match = _SIZE.fullmatch(text)
-    return None if match is None else int(match.group(1)) * _UNITS[match.group(2)]
+    """`binary_above` in bytes (the same forms as `max_bytes`: `3 MiB`, `1.5 MB`, `3145728`)."""
+    try:
+        return sizes.parse_size(text)
+    except ValueError:
+        return None
 
 
 def validate_options(options: Mapping[str, str]) -> dict[str, str]:
     problems = auth_problems(options)
     if "binary_above" in options and parse_size(options["binary_above"]) is None:
-        problems["binary_above"] = "binary_above must be a size in bytes, e.g. 3 _MiB or 3145728"
+        problems["binary_above"] = "binary_above must be a size in bytes, e.g. 3 MiB or 3145728"
     system = options.get("identifier_system")
     if system is not None and (":" not in system or any(c in system for c in " |")):
         problems["identifier_system"] = "identifier_system must be a URI without spaces or '|'"

@@ -461,6 +461,14 @@ def test_auth_and_options_are_checked(options: dict[str, str], problem: str) -> 
     assert problem in " ".join(found.values())
 
 
+@pytest.mark.parametrize("size", ["3 MiB", "3 mib", "1.5 MB", "3145728", "0"])
+def test_binary_above_takes_the_sizes_max_bytes_takes(size: str) -> None:
+    found = FhirTarget.validate_options(
+        {"base_url": "https://fhir", "bearer_token": "x", "binary_above": size}
+    )
+    assert "binary_above" not in found
+
+
 # --- verify -------------------------------------------------------------------------------------
 
 
