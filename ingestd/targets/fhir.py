@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -32,16 +33,18 @@ from ingestd.targets.fhir_document import (
 )
 from ingestd.targets.fhir_lookup import (
     candidates_in,
+    carries_identifier,
     content_digest,
     documents_in,
     next_link,
+    readable_here,
     same_origin,
     same_reference,
     subject_of,
 )
 from ingestd.targets.fhir_patients import PatientResolver, validate_patient_id
 from ingestd.targets.http import DEFAULTS, HttpTarget
-from ingestd.targets.lookup import check_order
+from ingestd.targets.lookup import CLOCK_SLACK_SECONDS, check_order
 from ingestd.targets.settings import CommonSettings
 
 MiB = 1024 * 1024
@@ -147,15 +150,27 @@ class FhirTarget(HttpTarget):
                 raise
             by_identifier = []  # no search by identifier here: the content decides
         for resource in by_identifier:
-            if same_reference(subject_of(resource), meta.subject, self._base):
+            # A server that does not know the `identifier` parameter may ignore it and list
+            # every document: only one carrying our identifier is ours.
+            if carries_identifier(resource, meta.identifier_system, meta.identifier) and (
+                same_reference(subject_of(resource), meta.subject, self._base)
+            ):
                 return str(resource.get("id"))
         if self.capabilities().conditional_create:
             return None  # a resend is conditional: the server answers with what it holds
         subject = quote(meta.subject, safe="/")
-        listed = self._search(f"DocumentReference?subject={subject}&_count=50", what, redact)
+        window = ""
+        if upload.not_before is not None:
+            since = datetime.fromtimestamp(upload.not_before - CLOCK_SLACK_SECONDS, UTC)
+            window = f"&_lastUpdated=ge{since.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        listed = self._search(
+            f"DocumentReference?subject={subject}&_count=50{window}", what, redact
+        )
         sha1 = attachment_sha1(upload)
         by_id = {str(r.get("id")): r for r in listed}
-        for doc_id in check_order(candidates_in(listed, upload, sha1)):
+        # Our uploads are inline or on our own server: one elsewhere is another system's.
+        readable = [r for r in listed if readable_here(r, self._base)]
+        for doc_id in check_order(candidates_in(readable, upload, sha1)):
             digest = self._digest(by_id[doc_id], what, [*redact, doc_id], limit=upload.size)
             if digest == (upload.size, upload.sha256):
                 return doc_id
@@ -187,9 +202,11 @@ class FhirTarget(HttpTarget):
                 return self._capabilities
         what = f"{self.name} capability statement"
         response = self._get(f"{self._base}/metadata", what)
-        if response.status_code >= 500 or response.status_code in (401, 408, 425, 429):
+        status = response.status_code
+        if status >= 500 or status in (401, 408, 425, 429) or 300 <= status < 400:
             raise_for_outcome(response, what)
-        found = capabilities_in(response.json() if response.ok else None)
+        statement = json_object(response, what) if 200 <= status < 300 else None
+        found = capabilities_in(statement)
         with self._lock:
             self._capabilities = found
         return found
@@ -302,14 +319,20 @@ class FhirTarget(HttpTarget):
         url: str | None = f"{self._base}/{query}"
         found: list[dict[str, Any]] = []
         for _ in range(MAX_PAGES):
-            if url is None or not same_origin(url, self._base):
+            if url is None:
+                return found
+            if not same_origin(url, self._base):
                 break
             response = self._get(url, what)
             raise_for_outcome(response, what, redact)
             bundle = json_object(response, what)
             found.extend(documents_in(bundle))
             url = next_link(bundle)
-        return found
+        # Part of a listing cannot prove a document absent: sending again could make a copy.
+        raise TransientError(
+            f"{what}: the server's listing goes on past {MAX_PAGES} pages or on another "
+            "server (check its base address setting); nothing is sent until it can be read whole"
+        )
 
     def _digest(
         self, resource: dict[str, Any], what: str, redact: list[str], limit: int | None = None

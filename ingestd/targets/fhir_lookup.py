@@ -90,6 +90,25 @@ def candidates_in(resources: list[dict[str, Any]], upload: Upload, sha1: str) ->
     return found
 
 
+def carries_identifier(resource: dict[str, Any], system: str, value: str) -> bool:
+    """Whether the resource lists the identifier `system|value`."""
+    listed = resource.get("identifier")
+    return any(
+        isinstance(found, dict) and found.get("system") == system and found.get("value") == value
+        for found in (listed if isinstance(listed, list) else [])
+    )
+
+
+def readable_here(resource: dict[str, Any], base_url: str) -> bool:
+    """Whether the attachment's bytes are inline or on our own server (where our credentials
+    may go); a document whose bytes are elsewhere was not stored by us."""
+    attachment = attachment_of(resource)
+    if isinstance(attachment.get("data"), str):
+        return True
+    url = attachment.get("url")
+    return isinstance(url, str) and same_origin(urljoin(base_url.rstrip("/") + "/", url), base_url)
+
+
 def same_origin(url: str, base_url: str) -> bool:
     return urlsplit(url)[:2] == urlsplit(base_url)[:2]
 

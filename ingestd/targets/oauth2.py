@@ -131,7 +131,8 @@ class TokenSource:
 
     def accepted(self, value: str) -> None:
         """The API took `value`: a later 401 is again one refusal, not a second."""
-        if self._refused and self._token is not None and self._token.value == value:
+        token = self._token  # read once: `refused` may clear it from another thread
+        if self._refused and token is not None and token.value == value:
             with self._lock:
                 self._refused = False
                 self._condemned.clear()
@@ -209,9 +210,11 @@ class TokenSource:
         except TransientError as exc:
             raise TransientError(exc.message, exc.http_status, sent=False) from None
         status = response.status_code
+        # A server may quote what it was sent in its error: never into a receipt or a log.
+        secrets = [self._client_id, self._client_secret, form.get("client_assertion", "")]
         if status in RETRY_STATUSES or status >= 500:
             raise TransientError(
-                describe(response, f"{what}: the token endpoint is busy or failing"),
+                describe(response, f"{what}: the token endpoint is busy or failing", secrets),
                 status,
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
                 sent=False,
@@ -227,6 +230,7 @@ class TokenSource:
                         else "client_secret"
                     )
                     + ", token_url and token_auth",
+                    secrets,
                 ),
                 status,
             )

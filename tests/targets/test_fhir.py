@@ -519,3 +519,53 @@ def test_a_server_refusing_the_identifier_search_still_gets_a_look_up(
     stored = target.send(upload(key="claim-a"))
     sb.add_fault(Fault(api="fhir", route="list", status=400))  # no search by identifier
     assert target.find(upload(key="claim-a")) == stored  # found by its content instead
+
+
+def test_a_server_ignoring_the_identifier_parameter_does_not_make_another_document_ours(
+    sb: Sandbox,
+    target_for: TargetFactory,
+    upload: Callable[..., Upload],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Servers ignore search parameters they do not know: the answer to `identifier=` may then
+    be every document of the patient. Only one carrying our identifier is ours."""
+    target = fhir(sb, target_for)
+    target.send(upload(pdf_bytes(900, seed=1), key="claim-a", patient_id=PNR))
+    search = target._search
+
+    def ignoring_identifier(query: str, what: str, redact: list[str]) -> list[dict[str, Any]]:
+        if "identifier=" in query:
+            subject = target._patients.reference(PNR)
+            query = f"DocumentReference?subject={subject}&_count=50"
+        return search(query, what, redact)
+
+    monkeypatch.setattr(target, "_search", ignoring_identifier)
+    assert target.find(upload(pdf_bytes(900, seed=2), key="claim-b", patient_id=PNR)) is None
+
+
+def test_a_listing_that_cannot_be_read_whole_proves_nothing_absent(
+    sandbox_factory: Callable[..., Sandbox],
+    target_for: TargetFactory,
+    upload: Callable[..., Upload],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `next` page on another server (a proxy's address) cannot be followed with our
+    credentials: the look-up says it cannot tell, rather than "not there" (a second copy)."""
+    sb = sandbox_factory(fhir_conditional_create=False)
+    target = fhir(sb, target_for)
+    target.send(upload(pdf_bytes(900, seed=1), key="claim-a"))
+    monkeypatch.setattr(
+        "ingestd.targets.fhir.next_link", lambda bundle: "https://elsewhere.example/fhir?page=2"
+    )
+    with pytest.raises(TransientError, match="read whole"):
+        target.find(upload(pdf_bytes(900, seed=2), key="claim-b"))
+
+
+def test_a_capability_statement_behind_a_redirect_is_a_misconfiguration(
+    sb: Sandbox, target_for: TargetFactory, fhir_exchanges: Exchanges
+) -> None:
+    """Read as "no capabilities" before: the target then skipped conditional creates."""
+    sb.add_fault(Fault(api="fhir", route="metadata", status=302))
+    with pytest.raises(AuthError, match="redirect"):
+        fhir(sb, target_for).capabilities()
+    fhir_exchanges.responses.clear()  # the injected redirect's body is a proxy's, not FHIR

@@ -7,8 +7,10 @@ import itertools
 import json
 from typing import Any
 
+import pytest
 import requests
 
+from ingestd.targets.base import TargetError
 from ingestd.targets.oauth2 import TokenSource
 
 
@@ -59,3 +61,36 @@ def test_an_accepted_token_forgets_what_was_condemned() -> None:
     good, _ = tokens.get()
     tokens.accepted(good)
     assert tokens.refused(good) is False  # a 401 after an accepted token is a first one again
+
+
+class _Echoing:
+    """A token endpoint that quotes the credentials it was sent in its error."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def post(self, url: str, data: dict[str, str], **_: Any) -> requests.Response:
+        response = requests.Response()
+        response.status_code = self.status
+        response.url = url
+        response.headers["Content-Type"] = "application/json"
+        quoted = f"client {data.get('client_id')} with secret {data.get('client_secret')} refused"
+        response._content = json.dumps(
+            {"error": "invalid_client", "error_description": quoted}
+        ).encode()
+        return response
+
+
+@pytest.mark.parametrize("status", [400, 503])
+def test_a_token_error_quoting_the_credentials_never_repeats_them(status: int) -> None:
+    source = TokenSource(
+        _Echoing(status),  # type: ignore[arg-type]
+        token_url="https://auth.example.test/token",
+        client_id="clinic-client-7",
+        client_secret="s3cret-Value-9",
+        client_auth="body",
+    )
+    with pytest.raises(TargetError) as raised:
+        source.get()
+    assert "s3cret-Value-9" not in raised.value.message
+    assert "clinic-client-7" not in raised.value.message
