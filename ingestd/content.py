@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import lzma
 import os
 import re
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,7 +218,19 @@ def _is_docx(fd: int) -> bool:
             if info.file_size > CONTENT_TYPES_MAX:
                 return False
             types = archive.read(info)
-    except (KeyError, zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError):
+    # Untrusted input: a damaged member raises the decompressor's own error (zlib, lzma) and an
+    # unknown compression method NotImplementedError; each only means "not a Word document".
+    except (
+        KeyError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        EOFError,
+        RuntimeError,
+        NotImplementedError,
+        zlib.error,
+        lzma.LZMAError,
+    ):
         return False
     return _declares_word_document(types)
 

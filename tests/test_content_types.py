@@ -203,6 +203,15 @@ def test_a_truncated_zip_is_not_docx(tmp_path: Path) -> None:
     assert _detect(tmp_path, data[: len(data) // 2]) != content.DOCX
 
 
+def test_a_word_document_with_damaged_compressed_data_is_not_docx(tmp_path: Path) -> None:
+    """Its [Content_Types].xml inflates to garbage: zlib's own error, not a crash of the daemon
+    (every look at the file would have raised it again)."""
+    data = bytearray(_ooxml("word/document.xml", WORD_MAIN, "[Content_Types].xml"))
+    start = data.index(b"[Content_Types].xml") + len(b"[Content_Types].xml")
+    data[start : start + 40] = bytes(range(200, 240))  # the member's deflate stream
+    assert _detect(tmp_path, bytes(data)) != content.DOCX
+
+
 # --- JPEG -----------------------------------------------------------------------------------
 
 
