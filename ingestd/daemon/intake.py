@@ -27,7 +27,7 @@ from ingestd.inbox.owners import Owners
 from ingestd.inbox.scan import INBOX_ROOT, scan
 from ingestd.inbox.settle import Ready, Settler
 from ingestd.inbox.watch import Hints
-from ingestd.journal import JournalLike, Row
+from ingestd.journal import ClaimLost, JournalLike, Row
 from ingestd.names import is_ignored_path
 from ingestd.observe.logs import Masker, event
 
@@ -162,7 +162,8 @@ class Intake:
         """Look at the files whose settle time is up; the ready ones join the queue. In a fleet,
         a file another instance owns is left to it for a while (inbox/owners.py)."""
         for rel in list(self.settler.due_paths()):
-            wait = self.owners.wait(rel, self.settler.age(rel))
+            settle = self._config().watch.settle_for(rel)
+            wait = self.owners.wait(rel, self.settler.age(rel), settle)
             if wait > 0:
                 self.settler.postpone(rel, wait)
                 continue
@@ -188,13 +189,16 @@ class Intake:
                 self.settler.notice(ready.rel)
                 continue
             if ready.empty_expired:
-                claimed = self.journal.change(
-                    claimed,
-                    size=0,
-                    sha256=EMPTY_SHA256,  # its content is known: no bytes
-                    state="rejected",
-                    error=dict(EMPTY_ERROR),
-                )
+                try:
+                    claimed = self.journal.change(
+                        claimed,
+                        size=0,
+                        sha256=EMPTY_SHA256,  # its content is known: no bytes
+                        state="rejected",
+                        error=dict(EMPTY_ERROR),
+                    )
+                except ClaimLost:
+                    continue  # taken over meanwhile: the survivor finishes it
             yield claimed
 
     def _ignores(self, ready: Ready) -> bool:

@@ -30,7 +30,7 @@ from ingestd.delivery.fleet import Fleet
 from ingestd.delivery.pipeline import Pipeline
 from ingestd.filing.places import make_folders
 from ingestd.inbox.claims import Claimer, instance_id
-from ingestd.journal import ACTIVE_STATES, Row, open_journal
+from ingestd.journal import ACTIVE_STATES, JournalUnavailable, Row, open_journal
 from ingestd.observe import notify
 from ingestd.observe.logs import event, load_masker
 from ingestd.observe.metrics import DaemonState, Metrics, MetricsServer, start_server
@@ -313,9 +313,13 @@ class Daemon:
         if self._status_page is not None:
             self._status_page.stop()
         self.workers.finish(SHUTDOWN_GRACE_SECONDS, self._collect, say=not self.once)
-        # Files parked at shutdown are journal rows in an active state: counted there, once.
-        counts = self.journal.counts()
-        self.summary.waiting = sum(counts.get(state, 0) for state in ACTIVE_STATES)
+        # Files parked at shutdown are this instance's active rows (in a fleet, not the
+        # others'), counted once; in an outage of the shared journal, the fleet's last counts.
+        try:
+            self.summary.waiting = len(self.journal.held(wait=False))
+        except JournalUnavailable:
+            counts = self.journal.counts()
+            self.summary.waiting = sum(counts.get(state, 0) for state in ACTIVE_STATES)
         self.journal.leave()
         event(
             log,

@@ -34,7 +34,14 @@ from ingestd.clock import utc_iso
 from ingestd.content import Snapshot
 from ingestd.filing.moves import move_no_replace
 from ingestd.inbox.settle import Ready
-from ingestd.journal import AlreadyClaimed, JournalLike, JournalUnavailable, Row
+from ingestd.journal import (
+    AlreadyClaimed,
+    ClaimLost,
+    JournalLike,
+    JournalRefused,
+    JournalUnavailable,
+    Row,
+)
 from ingestd.observe.logs import Masker, event
 from ingestd.observe.statefiles import read_or_create
 from ingestd.unreachable import errno_name, is_unavailable
@@ -174,6 +181,11 @@ class Claimer:
             # Another instance of the fleet claims it; or the shared journal is down, and
             # nothing new is claimed until it answers. Either way the file stays in the inbox.
             return None
+        except JournalRefused as exc:
+            # The database takes no row for this file (a path longer than its index takes):
+            # it stays in the inbox, said once, and the claims of other files go on.
+            self._say_unclaimable(ready.rel, exc.args[0], "JOURNAL_REFUSED")
+            return None
         work_path = self.inbox / work
         try:
             # No mkdir here: on a share that went away, claiming must fail rather than build
@@ -206,7 +218,10 @@ class Claimer:
             fixes["format"] = None
         if st is not None and st.st_uid != row.owner_uid:  # not a regular file, or chowned
             fixes["owner_uid"] = st.st_uid
-        return self.journal.change(row, **fixes) if fixes else row
+        try:
+            return self.journal.change(row, **fixes) if fixes else row
+        except ClaimLost:
+            return None  # taken over meanwhile (this instance stalled past its lease): theirs
 
     def _not_claimed(self, ready: Ready, exc: OSError) -> None:
         """Log why a file was not claimed, once per file and reason, unless another instance
@@ -222,6 +237,12 @@ class Claimer:
             if self._held_elsewhere(ready):
                 return
             level, reason = logging.WARNING, "the file disappeared while being claimed"
+        self._say_unclaimable(rel, reason, errno_name(exc), level)
+
+    def _say_unclaimable(
+        self, rel: PurePosixPath, reason: str, code: str, level: int = logging.ERROR
+    ) -> None:
+        """Log once per file and reason why it cannot be claimed now."""
         if self._unclaimable.get(rel) == reason:
             return
         if len(self._unclaimable) > 10_000:
@@ -233,7 +254,7 @@ class Claimer:
             "claim_failed",
             file=self.masker.path(rel),
             reason=reason,
-            errno=errno_name(exc),
+            errno=code,
             action="the file waits in the inbox and is tried again",
         )
 

@@ -5,9 +5,9 @@ On a shared journal every instance sees every file land. Without a rule each wou
 would lose: N processes on one inbox would do N times the work before any upload. Rendezvous
 hashing over the live instances names one owner per path, the same in every instance without a
 word exchanged; the others leave the file to it. If the owner has not taken it after
-`BACKSTOP_SECONDS` (a stuck or overloaded host, or one that died and is not yet known to be),
-anyone may, and the claim row in the database still lets only one win: the preference saves
-work, it never decides correctness.
+`BACKSTOP_SECONDS` beyond its settle time (a stuck or overloaded host, or one that died and is
+not yet known to be), anyone may, and the claim row in the database still lets only one win:
+the preference saves work, it never decides correctness.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ class Owners:
             return self.me
         return max(self.members, key=lambda instance: _score(instance, rel))
 
-    def wait(self, rel: PurePosixPath, age: float) -> float:
-        """Seconds to leave `rel` (seen `age` seconds ago) to its owner; 0: look at it now."""
-        if age >= BACKSTOP_SECONDS or self.owner(rel) == self.me:
+    def wait(self, rel: PurePosixPath, age: float, settle: float = 0.0) -> float:
+        """Seconds to leave `rel` (seen `age` seconds ago, settling for `settle`) to its owner;
+        0: look at it now. The owner gets its settle time on top of the backstop."""
+        backstop = BACKSTOP_SECONDS + settle
+        if age >= backstop or self.owner(rel) == self.me:
             return 0.0
-        return min(BACKSTOP_SECONDS - age, RECHECK_SECONDS)
+        return min(backstop - age, RECHECK_SECONDS)

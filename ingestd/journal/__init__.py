@@ -20,7 +20,7 @@ restart finds them again. Paths are stored as bytes so odd names survive byte fo
 
 from ingestd.journal.interface import AlreadyClaimed, ClaimLost, JournalLike, JournalUnavailable
 from ingestd.journal.opening import open_journal, probe
-from ingestd.journal.pglink import JournalUnreachable, SharedJournal
+from ingestd.journal.pglink import JournalRefused, JournalUnreachable, SharedJournal
 from ingestd.journal.rows import ACTIVE_STATES, FINAL_STATES, Row
 from ingestd.journal.schema import JournalError
 from ingestd.journal.store import Journal
@@ -33,6 +33,7 @@ __all__ = [
     "Journal",
     "JournalError",
     "JournalLike",
+    "JournalRefused",
     "JournalUnavailable",
     "JournalUnreachable",
     "Row",

@@ -35,6 +35,8 @@ _DEFAULTS = {
     "keepalives_idle": "10",
     "keepalives_interval": "3",
     "keepalives_count": "3",
+    # Keepalives are not sent while a request waits for its acknowledgement: this bounds that.
+    "tcp_user_timeout": "15000",
     "application_name": "ingestd",
 }
 
@@ -43,11 +45,25 @@ _DEFAULTS = {
 # pg_hba.conf): the config is wrong. Anything else (refused, timed out, starting up) is a server
 # not reachable yet, which a restart of the service a few seconds later may find.
 _REFUSALS = ("authentication", "password", "pg_hba.conf", "does not exist", "invalid",
-             "permission denied", "certificate", "ssl", "role")  # fmt: skip
+             "permission denied", "certificate", "role")  # fmt: skip
+# Not "ssl": "SSL SYSCALL error: EOF detected" is a connection cut short, which a retry may fix.
 
 
 class JournalUnreachable(JournalError):
     """The shared journal's server cannot be reached at start-up (try again later)."""
+
+
+class JournalRefused(JournalError):
+    """The database answered and refused one statement (say, a value longer than an index
+    takes): not an outage, so nothing waits for it and the connection is kept."""
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether a psycopg OperationalError means the connection or server went away (libpq's
+    own errors have no SQLSTATE; 08: connection exceptions; 57P01-03: shut down or starting;
+    57014: a statement cancelled, tried again) rather than a refused statement."""
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03", "57014")
 
 
 @dataclass(frozen=True)
@@ -176,8 +192,7 @@ class Link:
                 cursor = self._connect(slot).execute(sql, params)
                 found = cursor.fetchall() if cursor.description else []
             except self._lost as exc:
-                self._went_down(slot, exc)
-                raise JournalUnavailable(self.where) from None
+                self._lost_or_refused(slot, exc)
         self._came_back()
         return found, cursor.rowcount
 
@@ -190,9 +205,19 @@ class Link:
                 with conn.transaction():
                     yield conn
             except self._lost as exc:
-                self._went_down(slot, exc)
-                raise JournalUnavailable(self.where) from None
+                self._lost_or_refused(slot, exc)
         self._came_back()
+
+    def _lost_or_refused(self, slot: _Slot, exc: BaseException) -> None:
+        """Raise JournalUnavailable for a lost connection (and note the outage), else
+        JournalRefused naming only the SQLSTATE (the server's text may quote the values)."""
+        if connection_lost(exc):
+            self._went_down(slot, exc)
+            raise JournalUnavailable(self.where) from None
+        state = getattr(exc, "sqlstate", None)
+        raise JournalRefused(
+            f"journal {self.where} refused a statement (SQLSTATE {state}, {type(exc).__name__})"
+        ) from None
 
     def _went_down(self, slot: _Slot, exc: BaseException) -> None:
         if slot.conn is not None:

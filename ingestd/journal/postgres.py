@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import time
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -20,9 +21,9 @@ from typing import Any
 
 from ingestd.journal.fleet import Roster
 from ingestd.journal.interface import AlreadyClaimed, ClaimLost, JournalUnavailable
-from ingestd.journal.pglink import Link, SharedJournal
+from ingestd.journal.pglink import JournalUnreachable, Link, SharedJournal
 from ingestd.journal.rows import ACTIVE_STATES, COLUMNS, Row, new_row, row_from_db, to_db
-from ingestd.journal.schema import PG_FIRST_VERSION, PG_MIGRATIONS, PG_SCHEMA, JournalError, migrate
+from ingestd.journal.schema import PG_FIRST_VERSION, PG_MIGRATIONS, PG_SCHEMA, migrate
 
 _SELECTED = (*COLUMNS, "holder")
 _ACTIVE = list(ACTIVE_STATES)
@@ -43,7 +44,8 @@ class PostgresJournal(Roster):
                 self.heartbeat(wait=True)
         except JournalUnavailable as exc:
             self.link.close()
-            raise JournalError(
+            # A connection lost while opening: a server restarting, worth a try later (exit 1).
+            raise JournalUnreachable(
                 f"cannot open journal {exc}: the database stopped answering"
             ) from None
         except Exception:
@@ -87,14 +89,23 @@ class PostgresJournal(Roster):
         columns.update(values)
         names = [*columns, "updated_at", "holder", "identity"]
         params = [to_db(n, columns[n]) for n in columns] + [time.time(), self.instance, identity]
-        found, _ = self.link.run(
-            f"INSERT INTO files ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "  # noqa: S608
-            "ON CONFLICT DO NOTHING RETURNING id",
-            params,
-            wait=False,
+        # The claim re-registers this instance in the same statement: an instance taken for
+        # dead (cut off past its lease) and back must not claim rows nobody is known to hold,
+        # which a survivor's take_over would take while this one sends them.
+        register = (
+            "WITH alive AS (INSERT INTO instances (id, host, pid) VALUES (%s, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET seen_at = now()) "
         )
+        insert = (
+            f"INSERT INTO files ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "  # noqa: S608
+            "ON CONFLICT DO NOTHING RETURNING id"
+        )
+        if self.instance is not None:
+            insert = register + insert
+            params = [self.instance, socket.gethostname(), os.getpid(), *params]
+        found, _ = self.link.run(insert, params, wait=False)
         if not found:
-            raise AlreadyClaimed(str(source))
+            raise AlreadyClaimed  # no path in the message: it would be a patient's
         return new_row(int(found[0][0]), {**columns, "holder": self.instance})
 
     def update(self, row_id: int, **values: Any) -> None:
@@ -118,12 +129,17 @@ class PostgresJournal(Roster):
         return dataclasses.replace(row, **values)
 
     def make_due(self) -> None:
+        """Every held row due now. Skipped in an outage (the rows stay due when they were):
+        a reload or a target coming back must not hold the loop until the database returns."""
         mine, held = self._mine()
-        self.link.run(
-            f"UPDATE files SET next_attempt_at = 0 WHERE state = ANY(%s) {mine}",  # noqa: S608
-            (_ACTIVE, *held),
-            wait=True,
-        )
+        try:
+            self.link.run(
+                f"UPDATE files SET next_attempt_at = 0 WHERE state = ANY(%s) {mine}",  # noqa: S608
+                (_ACTIVE, *held),
+                wait=False,
+            )
+        except JournalUnavailable:
+            return
 
     def delete(self, row_id: int) -> None:
         mine, held = self._mine()
@@ -194,10 +210,10 @@ class PostgresJournal(Roster):
             wait=False,
         )
 
-    def held(self) -> list[Row]:
-        """The active rows this instance holds."""
+    def held(self, wait: bool = True) -> list[Row]:
+        """The active rows this instance holds (`wait`: through an outage)."""
         mine, held = self._mine()
-        return self._select(f"state = ANY(%s) {mine} ORDER BY id", (_ACTIVE, *held))
+        return self._select(f"state = ANY(%s) {mine} ORDER BY id", (_ACTIVE, *held), wait=wait)
 
     def due(self, now: float, exclude: set[int]) -> list[Row]:
         """This instance's due rows; none while the database is down (the loop goes on)."""

@@ -183,7 +183,7 @@ class Journal:
         marks = ", ".join("?" * len(ACTIVE_STATES))
         return self._select(f"state IN ({marks}) ORDER BY id", ACTIVE_STATES)
 
-    def held(self) -> list[Row]:
+    def held(self, wait: bool = True) -> list[Row]:
         """The active rows this instance holds: all of them, in a journal of its own."""
         return self.active()
 

@@ -34,6 +34,9 @@ def test_others_wait_only_until_the_backstop() -> None:
     assert 0.0 < other.wait(rel, age=0.0) <= 5.0  # looked at again soon: the fleet may change
     assert other.wait(rel, age=BACKSTOP_SECONDS - 1) == 1.0
     assert other.wait(rel, age=BACKSTOP_SECONDS) == 0.0  # a stuck owner: anyone may
+    # A long settle time is the owner's, on top of the backstop.
+    assert other.wait(rel, age=BACKSTOP_SECONDS, settle=60.0) > 0.0
+    assert other.wait(rel, age=BACKSTOP_SECONDS + 60.0, settle=60.0) == 0.0
 
 
 def test_alone_or_when_the_fleet_is_unknown_every_file_is_mine() -> None:

@@ -4,6 +4,7 @@ taken-over row refused to its old holder, outages waited out, and clear errors a
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from pathlib import PurePosixPath
@@ -14,6 +15,7 @@ from ingestd.journal import (
     AlreadyClaimed,
     ClaimLost,
     JournalError,
+    JournalRefused,
     JournalUnavailable,
     JournalUnreachable,
     SharedJournal,
@@ -208,3 +210,33 @@ def test_the_live_instances_are_those_within_the_lease_by_the_databases_clock(
         assert a.live_instances(600) == ()  # an outage: each looks at every file, as alone
     finally:
         postgres.start()
+
+
+def test_a_path_the_database_cannot_index_is_refused_not_taken_for_an_outage(
+    postgres: Postgres, pg_db: str
+) -> None:
+    """PostgreSQL's btree takes index rows up to ~2.7 KB; SQLite has no such limit. Such a file
+    is refused on its own: no outage logged, no reconnecting, other claims go on."""
+    journal = _long_connected(_journal(postgres.url(pg_db), "a"))
+    parts = [secrets.token_hex(100) for _ in range(40)]  # random: compression cannot save it
+    with pytest.raises(JournalRefused) as refused:
+        _claim(journal, "/".join([*parts, "scan.pdf"]))
+    assert parts[0][:20] not in str(refused.value)  # the server's text may quote it: not ours
+    assert journal.link.up_for() > 3000  # not counted as the database going away
+    _claim(journal, "p/ordinary")
+
+
+def test_a_claim_re_registers_an_instance_that_was_taken_for_dead(
+    postgres: Postgres, pg_db: str
+) -> None:
+    """Cut off past its lease, `a` is taken over and unregistered by `b`; back, its next claim
+    must not be a row of nobody's, which `b` would take while `a` sends it."""
+    url = postgres.url(pg_db)
+    a, b = _journal(url, "a"), _long_connected(_journal(url, "b"))
+    _claim(a, "p/old")
+    _make_dead(postgres, pg_db, "a")
+    assert [row.source for row in b.take_over(600)] == [PurePosixPath("p/old")]
+    assert "a" not in b.live_instances(600)
+    _claim(a, "p/new")  # back: it claims before its next heartbeat
+    assert b.take_over(600) == []
+    assert [row.source for row in a.held()] == [PurePosixPath("p/new")]
