@@ -46,7 +46,7 @@ from ingestd.observe.metrics import Metrics
 from ingestd.rules.conversion import PDF, converts, pdf_name
 from ingestd.rules.matching import Decision
 from ingestd.targets.base import Target, Upload
-from ingestd.unreachable import is_unavailable
+from ingestd.unreachable import errno_name, is_unavailable
 
 log = logging.getLogger("ingestd.pipeline")
 
@@ -89,6 +89,7 @@ class Pipeline:
             masker=masker,
         )
         self.stager = Stager(lambda: config().paths.state.parent, journal, masker, metrics)
+        self._unreadable: set[int] = set()  # rows whose unanswered read was logged once
         self.stager.sweep()
 
     def process(self, row: Row, resumed: bool = False) -> Outcome:
@@ -116,7 +117,18 @@ class Pipeline:
         except OSError as exc:
             if not is_unavailable(exc):
                 raise
-            # The inbox's share stopped answering: the daemon pauses it; this file waits.
+            # The inbox's share stopped answering (the daemon pauses it when the folder does),
+            # or this one file does not (a bad block): it waits, and says so once.
+            if row.id not in self._unreadable and len(self._unreadable) < 10_000:
+                self._unreadable.add(row.id)
+                event(
+                    log,
+                    logging.WARNING,
+                    "claimed_file_unreadable",
+                    file=self.masker.path(row.source),
+                    errno=errno_name(exc),
+                    action="it waits in the work folder and is tried again every few seconds",
+                )
             return self._defer(row, time.time() + RETRY_SOON_SECONDS)
         try:
             step = self._process_open(row, read, resumed)

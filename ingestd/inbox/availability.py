@@ -3,7 +3,6 @@ retried with a backoff, resumed when they answer."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from pathlib import PurePosixPath
 
 from ingestd.inbox.scan import INBOX_ROOT
 from ingestd.observe.logs import event
+from ingestd.unreachable import errno_name
 
 log = logging.getLogger("ingestd.watcher")
 
@@ -52,7 +52,7 @@ class Availability:
     def failed(self, rel: PurePosixPath, exc: OSError | None, reason: str = "") -> None:
         """`rel` did not answer: pause it (one ERROR line when this starts an outage)."""
         reason = reason or (exc.strerror if exc is not None and exc.strerror else "") or "error"
-        name = _errno_name(exc)
+        name = errno_name(exc) if exc is not None and exc.errno is not None else ""
         outage = self._down.get(rel)
         now = self.clock()
         if outage is None:
@@ -96,9 +96,3 @@ class Availability:
 
     def next_due(self) -> float | None:
         return min((outage.retry_at for outage in self._down.values()), default=None)
-
-
-def _errno_name(exc: OSError | None) -> str:
-    if exc is None or exc.errno is None:
-        return ""
-    return errno.errorcode.get(exc.errno, str(exc.errno))

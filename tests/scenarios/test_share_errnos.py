@@ -326,13 +326,13 @@ def _failed_folder(tree: Tree) -> list[str]:
     return sorted(p.name for p in (tree.failed / "p_1").iterdir())
 
 
-@pytest.mark.parametrize("hard_links", [False, True], ids=["copy", "link"])
+@pytest.mark.parametrize("no_hard_links", [False, True], ids=["link", "copy"])
 @pytest.mark.parametrize("code", [*SHARE_ERRNOS, errno.EBUSY], ids=[*IDS, "EBUSY"])
 def test_filing_that_fails_after_the_copy_is_retried_without_a_second_copy(
     daemon: Daemon,
     tree: Tree,
     code: int,
-    hard_links: bool,
+    no_hard_links: bool,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -341,7 +341,7 @@ def test_filing_that_fails_after_the_copy_is_retried_without_a_second_copy(
     row = _filed_row(daemon, tree, "X.pdf")
     work = daemon.claimer.inbox / row.work
     monkeypatch.setattr(os, "unlink", _failing(os.unlink, work, code))
-    if hard_links:
+    if no_hard_links:
         monkeypatch.setattr(shares, "_renameat2", None)
         monkeypatch.setattr(os, "link", _failing(os.link, work, errno.EPERM))
     assert daemon.pipeline.finish(row).result == "deferred"
@@ -462,7 +462,11 @@ def _failing_fsync(fd: int) -> None:
 
 @pytest.mark.parametrize("code", SHARE_ERRNOS, ids=IDS)
 def test_a_claimed_file_on_a_share_that_does_not_answer_waits(
-    daemon: Daemon, tree: Tree, code: int, monkeypatch: pytest.MonkeyPatch
+    daemon: Daemon,
+    tree: Tree,
+    code: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Never a rejection ("unreadable") for what is the share's trouble, not the file's."""
     tree.drop("p_1/Z.pdf", pdf("Z"))
@@ -474,7 +478,11 @@ def test_a_claimed_file_on_a_share_that_does_not_answer_waits(
     work = daemon.claimer.inbox / row.work
     monkeypatch.setattr(os, "open", _failing(os.open, work, code))
     assert daemon.pipeline.process(row).result == "deferred"
+    assert daemon.pipeline.process(row).result == "deferred"
     monkeypatch.undo()
+    said = [r for r in caplog.records if "event=claimed_file_unreadable" in r.getMessage()]
+    assert len(said) == 1  # said once, not at every try
+    assert "Z.pdf" not in said[0].getMessage()
     assert (work.exists() and not tree.failed.exists()) or not list(tree.failed.rglob("*.pdf"))
 
 
