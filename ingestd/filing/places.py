@@ -3,8 +3,8 @@
 Names: `<stem> (1)<ext>`, `(2)`, … until both the file name and its receipt name are free; names
 whose receipt name would pass 255 bytes are shortened. Moves: a hard link then an unlink within
 one file system (link fails rather than overwrite; filing.moves.move_no_replace has the
-fallbacks for file systems without hard links); across file systems a copy to a hidden name, fsync, a move
-into place, then unlink of the source.
+fallbacks for file systems without hard links); across file systems a copy to a hidden name,
+fsync, a move into place, then unlink of the source.
 """
 
 from __future__ import annotations
