@@ -234,8 +234,15 @@ class FhirTarget(HttpTarget):
             with self._lock:
                 self._binaries[meta.identifier] = stored
         document = meta.with_url(*stored)
-        answer = self._post_fhir(f"{self._base}/DocumentReference", JsonBytes(document), what, meta)
-        doc_id = self._created(answer, meta, what)
+        try:
+            answer = self._post_fhir(
+                f"{self._base}/DocumentReference", JsonBytes(document), what, meta
+            )
+            doc_id = self._created(answer, meta, what)
+        except PermanentError:
+            with self._lock:  # refused for good: no later try will name this Binary
+                self._binaries.pop(meta.identifier, None)
+            raise
         with self._lock:
             self._binaries.pop(meta.identifier, None)
         return doc_id
