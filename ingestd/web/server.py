@@ -17,6 +17,7 @@ ones, else `other`), the status and the client address: never a query, a folder 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -89,6 +90,8 @@ class StatusPageServer:
 
 
 def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
+    retrying = threading.Lock()  # one Retry at a time
+
     class Handler(BaseHTTPRequestHandler):
         route = "other"
         _cookie_header = ""
@@ -179,13 +182,22 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
             if item is None or item.receipt is None:
                 self._html(404, "Not found", "That file is no longer among the failed files.")
                 return
-            try:
-                site.retry(item.receipt)
-            except (OSError, ValueError) as exc:
-                event(log, logging.ERROR, "status_page_retry_failed", reason=type(exc).__name__)
-                self._html(500, "Not put back", "The file could not be put back; see the log.")
-                return
-            site.views.forget()
+            with retrying:  # a double click: the second waits, then finds it put back
+                if os.path.lexists(item.receipt):
+                    try:
+                        site.retry(item.receipt)
+                    except (OSError, ValueError) as exc:
+                        if os.path.lexists(item.receipt):
+                            event(
+                                log, logging.ERROR, "status_page_retry_failed",
+                                reason=type(exc).__name__,
+                            )  # fmt: skip
+                            self._html(
+                                500, "Not put back", "The file could not be put back; see the log."
+                            )
+                            return
+                        # its receipt is gone: put back meanwhile (`ingestd retry`, say)
+                site.views.forget()
             self._send(303, b"", "text/plain", {"Location": "/"})
 
         def _form(self) -> dict[str, str] | None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -304,3 +306,43 @@ def test_repeated_wrong_passwords_lock_out_and_are_logged_without_the_name(
     assert "event=status_page_locked_out" in text
     assert "tried-name" not in text
     assert "guess" not in text
+
+
+def test_a_double_click_on_retry_puts_the_file_back_once_without_an_error(
+    page: Page, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ingestd")
+    receipt = fail_a_file(page.tree)
+    session = requests.Session()
+    html = session.get(page.url + "/", timeout=10).text
+    form = {"file": form_value(html, "file"), "csrf": form_value(html, "csrf")}
+    put_back = page.site.retry
+    calls: list[Path] = []
+
+    def first_one_slow(receipt: Path) -> None:
+        calls.append(receipt)
+        if len(calls) == 1:
+            time.sleep(0.5)  # the second click arrives while the first is under way
+        put_back(receipt)
+
+    page.site.retry = first_one_slow
+    start = threading.Barrier(2)
+    statuses: list[int] = []
+
+    def click() -> None:
+        start.wait()
+        answer = session.post(page.url + "/retry", data=form, timeout=10, allow_redirects=False)
+        statuses.append(answer.status_code)
+
+    clicks = [threading.Thread(target=click) for _ in range(2)]
+    for thread in clicks:
+        thread.start()
+    for thread in clicks:
+        thread.join(10)
+    assert statuses == [303, 303]
+    assert len(calls) == 1
+    assert (page.tree.inbox / FOLDER / NAME).read_bytes() == b"%PDF-1.4 refused\n"
+    assert [p.name for p in (page.tree.inbox / FOLDER).iterdir()] == [NAME]
+    assert not receipt.exists()
+    assert "ERROR" not in caplog.text
+    assert "status_page_retry_failed" not in caplog.text
