@@ -3,8 +3,11 @@ auth and lockout, CSRF on Retry, search by POST, and an access log without names
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -346,3 +349,56 @@ def test_a_double_click_on_retry_puts_the_file_back_once_without_an_error(
     assert not receipt.exists()
     assert "ERROR" not in caplog.text
     assert "status_page_retry_failed" not in caplog.text
+
+
+class BrokenViews:
+    def get(self, fresh: bool = False) -> None:
+        raise OSError(errno.EIO, "Input/output error", f"/srv/intake/failed/{FOLDER}")
+
+    def forget(self) -> None:
+        pass
+
+
+def test_an_unexpected_error_answers_500_and_logs_its_type_only(
+    page: Page, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.INFO, logger="ingestd")
+    page.site.views = BrokenViews()  # type: ignore[assignment]
+    answer = page.get()
+    assert answer.status_code == 500
+    assert FOLDER not in answer.text
+    assert "event=status_page_error reason=OSError" in caplog.text
+    assert FOLDER not in caplog.text
+    assert FOLDER not in capsys.readouterr().err
+
+
+def test_the_server_logs_an_uncaught_error_by_its_type_without_a_traceback(
+    page: Page, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.INFO, logger="ingestd")
+    server = StatusPageServer(("127.0.0.1", 0), page.site)
+    try:
+        try:
+            raise OSError(errno.EIO, "Input/output error", f"/srv/intake/failed/{FOLDER}")
+        except OSError:
+            server._server.handle_error(None, ("127.0.0.1", 40000))
+    finally:
+        server._server.server_close()
+    assert "event=status_page_error reason=OSError" in caplog.text
+    assert FOLDER not in caplog.text
+    err = capsys.readouterr().err
+    assert FOLDER not in err
+    assert "Traceback" not in err
+
+
+def test_a_fifo_in_failed_does_not_freeze_the_page(page: Page) -> None:
+    fail_a_file(page.tree)
+    fifo = page.tree.failed / FOLDER / "stuck.pdf.receipt.json"
+    os.mkfifo(fifo)
+    try:
+        answer = requests.get(page.url + "/", timeout=5)
+    finally:
+        with contextlib.suppress(OSError):  # unblock a reader stuck on it, if any
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert answer.status_code == 200
+    assert "1 failed" in answer.text
