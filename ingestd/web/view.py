@@ -184,7 +184,7 @@ class Gatherer:
                     when=_epoch(receipt.finished_at) or modified,
                     reason=str(error.get("message") or "no reason recorded"),
                     kind=error.get("kind"),
-                    http_status=error.get("http_status"),
+                    http_status=_http_status(error.get("http_status")),
                     key=hmac.new(self.key, os.fsencode(str(where)), hashlib.sha256).hexdigest(),
                     receipt=path,
                 )
@@ -215,6 +215,15 @@ def _receipts(root: Path, problems: list[str]) -> Iterable[tuple[float, Path]]:
                 yield info.st_mtime, path
     except OSError:
         not_answering(PurePosixPath(), OSError())
+
+
+def _http_status(value: object) -> int | None:
+    """The receipt's HTTP status as a number, or None (a receipt is a file anyone may edit)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 999:
+        return value
+    return None
 
 
 def _read_receipt(path: Path) -> Receipt:

@@ -402,3 +402,21 @@ def test_a_fifo_in_failed_does_not_freeze_the_page(page: Page) -> None:
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
     assert answer.status_code == 200
     assert "1 failed" in answer.text
+
+
+@pytest.mark.parametrize("status", ["<b>x</b>", "422<script>", True, 42.5, {"a": 1}])
+def test_a_receipts_http_status_is_shown_only_as_a_number(page: Page, status: object) -> None:
+    receipt = fail_a_file(page.tree)
+    data = json.loads(receipt.read_text())
+    data["error"]["http_status"] = status
+    receipt.write_text(json.dumps(data))
+    html = page.get().text
+    assert "<b>x</b>" not in html
+    assert "<script>" not in html
+    assert "class=muted>(HTTP" not in html
+    assert "1 failed" in html  # the failure itself is still listed
+
+
+def test_a_numeric_http_status_is_shown(page: Page) -> None:
+    fail_a_file(page.tree)
+    assert "<span class=muted>(HTTP 422)</span>" in page.get().text
