@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from ingestd.config.statuspage import StatusPageConfig
+from ingestd.journal.interface import JournalUnavailable
 from ingestd.observe.logs import event
 from ingestd.web import pages
 from ingestd.web.auth import Csrf, Gate, loopback_host, new_session
@@ -212,6 +213,16 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
                 if os.path.lexists(item.receipt):
                     try:
                         site.retry(item.receipt)
+                    except JournalUnavailable:
+                        event(
+                            log, logging.WARNING, "status_page_retry_failed",
+                            reason="JournalUnavailable",
+                        )  # fmt: skip
+                        self._html(
+                            503, "Not put back",
+                            "The shared journal is not answering: try again in a minute.",
+                        )  # fmt: skip
+                        return
                     except (OSError, ValueError) as exc:
                         if os.path.lexists(item.receipt):
                             event(

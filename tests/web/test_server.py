@@ -22,6 +22,8 @@ from ingestd.config.model import Config, Paths
 from ingestd.config.statuspage import PasswordHash, StatusPageConfig
 from ingestd.filing.putback import retry_one
 from ingestd.journal import Journal
+from ingestd.journal.interface import JournalUnavailable
+from ingestd.journal.postgres import PostgresJournal
 from ingestd.journal.reader import JournalReader
 from ingestd.observe.metrics import DaemonState
 from ingestd.web.auth import MAX_FAILURES, Csrf, Gate, hash_password
@@ -420,3 +422,39 @@ def test_a_receipts_http_status_is_shown_only_as_a_number(page: Page, status: ob
 def test_a_numeric_http_status_is_shown(page: Page) -> None:
     fail_a_file(page.tree)
     assert "<span class=muted>(HTTP 422)</span>" in page.get().text
+
+
+def test_retry_while_the_shared_journal_is_down_answers_503_and_moves_nothing(
+    page: Page, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ingestd")
+    receipt = fail_a_file(page.tree)
+    session = requests.Session()
+    html = session.get(page.url + "/", timeout=10).text
+    form = {"file": form_value(html, "file"), "csrf": form_value(html, "csrf")}
+    config = Config(
+        file="c.yaml",
+        paths=Paths(page.tree.inbox, page.tree.done, page.tree.failed, page.tree.state),
+        targets={},
+    )
+    down = PostgresJournal.__new__(PostgresJournal)
+    down.link = DownLink()  # type: ignore[assignment]
+    page.site.retry = lambda receipt: retry_one(config, down, receipt, wait=False)
+    answer = session.post(page.url + "/retry", data=form, timeout=10, allow_redirects=False)
+    assert answer.status_code == 503
+    assert receipt.exists()
+    assert receipt.with_name(NAME).exists()
+    assert not (page.tree.inbox / FOLDER).exists()
+    assert "event=status_page_retry_failed reason=JournalUnavailable" in caplog.text
+    assert "ERROR" not in caplog.text
+
+
+class DownLink:
+    """A shared journal's link in an outage: waiting would never end."""
+
+    where = "postgresql://db.example/ingestd"
+
+    def run(self, sql: str, params: object = (), *, wait: bool) -> tuple[list[object], int]:
+        if wait:
+            raise AssertionError("the page's retry waited through the outage")
+        raise JournalUnavailable(self.where)
