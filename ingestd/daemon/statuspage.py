@@ -61,7 +61,7 @@ def start_status_page(daemon: Daemon) -> StatusPage | None:
         return in_force.settings
 
     def retry(receipt: Path) -> None:
-        back = retry_one(daemon.config, daemon.journal, receipt)
+        back = retry_one(daemon.config, daemon.journal, receipt, wait=False)  # never hang
         where = daemon.masker.path(back.inbox) if back is not None else None
         event(log, logging.INFO, "status_page_retry", file=where)
 

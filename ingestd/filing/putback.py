@@ -28,8 +28,12 @@ class Retried:
     inbox: PurePosixPath  # where it is now, relative to the inbox
 
 
-def retry_one(config: Config, journal: JournalLike, receipt_file: Path) -> Retried | None:
-    """Put one failed file back; None when its file is already gone (the receipt is removed)."""
+def retry_one(
+    config: Config, journal: JournalLike, receipt_file: Path, wait: bool = True
+) -> Retried | None:
+    """Put one failed file back; None when its file is already gone (the receipt is removed).
+    `wait` False: a shared journal that does not answer raises JournalUnavailable at once,
+    before anything moves, instead of waiting through the outage."""
     receipt = Receipt.read(receipt_file)
     stored = receipt_file.with_name(receipt_file.name[: -len(SUFFIX)])
     if not os.path.lexists(stored):
@@ -41,7 +45,7 @@ def retry_one(config: Config, journal: JournalLike, receipt_file: Path) -> Retri
     folder = inbox / source.parent
     name = source.name if not os.path.lexists(inbox / source) else free_name(folder, source.name)
     back = source.parent / name
-    journal.keep_for_retry(back, _sha256(stored) or receipt.sha256 or "", history)
+    journal.keep_for_retry(back, _sha256(stored) or receipt.sha256 or "", history, wait=wait)
     place(stored, inbox / back)
     with contextlib.suppress(FileNotFoundError):
         receipt_file.unlink()

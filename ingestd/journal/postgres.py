@@ -161,12 +161,15 @@ class PostgresJournal(Roster):
             wait=True,
         )
 
-    def keep_for_retry(self, source: PurePosixPath, sha256: str, receipts: list[Any]) -> None:
+    def keep_for_retry(
+        self, source: PurePosixPath, sha256: str, receipts: list[Any], wait: bool = True
+    ) -> None:
+        """`wait` False: JournalUnavailable at once in an outage (the status page's Retry)."""
         self.link.run(
             "INSERT INTO retried (source, sha256, receipts) VALUES (%s, %s, %s) "
             "ON CONFLICT (source, sha256) DO UPDATE SET receipts = EXCLUDED.receipts",
             (os.fsencode(str(source)), sha256, json.dumps(receipts, ensure_ascii=True)),
-            wait=True,
+            wait=wait,
         )
 
     def take_retried(self, source: PurePosixPath, sha256: str) -> list[dict[str, Any]] | None:

@@ -210,8 +210,11 @@ class Journal:
     def by_source(self, source: PurePosixPath) -> list[Row]:
         return self._select("source = ? ORDER BY id", (os.fsencode(str(source)),))
 
-    def keep_for_retry(self, source: PurePosixPath, sha256: str, receipts: list[Any]) -> None:
-        """Remember the receipts of a file put back by `ingestd retry` until it is claimed."""
+    def keep_for_retry(
+        self, source: PurePosixPath, sha256: str, receipts: list[Any], wait: bool = True
+    ) -> None:
+        """Remember the receipts of a file put back by `ingestd retry` until it is claimed.
+        (`wait` is the shared journal's: a local file has no outage to wait through.)"""
         self._write(
             "INSERT OR REPLACE INTO retried (source, sha256, receipts) VALUES (?, ?, ?)",
             (os.fsencode(str(source)), sha256, json.dumps(receipts, ensure_ascii=True)),

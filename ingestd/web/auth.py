@@ -9,7 +9,10 @@ Everything secret is compared with `hmac.compare_digest`. A password, once check
 remembered by a keyed digest of its header for a few minutes, so a page refreshing every few
 seconds does not cost an scrypt each time (and nobody can read the password back from memory
 any more easily than from the request). Failures are counted per client address: five in five
-minutes lock that address out for five minutes (429). Nothing here logs the name tried.
+minutes lock that address out for five minutes (429). A check under way counts against that
+limit before it hashes, and only `HASHING_AT_ONCE` scrypt checks (32 MiB each) run at once, so a
+burst of wrong logins costs a few hashes, not memory per request. Nothing here logs the name
+tried.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ FAILURE_WINDOW = 300.0
 LOCKOUT_SECONDS = 300.0
 REMEMBER_SECONDS = 600.0
 _REMEMBERED_MAX = 256
+_FAILURES_MAX = 1024  # client addresses with failures remembered; the oldest go first
+HASHING_AT_ONCE = 2  # scrypt checks running at once (32 MiB each)
 
 
 def hash_password(password: str, n: int = SCRYPT_N) -> PasswordHash:
@@ -83,7 +88,11 @@ class Gate:
     _failures: dict[str, deque[float]] = field(default_factory=dict, repr=False)
     _locked: dict[str, float] = field(default_factory=dict, repr=False)
     _remembered: dict[bytes, float] = field(default_factory=dict, repr=False)
+    _pending: dict[str, int] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _hashing: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(HASHING_AT_ONCE), repr=False
+    )
 
     def use(self, user: str, password: PasswordHash | None) -> None:
         """Check against these from now on (a reloaded config); forget passwords seen."""
@@ -107,13 +116,42 @@ class Gate:
         given = basic_credentials(authorization)
         if given is None:
             return Verdict(False)  # no credentials yet: the browser asks; not a failure
-        if self._matches(*given):
+        with self._lock:
+            # Counted as pending before hashing: a client with MAX_FAILURES checks pending or
+            # failed is refused without another scrypt (no pile of 32 MiB hashes at once).
+            pending = self._pending.get(client, 0)
+            failed = self._recent_failures(client, now)
+            if pending + failed >= MAX_FAILURES:
+                return Verdict(False, locked_for=LOCKOUT_SECONDS)
+            self._pending[client] = pending + 1
+        try:
+            with self._hashing:
+                matches = self._matches(*given)
+        finally:
+            with self._lock:
+                left = self._pending.get(client, 1) - 1
+                if left > 0:
+                    self._pending[client] = left
+                else:
+                    self._pending.pop(client, None)
+        if matches:
             with self._lock:
                 if len(self._remembered) >= _REMEMBERED_MAX:
                     self._remembered.clear()
                 self._remembered[seen] = now + REMEMBER_SECONDS
             return Verdict(True)
         return self._failure(client, now)
+
+    def _recent_failures(self, client: str, now: float) -> int:
+        """Failures of `client` within the window (under the lock; drops the expired)."""
+        times = self._failures.get(client)
+        if times is None:
+            return 0
+        while times and times[0] <= now - FAILURE_WINDOW:
+            times.popleft()
+        if not times:
+            del self._failures[client]
+        return len(times)
 
     def _matches(self, user: str, password: str) -> bool:
         assert self.password is not None
@@ -123,6 +161,8 @@ class Gate:
 
     def _failure(self, client: str, now: float) -> Verdict:
         with self._lock:
+            if client not in self._failures and len(self._failures) >= _FAILURES_MAX:
+                self._forget_failures(now)
             times = self._failures.setdefault(client, deque())
             times.append(now)
             while times and times[0] <= now - FAILURE_WINDOW:
@@ -132,6 +172,18 @@ class Gate:
                 self._locked[client] = now + LOCKOUT_SECONDS
                 return Verdict(False, locked_for=LOCKOUT_SECONDS, failed=True)
         return Verdict(False, failed=True)
+
+    def _forget_failures(self, now: float) -> None:
+        """Make room in `_failures` (under the lock): the expired first, then the oldest."""
+        for client in [
+            c for c, t in self._failures.items() if not t or t[-1] <= now - FAILURE_WINDOW
+        ]:
+            del self._failures[client]
+        while len(self._failures) >= _FAILURES_MAX:
+            oldest = min(self._failures, key=lambda c: self._failures[c][-1])
+            del self._failures[oldest]
+        for client in [c for c, until in self._locked.items() if until <= now]:
+            del self._locked[client]
 
     def _digest(self, text: str) -> bytes:
         return hmac.new(self._key, text.encode("utf-8", "surrogateescape"), "sha256").digest()

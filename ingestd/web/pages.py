@@ -211,7 +211,10 @@ def _retry(item: Item, csrf: str) -> str:
 
 
 def _http(item: Item) -> str:
-    return f" <span class=muted>(HTTP {item.http_status})</span>" if item.http_status else ""
+    status = item.http_status
+    if not isinstance(status, int) or isinstance(status, bool):
+        return ""  # only a number goes into the page
+    return f" <span class=muted>(HTTP {int(status)})</span>"
 
 
 def _folder(name: str) -> str:

@@ -12,12 +12,16 @@ loopback `Host` is answered: see web/auth.py). Every response sends
 script, `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff` and
 `Referrer-Policy: no-referrer`. The access log names the method, the route (one of the fixed
 ones, else `other`), the status and the client address: never a query, a folder or a file.
+An unexpected error answers 500 and is logged by its type alone (`status_page_error`): no
+traceback, no message, for either may name a patient folder.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from ingestd.config.statuspage import StatusPageConfig
+from ingestd.journal.interface import JournalUnavailable
 from ingestd.observe.logs import event
 from ingestd.web import pages
 from ingestd.web.auth import Csrf, Gate, loopback_host, new_session
@@ -65,10 +70,19 @@ class Site:
     csrf: Csrf
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An exception no handler caught: its type is logged, never the traceback or message
+        (socketserver would print both to stderr, and they may hold a patient folder's name)."""
+        exc = sys.exc_info()[1]
+        level = logging.INFO if isinstance(exc, ConnectionError) else logging.ERROR
+        event(log, level, "status_page_error", reason=type(exc).__name__)
+
+
 class StatusPageServer:
     def __init__(self, listen: tuple[str, int], site: Site) -> None:
         family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
-        server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family})
+        server_class = type("Server", (_Server,), {"address_family": family})
         self._server = server_class(listen, _handler(site))
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -89,9 +103,12 @@ class StatusPageServer:
 
 
 def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
+    retrying = threading.Lock()  # one Retry at a time
+
     class Handler(BaseHTTPRequestHandler):
         route = "other"
         _cookie_header = ""
+        _answered = False  # the status line is sent: too late for a 500
         server_version = "ingestd"
         sys_version = ""
         timeout = 30  # a client that stalls mid-request frees its thread
@@ -110,6 +127,19 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
             if self.route not in ROUTES:
                 self.route = "other"
             self._cookie_header = ""
+            self._answered = False
+            try:
+                self._answer(method)
+            except Exception as exc:
+                if self._answered or isinstance(exc, ConnectionError):
+                    raise  # the server's handle_error logs its type
+                # Its type only: a message or traceback may name a patient folder.
+                event(log, logging.ERROR, "status_page_error", reason=type(exc).__name__)
+                self.close_connection = True
+                self._cookie_header = ""
+                self._html(500, "Not shown", "The page could not be made; see the log.")
+
+        def _answer(self, method: str) -> None:
             client = self.client_address[0]
             settings = site.settings()
             site.gate.use(settings.user, settings.password)  # a reload may have changed them
@@ -179,13 +209,32 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
             if item is None or item.receipt is None:
                 self._html(404, "Not found", "That file is no longer among the failed files.")
                 return
-            try:
-                site.retry(item.receipt)
-            except (OSError, ValueError) as exc:
-                event(log, logging.ERROR, "status_page_retry_failed", reason=type(exc).__name__)
-                self._html(500, "Not put back", "The file could not be put back; see the log.")
-                return
-            site.views.forget()
+            with retrying:  # a double click: the second waits, then finds it put back
+                if os.path.lexists(item.receipt):
+                    try:
+                        site.retry(item.receipt)
+                    except JournalUnavailable:
+                        event(
+                            log, logging.WARNING, "status_page_retry_failed",
+                            reason="JournalUnavailable",
+                        )  # fmt: skip
+                        self._html(
+                            503, "Not put back",
+                            "The shared journal is not answering: try again in a minute.",
+                        )  # fmt: skip
+                        return
+                    except (OSError, ValueError) as exc:
+                        if os.path.lexists(item.receipt):
+                            event(
+                                log, logging.ERROR, "status_page_retry_failed",
+                                reason=type(exc).__name__,
+                            )  # fmt: skip
+                            self._html(
+                                500, "Not put back", "The file could not be put back; see the log."
+                            )
+                            return
+                        # its receipt is gone: put back meanwhile (`ingestd retry`, say)
+                site.views.forget()
             self._send(303, b"", "text/plain", {"Location": "/"})
 
         def _form(self) -> dict[str, str] | None:
@@ -242,6 +291,7 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
                 log, level, "status_page_request", method=self.command, route=self.route,
                 status=status, client=self.client_address[0],
             )  # fmt: skip
+            self._answered = True
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))

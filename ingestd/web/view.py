@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -25,6 +27,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ingestd import content
 from ingestd.clock import utc_iso
 from ingestd.config.model import Config
 from ingestd.filing.receipts import SUFFIX, Receipt
@@ -36,6 +39,7 @@ from ingestd.names import patient_folder
 CACHE_SECONDS = 2.0
 MAX_FAILED = 2000  # receipts read from failed/ per look; more are counted, not listed
 MAX_DONE_TODAY = 5000
+MAX_RECEIPT_BYTES = 4 * 1024 * 1024  # a receipt larger than this is not read whole
 NO_FOLDER = ""  # files straight in the inbox root (they fail as no_patient_folder)
 STATES = ("waiting", "in_progress", "done_today", "failed")
 
@@ -146,7 +150,7 @@ class Gatherer:
             add(list(_journal(self.reader, _local_midnight())))
         except JournalUnavailable:
             problems.append("the shared journal is not answering: files in progress are not shown")
-        failed, not_listed = self._failed(config.paths.failed)
+        failed, not_listed = self._failed(config.paths.failed, problems)
         add(failed)
         state = self.daemon()
         targets = [target_state(name, health) for name, health in sorted(state.targets.items())]
@@ -160,13 +164,13 @@ class Gatherer:
             failed_not_listed=not_listed,
         )
 
-    def _failed(self, root: Path) -> tuple[list[Item], int]:
-        receipts = sorted(_receipts(root), reverse=True)
+    def _failed(self, root: Path, problems: list[str]) -> tuple[list[Item], int]:
+        receipts = sorted(_receipts(root, problems), reverse=True)
         items = []
         for modified, path in receipts[:MAX_FAILED]:
             try:
-                receipt = Receipt.read(path)
-            except (OSError, ValueError):
+                receipt = _read_receipt(path)
+            except (OSError, ValueError, content.UnsafeFile):
                 continue  # being moved by a retry right now, or not a receipt
             where = PurePosixPath(path.relative_to(root).as_posix())
             folder = patient_folder(where) or NO_FOLDER
@@ -180,7 +184,7 @@ class Gatherer:
                     when=_epoch(receipt.finished_at) or modified,
                     reason=str(error.get("message") or "no reason recorded"),
                     kind=error.get("kind"),
-                    http_status=error.get("http_status"),
+                    http_status=_http_status(error.get("http_status")),
                     key=hmac.new(self.key, os.fsencode(str(where)), hashlib.sha256).hexdigest(),
                     receipt=path,
                 )
@@ -188,14 +192,48 @@ class Gatherer:
         return items, max(0, len(receipts) - MAX_FAILED)
 
 
-def _receipts(root: Path) -> Iterable[tuple[float, Path]]:
-    for path in root.rglob("*" + SUFFIX):
-        if any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue
-        try:
-            yield path.lstat().st_mtime, path
-        except OSError:
-            continue
+def _receipts(root: Path, problems: list[str]) -> Iterable[tuple[float, Path]]:
+    """(modified, path) of each receipt in failed/: regular files only (a FIFO or a device
+    named like a receipt would block its read), hidden names skipped, links never followed.
+    A folder that does not answer is a problem of the page, not an exception."""
+    down = "failed/ is not answering: some failed files may not be shown"
+
+    def not_answering(rel: PurePosixPath, exc: OSError) -> None:
+        if down not in problems:
+            problems.append(down)
+
+    try:
+        for rel in scan(root, on_error=not_answering):
+            if not rel.name.endswith(SUFFIX):
+                continue
+            path = root / rel
+            try:
+                info = path.lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                yield info.st_mtime, path
+    except OSError:
+        not_answering(PurePosixPath(), OSError())
+
+
+def _http_status(value: object) -> int | None:
+    """The receipt's HTTP status as a number, or None (a receipt is a file anyone may edit)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 999:
+        return value
+    return None
+
+
+def _read_receipt(path: Path) -> Receipt:
+    """A receipt read only if it is a regular file (never blocks on a FIFO put in its place)."""
+    fd, _ = content.open_regular(path)
+    with os.fdopen(fd, "rb") as file:
+        loaded = json.loads(file.read(MAX_RECEIPT_BYTES + 1))
+    if not isinstance(loaded, dict):
+        raise ValueError("not a receipt")
+    return Receipt.from_dict(loaded)
 
 
 def _waiting(inbox: Path, problems: list[str]) -> Iterable[Item]:

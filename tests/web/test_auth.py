@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
+import threading
+import time
 
 import pytest
 
+from ingestd.config.statuspage import PasswordHash
+from ingestd.web import auth
 from ingestd.web.auth import (
+    HASHING_AT_ONCE,
     LOCKOUT_SECONDS,
     MAX_FAILURES,
     Csrf,
@@ -114,3 +119,69 @@ def test_csrf_token_is_bound_to_the_session_and_the_process() -> None:
     assert not csrf.valid("session-one", None)
     assert not csrf.valid("session-one", "")
     assert not Csrf().valid("session-one", token)  # another key: a restarted daemon
+
+
+class SlowCheck:
+    """Stands in for the scrypt check: records how many run at once and how many ran."""
+
+    def __init__(self) -> None:
+        self.running = self.most = self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, stored: PasswordHash, password: str) -> bool:
+        with self.lock:
+            self.running += 1
+            self.calls += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.05)
+        with self.lock:
+            self.running -= 1
+        return False
+
+
+def run_at_once(gate: Gate, clients: list[str]) -> list[auth.Verdict]:
+    verdicts: list[auth.Verdict] = []
+    start = threading.Barrier(len(clients))
+
+    def one(client: str) -> None:
+        start.wait()
+        verdicts.append(gate.check(client, basic("desk", "guess")))
+
+    threads = [threading.Thread(target=one, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return verdicts
+
+
+def test_concurrent_wrong_logins_hash_a_few_at_a_time_and_lock_out_the_rest(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check = SlowCheck()
+    monkeypatch.setattr(auth, "check_password", check)
+    verdicts = run_at_once(gate, ["192.0.2.7"] * 40)
+    assert len(verdicts) == 40
+    assert check.most <= HASHING_AT_ONCE
+    assert check.calls == MAX_FAILURES  # pending ones count: the 6th+ are refused unhashed
+    assert sum(1 for v in verdicts if v.locked_for) == 40 - MAX_FAILURES + 1
+    assert not any(v.allowed for v in verdicts)
+    assert gate.check("192.0.2.7", basic("desk", PASSWORD)).locked_for > 0
+
+
+def test_many_clients_at_once_still_hash_a_few_at_a_time(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check = SlowCheck()
+    monkeypatch.setattr(auth, "check_password", check)
+    run_at_once(gate, [f"192.0.2.{i}" for i in range(20)])
+    assert check.calls == 20
+    assert check.most <= HASHING_AT_ONCE
+
+
+def test_the_failure_counts_kept_are_capped(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth, "_FAILURES_MAX", 10)
+    monkeypatch.setattr(auth, "check_password", lambda stored, password: False)
+    for i in range(50):
+        gate.check(f"198.51.100.{i}", basic("desk", "guess"))
+    assert len(gate._failures) <= 10

@@ -3,9 +3,14 @@ auth and lockout, CSRF on Retry, search by POST, and an access log without names
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
 import re
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -17,6 +22,8 @@ from ingestd.config.model import Config, Paths
 from ingestd.config.statuspage import PasswordHash, StatusPageConfig
 from ingestd.filing.putback import retry_one
 from ingestd.journal import Journal
+from ingestd.journal.interface import JournalUnavailable
+from ingestd.journal.postgres import PostgresJournal
 from ingestd.journal.reader import JournalReader
 from ingestd.observe.metrics import DaemonState
 from ingestd.web.auth import MAX_FAILURES, Csrf, Gate, hash_password
@@ -304,3 +311,150 @@ def test_repeated_wrong_passwords_lock_out_and_are_logged_without_the_name(
     assert "event=status_page_locked_out" in text
     assert "tried-name" not in text
     assert "guess" not in text
+
+
+def test_a_double_click_on_retry_puts_the_file_back_once_without_an_error(
+    page: Page, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ingestd")
+    receipt = fail_a_file(page.tree)
+    session = requests.Session()
+    html = session.get(page.url + "/", timeout=10).text
+    form = {"file": form_value(html, "file"), "csrf": form_value(html, "csrf")}
+    put_back = page.site.retry
+    calls: list[Path] = []
+
+    def first_one_slow(receipt: Path) -> None:
+        calls.append(receipt)
+        if len(calls) == 1:
+            time.sleep(0.5)  # the second click arrives while the first is under way
+        put_back(receipt)
+
+    page.site.retry = first_one_slow
+    start = threading.Barrier(2)
+    statuses: list[int] = []
+
+    def click() -> None:
+        start.wait()
+        answer = session.post(page.url + "/retry", data=form, timeout=10, allow_redirects=False)
+        statuses.append(answer.status_code)
+
+    clicks = [threading.Thread(target=click) for _ in range(2)]
+    for thread in clicks:
+        thread.start()
+    for thread in clicks:
+        thread.join(10)
+    assert statuses == [303, 303]
+    assert len(calls) == 1
+    assert (page.tree.inbox / FOLDER / NAME).read_bytes() == b"%PDF-1.4 refused\n"
+    assert [p.name for p in (page.tree.inbox / FOLDER).iterdir()] == [NAME]
+    assert not receipt.exists()
+    assert "ERROR" not in caplog.text
+    assert "status_page_retry_failed" not in caplog.text
+
+
+class BrokenViews:
+    def get(self, fresh: bool = False) -> None:
+        raise OSError(errno.EIO, "Input/output error", f"/srv/intake/failed/{FOLDER}")
+
+    def forget(self) -> None:
+        pass
+
+
+def test_an_unexpected_error_answers_500_and_logs_its_type_only(
+    page: Page, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.INFO, logger="ingestd")
+    page.site.views = BrokenViews()  # type: ignore[assignment]
+    answer = page.get()
+    assert answer.status_code == 500
+    assert FOLDER not in answer.text
+    assert "event=status_page_error reason=OSError" in caplog.text
+    assert FOLDER not in caplog.text
+    assert FOLDER not in capsys.readouterr().err
+
+
+def test_the_server_logs_an_uncaught_error_by_its_type_without_a_traceback(
+    page: Page, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.INFO, logger="ingestd")
+    server = StatusPageServer(("127.0.0.1", 0), page.site)
+    try:
+        try:
+            raise OSError(errno.EIO, "Input/output error", f"/srv/intake/failed/{FOLDER}")
+        except OSError:
+            server._server.handle_error(None, ("127.0.0.1", 40000))
+    finally:
+        server._server.server_close()
+    assert "event=status_page_error reason=OSError" in caplog.text
+    assert FOLDER not in caplog.text
+    err = capsys.readouterr().err
+    assert FOLDER not in err
+    assert "Traceback" not in err
+
+
+def test_a_fifo_in_failed_does_not_freeze_the_page(page: Page) -> None:
+    fail_a_file(page.tree)
+    fifo = page.tree.failed / FOLDER / "stuck.pdf.receipt.json"
+    os.mkfifo(fifo)
+    try:
+        answer = requests.get(page.url + "/", timeout=5)
+    finally:
+        with contextlib.suppress(OSError):  # unblock a reader stuck on it, if any
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert answer.status_code == 200
+    assert "1 failed" in answer.text
+
+
+@pytest.mark.parametrize("status", ["<b>x</b>", "422<script>", True, 42.5, {"a": 1}])
+def test_a_receipts_http_status_is_shown_only_as_a_number(page: Page, status: object) -> None:
+    receipt = fail_a_file(page.tree)
+    data = json.loads(receipt.read_text())
+    data["error"]["http_status"] = status
+    receipt.write_text(json.dumps(data))
+    html = page.get().text
+    assert "<b>x</b>" not in html
+    assert "<script>" not in html
+    assert "class=muted>(HTTP" not in html
+    assert "1 failed" in html  # the failure itself is still listed
+
+
+def test_a_numeric_http_status_is_shown(page: Page) -> None:
+    fail_a_file(page.tree)
+    assert "<span class=muted>(HTTP 422)</span>" in page.get().text
+
+
+def test_retry_while_the_shared_journal_is_down_answers_503_and_moves_nothing(
+    page: Page, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ingestd")
+    receipt = fail_a_file(page.tree)
+    session = requests.Session()
+    html = session.get(page.url + "/", timeout=10).text
+    form = {"file": form_value(html, "file"), "csrf": form_value(html, "csrf")}
+    config = Config(
+        file="c.yaml",
+        paths=Paths(page.tree.inbox, page.tree.done, page.tree.failed, page.tree.state),
+        targets={},
+    )
+    down = PostgresJournal.__new__(PostgresJournal)
+    down.link = DownLink()  # type: ignore[assignment]
+    page.site.retry = lambda receipt: retry_one(config, down, receipt, wait=False)
+    answer = session.post(page.url + "/retry", data=form, timeout=10, allow_redirects=False)
+    assert answer.status_code == 503
+    assert receipt.exists()
+    assert receipt.with_name(NAME).exists()
+    assert not (page.tree.inbox / FOLDER).exists()
+    assert "event=status_page_retry_failed reason=JournalUnavailable" in caplog.text
+    assert "ERROR" not in caplog.text
+
+
+class DownLink:
+    """A shared journal's link in an outage: waiting would never end."""
+
+    where = "postgresql://db.example/ingestd"
+
+    def run(self, sql: str, params: object = (), *, wait: bool) -> tuple[list[object], int]:
+        if wait:
+            raise AssertionError("the page's retry waited through the outage")
+        raise JournalUnavailable(self.where)

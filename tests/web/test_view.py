@@ -3,9 +3,13 @@ connection) and failed/; today's done only; the cache that spares the journal.""
 
 from __future__ import annotations
 
+import errno
+import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 
@@ -154,3 +158,38 @@ def test_with_a_shared_journal_the_page_shows_the_whole_fleet(
     finally:
         other.close()
         mine.close()
+
+
+def test_a_failed_folder_that_stops_answering_is_a_problem_not_a_crash(
+    tree: Tree, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_a_file(tree)
+    fail_a_file(tree, folder="p_2")
+    real_scandir = os.scandir
+    down = tree.failed / FOLDER
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(path) == down:
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    view = gatherer(tree)()
+    assert "failed/ is not answering" in view.problem
+    assert not view.healthy
+    assert [f.name for f in view.folders] == ["p_2"]
+
+
+def test_a_fifo_named_like_a_receipt_does_not_block_the_view(tree: Tree, journal: Journal) -> None:
+    fail_a_file(tree)
+    fifo = tree.failed / FOLDER / "stuck.pdf.receipt.json"
+    os.mkfifo(fifo)
+    views: list[View] = []
+    gathering = threading.Thread(target=lambda: views.append(gatherer(tree)()), daemon=True)
+    gathering.start()
+    gathering.join(5)
+    if gathering.is_alive():  # unblock the reader before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert views, "the view blocked on a FIFO"
+    [folder] = views[0].folders
+    assert [i.name for i in folder.items["failed"]] == [NAME]
