@@ -1,28 +1,34 @@
 """Fleet scale: 1, 2 and 4 `ingestd run` processes on one host sharing one PostgreSQL journal,
-beside one process on its SQLite journal and the bare client, at one total concurrency.
+beside one process on its SQLite journal and the bare client.
 
 Usage (from the repository root; needs PostgreSQL's server binaries and psycopg, see
 tests/tools.sh):
 
-    .venv/bin/python bench/fleet.py [--files 1000] [--size 200000] [--patients 50]
-        [--processes 1,2,4] [--concurrency 16] [--runs 1] [--latency-ms 50] [--settle 0.2]
+    .venv/bin/python bench/fleet.py [--files 3000] [--size 20000] [--patients 50]
+        [--processes 1,2,4] [--concurrency 16] [--split] [--runs 1] [--latency-ms 50]
+        [--settle 0.2]
 
 A throwaway PostgreSQL cluster (tests/pg.py: initdb in a temporary folder, fsync off as in the
 tests) and the sandbox EHR run on loopback. For each fleet size N, N processes with their own
-state folders share one inbox and a fresh database; the total upload concurrency is the same
-for every row (each process gets concurrency ÷ N), so the rows differ only in how many
-interpreters share the CPU work. Timed as bench/throughput.py times ingestd: from the first file
-landing until the EHR holds all of them. CPU per file: every ingestd process, and separately
-the PostgreSQL server (postmaster and its backends), user + system.
+state folders share one inbox and a fresh database, each at `--concurrency` (the issue's "1, 2, 4
+processes at concurrency 16"). So that a fleet's gain is not just more uploads in flight, one
+process on SQLite and the bare client run at every fleet's total concurrency too (16 × N), and
+the verdict compares the best fleet with the best single process. `--split` instead divides
+`--concurrency` over a fleet's processes (one total for every row; the earlier runs in
+bench/RESULTS.md). Timed as bench/throughput.py times ingestd: from the first file landing until
+the EHR holds every document. CPU per file: every ingestd process, the PostgreSQL server
+(postmaster and its backends), and this process, which hosts the sandbox EHR (user + system).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import (
@@ -69,23 +75,36 @@ def statements(url: str) -> int:
     return int(found[0]) if found else 0
 
 
+@dataclass
+class Row:
+    label: str
+    total: int  # uploads in flight, all processes together
+    rate: list[float] = field(default_factory=list)  # files/s of each run
+    cpu: list[float] = field(default_factory=list)  # ingestd CPU ms per file
+    db: list[float] = field(default_factory=list)  # PostgreSQL server CPU ms per file
+    ehr: list[float] = field(default_factory=list)  # this process (the sandbox EHR)
+
+    def add(self, rate: float, cpu: float, db: float, ehr: float) -> None:
+        self.rate.append(rate)
+        self.cpu.append(cpu)
+        self.db.append(db)
+        self.ehr.append(ehr)
+
+
 def run_fleet(
     sb: StampedSandbox, pg: Postgres | None, batch: Batch, root: Path, args: argparse.Namespace,
-    processes: int, run: int,
-) -> tuple[float, float, float]:  # fmt: skip
-    """files/s until stored; ingestd's and the database's CPU ms per file."""
+    processes: int, each: int, run: int,
+) -> tuple[float, float, float, float]:  # fmt: skip
+    """files/s until stored; ingestd's, the database's and the EHR's CPU ms per file."""
     sb.reset()
     n = len(batch.rels)
-    clinic = new_clinic(root, f"fleet-{processes}-{'pg' if pg else 'sqlite'}-r{run}", args.patients)
+    name = f"fleet-{processes}x{each}-{'pg' if pg else 'sqlite'}-r{run}"
+    clinic = new_clinic(root, name, args.patients)
     url = pg.url(pg.new_database()) if pg else None
     daemons = []
     try:
         for i in range(processes):
-            config = clinic.config(
-                sb,
-                concurrency=max(1, args.concurrency // processes),
-                watch={"settle_seconds": args.settle},
-            )
+            config = clinic.config(sb, concurrency=each, watch={"settle_seconds": args.settle})
             text = config.read_text().replace("journal.sqlite", f"journal-{i}.sqlite")
             text = text.replace(str(clinic.state.parent), str(clinic.root / f"state-{i}"))
             if url:
@@ -99,6 +118,7 @@ def run_fleet(
             wait_quiet(daemon.pid)
         before = sum(cpu_seconds(d.pid) for d in daemons)
         db_before = server_cpu(pg) if pg else 0.0
+        ehr_before = cpu_seconds(os.getpid())
         statements_before = statements(url) if url else 0
         first = copy_in(clinic, batch, n)
         sb.wait_count(n, args.deadline, f"{processes} process(es): every file stored")
@@ -110,6 +130,7 @@ def run_fleet(
         )
         cpu_ms = (sum(cpu_seconds(d.pid) for d in daemons) - before) * 1000 / n
         db_ms = ((server_cpu(pg) - db_before) * 1000 / n) if pg else 0.0
+        ehr_ms = (cpu_seconds(os.getpid()) - ehr_before) * 1000 / n
         if url:
             time.sleep(1.0)  # the backends' statistics reach the server within a second
             per_file = (statements(url) - statements_before) / n
@@ -120,16 +141,17 @@ def run_fleet(
     if len(clinic.receipts()) != n or clinic.receipts("failed") or any(codes):
         raise RuntimeError(f"{processes} process(es): receipts or exit codes wrong: {codes}")
     clinic.remove()
-    return n / (max(stored) - first), cpu_ms, db_ms
+    return n / (max(stored) - first), cpu_ms, db_ms, ehr_ms
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=1000)
-    parser.add_argument("--size", type=int, default=200_000, help="bytes per file")
+    parser.add_argument("--files", type=int, default=3000)
+    parser.add_argument("--size", type=int, default=20_000, help="bytes per file")
     parser.add_argument("--patients", type=int, default=50)
     parser.add_argument("--processes", default="1,2,4", help="comma-separated fleet sizes")
-    parser.add_argument("--concurrency", type=int, default=16, help="total, split over a fleet")
+    parser.add_argument("--concurrency", type=int, default=16, help="per process")
+    parser.add_argument("--split", action="store_true", help="--concurrency is the total")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--settle", type=float, default=0.2, help="ingestd settle_seconds")
@@ -139,52 +161,90 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def plan(args: argparse.Namespace) -> list[tuple[str, bool, int, int]]:
+    """(label, on PostgreSQL, processes, concurrency each) for every ingestd row, in order."""
+    sizes = [int(p) for p in args.processes.split(",")]
+    rows: list[tuple[str, bool, int, int]] = []
+    if args.split:
+        rows.append(("1 process, SQLite", False, 1, args.concurrency))
+        for size in sizes:
+            each = max(1, args.concurrency // size)
+            rows.append((f"{size} process(es), PostgreSQL, {each} each", True, size, each))
+        return rows
+    totals = sorted({size * args.concurrency for size in sizes})
+    rows.extend((f"1 process, SQLite, concurrency {total}", False, 1, total) for total in totals)
+    each = args.concurrency
+    rows.extend(
+        (f"{size} process(es), PostgreSQL, {each} each", True, size, each) for size in sizes
+    )
+    return rows
+
+
 def main() -> int:
     args = parse_args()
-    sizes = [int(p) for p in args.processes.split(",")]
     root = Path(tempfile.mkdtemp(prefix="ingestd-bench-fleet-"))
     background = Background()
     began = time.monotonic()
-    rows: dict[str, list[tuple[float, float, float]]] = {}
+    rows: dict[str, Row] = {}
+    bare: dict[int, Row] = {}
     batch = stage(root, args)
     cluster = start_cluster()
     pg = next(cluster)
     sb = StampedSandbox(latency_seconds=args.latency_ms / 1000).start()
     try:
         for run in range(args.runs):
-            result = run_fleet(sb, None, batch, root, args, 1, run)
-            rows.setdefault("1 process, SQLite journal", []).append(result)
-            log(f"run {run + 1}: 1 process on SQLite {result[0]:.1f} files/s")
-            for size in sizes:
-                result = run_fleet(sb, pg, batch, root, args, size, run)
-                rows.setdefault(f"{size} process(es), PostgreSQL journal", []).append(result)
-                log(f"run {run + 1}: {size} process(es) on PostgreSQL {result[0]:.1f} files/s")
-            raw, raw_cpu = run_client(
-                sb, root, "raw", batch.list_all, args.files, args.concurrency, args.deadline
-            )
-            rows.setdefault("bare keep-alive client (ceiling)", []).append((raw, raw_cpu or 0, 0))
-            log(f"run {run + 1}: raw client {raw:.1f} files/s")
+            for label, shared, processes, each in plan(args):
+                result = run_fleet(sb, pg if shared else None, batch, root, args, processes,
+                                   each, run)  # fmt: skip
+                rows.setdefault(label, Row(label, processes * each)).add(*result)
+                log(f"run {run + 1}: {label}: {result[0]:.1f} files/s")
+            for total in sorted({row.total for row in rows.values()}):
+                ehr_before = cpu_seconds(os.getpid())
+                raw, raw_cpu = run_client(
+                    sb, root, "raw", batch.list_all, args.files, total, args.deadline
+                )
+                ehr = (cpu_seconds(os.getpid()) - ehr_before) * 1000 / args.files
+                label = f"bare keep-alive client, concurrency {total}"
+                bare.setdefault(total, Row(label, total)).add(raw, raw_cpu or 0.0, 0.0, ehr)
+                log(f"run {run + 1}: {label}: {raw:.1f} files/s")
     finally:
         sb.stop()
         cluster.close()
         shutil.rmtree(root, ignore_errors=True)
-    raw = median([r[0] for r in rows["bare keep-alive client (ceiling)"]])
-    print(f"Fleet scale ({now_utc()}; {machine()})")
-    print(f"{args.files} files of {args.size:,} bytes over {args.patients} patient folders; "
-          f"sandbox latency {args.latency_ms:g} ms; total concurrency {args.concurrency}; "
-          f"median of {args.runs} run(s)")  # fmt: skip
-    print()
-    print("| what | files/s | ÷ bare client | ingestd CPU ms/file | PostgreSQL CPU ms/file |")
-    print("|---|---:|---:|---:|---:|")
-    for label, results in rows.items():
-        rate = median([r[0] for r in results])
-        cpu = median([r[1] for r in results])
-        db = median([r[2] for r in results])
-        print(f"| {label} | {rate:.1f} | {rate / raw:.2f} | {cpu:.2f} | {db:.2f} |")
+    report(args, rows, bare)
     print()
     print(background.report())
     print(f"wall time {time.monotonic() - began:.0f} s")
     return 0
+
+
+def report(args: argparse.Namespace, rows: dict[str, Row], bare: dict[int, Row]) -> None:
+    print(f"Fleet scale ({now_utc()}; {machine()})")
+    print(f"{args.files} files of {args.size:,} bytes over {args.patients} patient folders; "
+          f"sandbox latency {args.latency_ms:g} ms; median of {args.runs} run(s)")  # fmt: skip
+    print()
+    print("| what | in flight | files/s | ÷ bare client | ingestd CPU ms/file "
+          "| PostgreSQL CPU ms/file | EHR stand-in CPU ms/file |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in [*rows.values(), *bare.values()]:
+        rate = median(row.rate)
+        ceiling = median(bare[row.total].rate)
+        cpu = f"{median(row.cpu):.2f} | {median(row.db):.2f} | {median(row.ehr):.2f}"
+        print(f"| {row.label} | {row.total} | {rate:.1f} | {rate / ceiling:.2f} | {cpu} |")
+    single = [row for row in rows.values() if row.label.startswith("1 process, SQLite")]
+    fleets = [row for row in rows.values() if "PostgreSQL" in row.label]
+    if not single or not fleets:
+        return
+    best_single = max(single, key=lambda row: median(row.rate))
+    best_fleet = max(fleets, key=lambda row: median(row.rate))
+    one_pg = next((row for row in fleets if row.label.startswith("1 process")), None)
+    print()
+    print(f"best single process: {median(best_single.rate):.1f} files/s ({best_single.label}); "
+          f"best fleet: {median(best_fleet.rate):.1f} files/s ({best_fleet.label}) = "
+          f"{median(best_fleet.rate) / median(best_single.rate):.2f}x")  # fmt: skip
+    if one_pg is not None:
+        print(f"best fleet ÷ one process on the same PostgreSQL journal: "
+              f"{median(best_fleet.rate) / median(one_pg.rate):.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ is left to do:
 
 `claiming`: the rename into the work folder may or may not have happened (a running daemon
 hands the row to a worker as it is; after a crash the work folder says which); `claimed`: the
-rule's decision is recorded and the file waits to be sent; `uploading`: a request
+rule's decision is recorded and the file waits to be sent (a file sent at once skips it: its
+decision is staged and written with `uploading`, see staging.py); `uploading`: a request
 may have reached the EHR, so the outcome is unknown until the EHR is asked; `uploaded` and
 `rejected`: only the move to done/ or failed/ and the receipt are left.
 

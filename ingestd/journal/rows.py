@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -51,6 +51,9 @@ class Row:
     converted_size: int | None = None
     converted_pages: int | None = None
     holder: str | None = None  # the instance that holds it (a shared journal); None: this one
+    # Not stored: False when the claim found no receipts that `ingestd retry` kept for this
+    # source, so the pipeline need not look for them (True: not known, look).
+    retried: bool = field(default=True, compare=False)
 
 
 def new_row(row_id: int, columns: dict[str, Any]) -> Row:

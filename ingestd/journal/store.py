@@ -23,6 +23,7 @@ from ingestd.journal.rows import (
     row_from_db,
     to_db,
 )
+from ingestd.journal.staging import Staged
 from ingestd.journal.schema import MIGRATIONS, SCHEMA, JournalError, migrate
 
 
@@ -42,6 +43,7 @@ class Journal:
         self.path = path
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._staged = Staged()
         try:
             # isolation_level=None: autocommit; multi-statement transactions say BEGIN IMMEDIATE.
             self._db = sqlite3.connect(
@@ -119,7 +121,10 @@ class Journal:
         return new_row(int(cursor.lastrowid or 0), columns)
 
     def update(self, row_id: int, **values: Any) -> None:
-        """Set columns of one row in one transaction."""
+        """Set columns of one row (and what is staged for it) in one transaction."""
+        self._update(row_id, self._staged.take(row_id, values))
+
+    def _update(self, row_id: int, values: dict[str, Any]) -> None:
         unknown = set(values) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown journal columns: {sorted(unknown)}")
@@ -132,8 +137,13 @@ class Journal:
 
     def change(self, row: Row, **values: Any) -> Row:
         """`update` a row the caller holds and return it as it now is, without reading it back."""
-        self.update(row.id, **values)
+        values = self._staged.take(row.id, values)
+        self._update(row.id, values)
         return dataclasses.replace(row, **values)
+
+    def stage(self, row: Row, **values: Any) -> Row:
+        """Values written with the row's next write, not before (see staging.py)."""
+        return self._staged.hold(row, values)
 
     def make_due(self) -> None:
         """Every waiting row is due now (after a reload that may have fixed what held it)."""
@@ -144,6 +154,7 @@ class Journal:
         )
 
     def delete(self, row_id: int) -> None:
+        self._staged.drop(row_id)
         self._write("DELETE FROM files WHERE id = ?", (row_id,))
 
     def mark_verified(self, target: str, document_id: str, sha256: str, at: str) -> None:
@@ -176,7 +187,7 @@ class Journal:
 
     def get(self, row_id: int) -> Row | None:
         rows = self._select("id = ?", (row_id,))
-        return rows[0] if rows else None
+        return self._staged.over(rows[0]) if rows else None
 
     def active(self) -> list[Row]:
         """Every row not yet done or failed, oldest first."""

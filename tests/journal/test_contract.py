@@ -137,3 +137,51 @@ def test_a_lone_instance_takes_nothing_over(reopen: Opener) -> None:
     _add(journal, "p/a")
     journal.heartbeat()
     assert journal.take_over(0.0) == []
+
+
+def test_staged_values_go_with_the_rows_next_write_and_a_crash_forgets_them(
+    reopen: Opener,
+) -> None:
+    journal = reopen()
+    row = journal.get(_add(journal, "p1/a.pdf"))
+    assert row is not None
+    decided = journal.stage(row, state="claimed", decision={"target": "leyr"})
+    assert decided.decision == {"target": "leyr"}
+    assert journal.get(row.id) == decided  # read through the journal: staged values included
+    journal.close()
+    again = reopen()  # a crash before the next write: the decision is worked out again
+    stored = again.get(row.id)
+    assert stored is not None
+    assert (stored.state, stored.decision) == ("claiming", None)
+
+    decided = again.stage(stored, state="claimed", decision={"target": "leyr"})
+    again.update(row.id, state="uploading", sent_at=2.0)  # the write that takes them along
+    again.close()
+    stored = reopen().get(row.id)
+    assert stored is not None
+    assert (stored.state, stored.decision, stored.sent_at) == ("uploading", {"target": "leyr"}, 2.0)
+
+
+def test_staged_values_are_returned_by_change_and_dropped_with_the_row(reopen: Opener) -> None:
+    journal = reopen()
+    row = journal.get(_add(journal, "p1/a.pdf"))
+    assert row is not None
+    journal.stage(row, decision={"target": "leyr"})
+    changed = journal.change(row, state="rejected", error={"kind": "x"})
+    assert changed.decision == {"target": "leyr"}  # `row` predates the staging
+    assert journal.get(row.id) == changed
+    other = journal.get(_add(journal, "p1/b.pdf"))
+    assert other is not None
+    journal.stage(other, decision={"target": "leyr"})
+    journal.delete(other.id)
+    assert journal.get(other.id) is None
+
+
+def test_a_claim_never_says_no_receipts_are_kept_when_some_are(reopen: Opener) -> None:
+    journal = reopen()
+    journal.keep_for_retry(PurePosixPath("p/a.pdf"), "aa", [{"status": "failed"}])
+    claimed = journal.add(PurePosixPath("p/a.pdf"), PurePosixPath("w/a"), "2026-01-01T00:00:00Z")
+    assert claimed.retried  # the pipeline looks for them
+    other = journal.add(PurePosixPath("p/b.pdf"), PurePosixPath("w/b"), "2026-01-01T00:00:00Z")
+    if journal.shared:
+        assert not other.retried  # the claim looked: no statement of its own later
