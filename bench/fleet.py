@@ -4,7 +4,7 @@ beside one process on its SQLite journal and the bare client.
 Usage (from the repository root; needs PostgreSQL's server binaries and psycopg, see
 tests/tools.sh):
 
-    .venv/bin/python bench/fleet.py [--files 3000] [--size 20000] [--patients 50]
+    .venv/bin/python bench/fleet.py [--files 1500] [--size 200000] [--patients 50]
         [--processes 1,2,4] [--concurrency 16] [--split] [--runs 1] [--latency-ms 50]
         [--settle 0.2]
 
@@ -17,7 +17,9 @@ the verdict compares the best fleet with the best single process. `--split` inst
 `--concurrency` over a fleet's processes (one total for every row; the earlier runs in
 bench/RESULTS.md). Timed as bench/throughput.py times ingestd: from the first file landing until
 the EHR holds every document. CPU per file: every ingestd process, the PostgreSQL server
-(postmaster and its backends), and this process, which hosts the sandbox EHR (user + system).
+(postmaster and its backends), and this process, which hosts the sandbox EHR and drops the files
+into the inbox (user + system); "cores busy" is their sum times files/s, so a row near the
+machine's core count was limited by the machine, not by ingestd.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ def server_cpu(pg: Postgres) -> float:
         except OSError:
             continue  # a backend that just ended
     return total
+
+
+def system_seconds(pid: int) -> float:
+    """The system (kernel) part of a process's CPU seconds."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return int(raw[raw.rindex(")") + 2 :].split()[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def statements(url: str) -> int:
@@ -117,6 +125,7 @@ def run_fleet(
             daemon.wait_started()
             wait_quiet(daemon.pid)
         before = sum(cpu_seconds(d.pid) for d in daemons)
+        system_before = sum(system_seconds(d.pid) for d in daemons)
         db_before = server_cpu(pg) if pg else 0.0
         ehr_before = cpu_seconds(os.getpid())
         statements_before = statements(url) if url else 0
@@ -129,6 +138,8 @@ def run_fleet(
             interval=0.05,
         )
         cpu_ms = (sum(cpu_seconds(d.pid) for d in daemons) - before) * 1000 / n
+        system_ms = (sum(system_seconds(d.pid) for d in daemons) - system_before) * 1000 / n
+        log(f"{processes} process(es): ingestd CPU {cpu_ms:.2f} ms/file, {system_ms:.2f} system")
         db_ms = ((server_cpu(pg) - db_before) * 1000 / n) if pg else 0.0
         ehr_ms = (cpu_seconds(os.getpid()) - ehr_before) * 1000 / n
         if url:
@@ -146,8 +157,8 @@ def run_fleet(
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=3000)
-    parser.add_argument("--size", type=int, default=20_000, help="bytes per file")
+    parser.add_argument("--files", type=int, default=1500)
+    parser.add_argument("--size", type=int, default=200_000, help="bytes per file")
     parser.add_argument("--patients", type=int, default=50)
     parser.add_argument("--processes", default="1,2,4", help="comma-separated fleet sizes")
     parser.add_argument("--concurrency", type=int, default=16, help="per process")
@@ -220,17 +231,22 @@ def main() -> int:
 
 def report(args: argparse.Namespace, rows: dict[str, Row], bare: dict[int, Row]) -> None:
     print(f"Fleet scale ({now_utc()}; {machine()})")
+    import psycopg
+
     print(f"{args.files} files of {args.size:,} bytes over {args.patients} patient folders; "
-          f"sandbox latency {args.latency_ms:g} ms; median of {args.runs} run(s)")  # fmt: skip
+          f"sandbox latency {args.latency_ms:g} ms; median of {args.runs} run(s); "
+          f"psycopg {psycopg.__version__} ({psycopg.pq.__impl__})")  # fmt: skip
     print()
     print("| what | in flight | files/s | ÷ bare client | ingestd CPU ms/file "
-          "| PostgreSQL CPU ms/file | EHR stand-in CPU ms/file |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "| PostgreSQL CPU ms/file | EHR stand-in CPU ms/file | cores busy |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in [*rows.values(), *bare.values()]:
         rate = median(row.rate)
         ceiling = median(bare[row.total].rate)
-        cpu = f"{median(row.cpu):.2f} | {median(row.db):.2f} | {median(row.ehr):.2f}"
-        print(f"| {row.label} | {row.total} | {rate:.1f} | {rate / ceiling:.2f} | {cpu} |")
+        cpu, db, ehr = median(row.cpu), median(row.db), median(row.ehr)
+        busy = (cpu + db + ehr) * rate / 1000
+        print(f"| {row.label} | {row.total} | {rate:.1f} | {rate / ceiling:.2f} | {cpu:.2f} "
+              f"| {db:.2f} | {ehr:.2f} | {busy:.2f} |")  # fmt: skip
     single = [row for row in rows.values() if row.label.startswith("1 process, SQLite")]
     fleets = [row for row in rows.values() if "PostgreSQL" in row.label]
     if not single or not fleets:

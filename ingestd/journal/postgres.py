@@ -96,7 +96,9 @@ class PostgresJournal(Roster):
         # which a survivor's take_over would take while this one sends them.
         register = (
             "WITH alive AS (INSERT INTO instances (id, host, pid) VALUES (%s, %s, %s) "
-            "ON CONFLICT (id) DO UPDATE SET seen_at = now()) "
+            # Rewritten only when a second old: a row version per claim is the server's work.
+            "ON CONFLICT (id) DO UPDATE SET seen_at = now() "
+            "WHERE instances.seen_at < now() - interval '1 second') "
         )
         insert = (
             f"INSERT INTO files ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "  # noqa: S608

@@ -240,3 +240,16 @@ def test_a_claim_re_registers_an_instance_that_was_taken_for_dead(
     _claim(a, "p/new")  # back: it claims before its next heartbeat
     assert b.take_over(600) == []
     assert [row.source for row in a.held()] == [PurePosixPath("p/new")]
+
+
+def test_a_claim_refreshes_an_instance_past_its_lease_before_a_survivor_looks(
+    postgres: Postgres, pg_db: str
+) -> None:
+    """Stalled past its lease but not yet taken over: its claim counts as a heartbeat (the
+    instance row is rewritten only when it is a second old, and this one is an hour old)."""
+    url = postgres.url(pg_db)
+    a, b = _journal(url, "a"), _long_connected(_journal(url, "b"))
+    _make_dead(postgres, pg_db, "a")
+    _claim(a, "p/new")
+    assert "a" in b.live_instances(600)
+    assert b.take_over(600) == []
