@@ -112,6 +112,10 @@ class _Slot:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     conn: Any = None
+    # One cursor per connection, reused: a new one per statement is Python work, and with the
+    # pure-Python driver every libpq call it makes is a chance for another thread to take the GIL
+    # (measured: 286 → 196 µs of CPU per statement with 8 threads busy).
+    cursor: Any = None
     epoch: int = 0  # the link's epoch when it connected
 
 
@@ -153,6 +157,7 @@ class Link:
             if self._settings.password is not None:
                 extra["password"] = self._settings.password
             slot.conn = self._psycopg.connect(self._settings.url, autocommit=True, **extra)
+            slot.cursor = slot.conn.cursor()
         return slot.conn
 
     def up_for(self) -> float:
@@ -189,7 +194,8 @@ class Link:
     def _attempt(self, sql: str, params: Any) -> tuple[list[Any], int]:
         with self._slot() as slot:
             try:
-                cursor = self._connect(slot).execute(sql, params)
+                self._connect(slot)
+                cursor = slot.cursor.execute(sql, params)
                 found = cursor.fetchall() if cursor.description else []
             except self._lost as exc:
                 self._lost_or_refused(slot, exc)
@@ -224,6 +230,7 @@ class Link:
             with contextlib.suppress(Exception):  # closing a broken connection
                 slot.conn.close()
             slot.conn = None
+            slot.cursor = None
         with self._state:
             self._next_try = time.monotonic() + RECONNECT_EVERY
             self._epoch += 1
@@ -238,6 +245,8 @@ class Link:
         )
 
     def _came_back(self) -> None:
+        if self._down_since is None:  # nearly always: no lock taken per statement
+            return
         with self._state:
             if self._down_since is None:
                 return
@@ -251,4 +260,4 @@ class Link:
             with slot.lock:
                 if slot.conn is not None:
                     slot.conn.close()
-                    slot.conn = None
+                    slot.conn = slot.cursor = None
