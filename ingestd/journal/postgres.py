@@ -23,8 +23,8 @@ from ingestd.journal.fleet import Roster
 from ingestd.journal.interface import AlreadyClaimed, ClaimLost, JournalUnavailable
 from ingestd.journal.pglink import JournalUnreachable, Link, SharedJournal
 from ingestd.journal.rows import ACTIVE_STATES, COLUMNS, Row, new_row, row_from_db, to_db
-from ingestd.journal.staging import Staged
 from ingestd.journal.schema import PG_FIRST_VERSION, PG_MIGRATIONS, PG_SCHEMA, migrate
+from ingestd.journal.staging import Staged
 
 _SELECTED = (*COLUMNS, "holder")
 _ACTIVE = list(ACTIVE_STATES)

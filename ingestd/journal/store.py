@@ -23,8 +23,8 @@ from ingestd.journal.rows import (
     row_from_db,
     to_db,
 )
-from ingestd.journal.staging import Staged
 from ingestd.journal.schema import MIGRATIONS, SCHEMA, JournalError, migrate
+from ingestd.journal.staging import Staged
 
 
 class Journal:
