@@ -245,10 +245,12 @@ class Link:
         )
 
     def _came_back(self) -> None:
-        if self._down_since is None:  # nearly always: no lock taken per statement
-            return
+        if self._down_since is not None:  # nearly always None: no lock taken per statement
+            self._note_back()
+
+    def _note_back(self) -> None:
         with self._state:
-            if self._down_since is None:
+            if self._down_since is None:  # another thread noted it first
                 return
             down = time.monotonic() - self._down_since
             self._down_since = None
