@@ -22,7 +22,7 @@ from typing import Any
 from ingestd import content
 from ingestd.clock import utc_iso
 from ingestd.filing.places import free_name, place
-from ingestd.filing.receipts import Receipt, receipt_path, write_receipt
+from ingestd.filing.receipts import Receipt, read_receipt, receipt_path, write_receipt
 from ingestd.journal import JournalLike, Row
 from ingestd.observe.logs import Masker, event
 
@@ -127,6 +127,11 @@ class Filer:
                 receipt = Receipt.of_row(row, status, dest.name)
                 write_receipt(receipt_path(dest), receipt.to_dict())
             except FileExistsError:
+                if not os.path.lexists(work) and _written_by_this_filing(dest, receipt):
+                    # Finishing again after a crash, maybe on another host of a fleet, whose
+                    # user database may name the file's owner differently: the file and its
+                    # receipt are already in place.
+                    return row
                 # Someone put a different receipt there by hand: keep ours beside it.
                 row = self._move_aside(row, dest)
                 continue
@@ -143,6 +148,19 @@ class Filer:
         with contextlib.suppress(FileNotFoundError):
             place(dest, dest.parent / name)
         return self.journal.change(row, dest=row.dest.parent / name)
+
+
+def _written_by_this_filing(dest: Path, receipt: Receipt) -> bool:
+    """Whether the receipt at `dest` records this very filing (same outcome, document, content
+    and source), beside its file."""
+    try:
+        found = read_receipt(receipt_path(dest))
+        regular = stat.S_ISREG(os.lstat(dest).st_mode)
+    except (OSError, ValueError):
+        return False
+    ours = receipt.to_dict()
+    keys = ("status", "document_id", "sha256", "source", "file")
+    return regular and all(found.get(key) == ours.get(key) for key in keys)
 
 
 def _our_copy(work: Path, dest: Path, sha256: str | None) -> bool:
