@@ -45,6 +45,10 @@ class Filer:
         self.masker = masker
         # Destination folders that failed: logged once per spell of trouble, under _lock.
         self._trouble: set[PurePosixPath] = set()
+        # Names chosen for rows not yet finished, by folder ("done/p1"), under _lock: a name is
+        # chosen before the file moves, and two files of one name finishing at once (the same
+        # fax sent twice during an outage) must not both be given it.
+        self._chosen: dict[PurePosixPath, set[str]] = {}
         self._lock = threading.Lock()
 
     def destination(self, row: Row, status: str) -> dict[str, Any]:
@@ -53,14 +57,39 @@ class Filer:
         if row.dest is not None:
             return {}
         parent = row.source.parent
-        name = free_name(self._root(status) / parent, row.source.name)
-        return {"dest": parent / name, "finished_at": utc_iso()}
+        return {"dest": self._choose(status, parent, row.source.name), "finished_at": utc_iso()}
+
+    def _choose(self, status: str, parent: PurePosixPath, name: str) -> PurePosixPath:
+        """A free name in `parent` of the status's folder, held until `_release`."""
+        with self._lock:
+            chosen = self._chosen.setdefault(PurePosixPath(status) / parent, set())
+            free = free_name(self._root(status) / parent, name, chosen)
+            chosen.add(free)
+        return parent / free
+
+    def _hold(self, status: str, dest: PurePosixPath) -> None:
+        """Hold a name chosen before a restart (its row is being finished now)."""
+        with self._lock:
+            self._chosen.setdefault(PurePosixPath(status) / dest.parent, set()).add(dest.name)
+
+    def _release(self, status: str, dest: PurePosixPath | None) -> None:
+        if dest is None:
+            return
+        folder = PurePosixPath(status) / dest.parent
+        with self._lock:
+            chosen = self._chosen.get(folder)
+            if chosen is not None:
+                chosen.discard(dest.name)
+                if not chosen:
+                    del self._chosen[folder]
 
     def finish(self, row: Row) -> str | None:
         """File the row away and mark it done/failed; the status, or None when the folder
         cannot be written now (the row stays, to be finished later)."""
         status = "done" if row.state == "uploaded" else "failed"
         folder = PurePosixPath(status) / row.source.parent
+        if row.dest is not None:
+            self._hold(status, row.dest)
         try:
             row = self._file_away(row, status)
         except OSError as exc:
@@ -83,7 +112,8 @@ class Filer:
             self._trouble.discard(folder)
         if recovered:
             event(log, logging.INFO, "filing_recovered", folder=self.masker.path(folder))
-        self.journal.update(row.id, state=status)
+        self.journal.finished(row.id, status)
+        self._release(status, row.dest)
         error = row.error or {}
         event(
             log,
@@ -107,7 +137,8 @@ class Filer:
             if row.dest is None:
                 row = self.journal.change(row, **self.destination(row, status))
             assert row.dest is not None
-            dest = root / row.dest
+            dest_rel = row.dest
+            dest = root / dest_rel
             if os.path.lexists(work):
                 try:
                     # The receipt's write syncs the folder for both names.
@@ -118,8 +149,10 @@ class Filer:
                         os.unlink(dest)
                         continue
                     if not _our_copy(work, dest, row.sha256):
-                        # The name was taken since it was chosen.
+                        # The name was taken since it was chosen (by hand, or by another
+                        # instance of a fleet).
                         row = self.journal.change(row, dest=None)
+                        self._release(status, dest_rel)
                         continue
                     # An earlier try put it there but could not remove the work file.
                     os.unlink(work)
@@ -133,7 +166,7 @@ class Filer:
                     # receipt are already in place.
                     return row
                 # Someone put a different receipt there by hand: keep ours beside it.
-                row = self._move_aside(row, dest)
+                row = self._move_aside(row, status, dest)
                 continue
             return row
         raise OSError(errno.EEXIST, "no free name in the folder")
@@ -142,12 +175,13 @@ class Filer:
         done, failed = self._roots()
         return done if status == "done" else failed
 
-    def _move_aside(self, row: Row, dest: Path) -> Row:
+    def _move_aside(self, row: Row, status: str, dest: Path) -> Row:
         assert row.dest is not None
-        name = free_name(dest.parent, row.source.name)
+        chosen = self._choose(status, row.dest.parent, row.source.name)
         with contextlib.suppress(FileNotFoundError):
-            place(dest, dest.parent / name)
-        return self.journal.change(row, dest=row.dest.parent / name)
+            place(dest, dest.parent / chosen.name)
+        self._release(status, row.dest)
+        return self.journal.change(row, dest=chosen)
 
 
 def _written_by_this_filing(dest: Path, receipt: Receipt) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from ingestd.filing.moves import copy_exclusive, move_no_replace
@@ -49,12 +50,17 @@ def candidate(name: str, n: int) -> str:
     return _cut_chars(stem, room) + tag + ext
 
 
-def free_name(folder: Path, name: str) -> str:
-    """The first candidate name such that neither it nor its receipt exists in `folder`."""
+def free_name(folder: Path, name: str, taken: Collection[str] = ()) -> str:
+    """The first candidate name, not among `taken`, such that neither it nor its receipt
+    exists in `folder`."""
     n = 0
     while True:
         option = candidate(name, n)
-        if not os.path.lexists(folder / option) and not os.path.lexists(folder / (option + SUFFIX)):
+        if (
+            option not in taken
+            and not os.path.lexists(folder / option)
+            and not os.path.lexists(folder / (option + SUFFIX))
+        ):
             return option
         n += 1
 

@@ -20,6 +20,7 @@ from ingestd.journal.interface import JournalUnavailable
 from ingestd.journal.rows import ACTIVE_STATES, COLUMNS, Row, row_from_db
 
 if TYPE_CHECKING:
+    from ingestd.journal.finishing import FinishedRows
     from ingestd.journal.pglink import Link
 
 _SELECTED = (*COLUMNS, "holder")
@@ -30,6 +31,7 @@ class Roster:
 
     link: Link
     instance: str | None
+    _finished: FinishedRows
 
     def heartbeat(self, wait: bool = False) -> None:
         """Register or renew this instance; an outage is only logged (by the link)."""
@@ -97,6 +99,7 @@ class Roster:
         instance until it is back, or are taken over when its lease runs out."""
         if self.instance is None:
             return
+        self._finished.close()  # the rows finished last are written first
         try:
             self.link.run(
                 "DELETE FROM instances WHERE id = %s AND NOT EXISTS (SELECT 1 FROM files "

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
+from ingestd.journal.finishing import FinishedRows
 from ingestd.journal.fleet import Roster
 from ingestd.journal.interface import AlreadyClaimed, ClaimLost, JournalUnavailable
 from ingestd.journal.pglink import JournalUnreachable, Link, SharedJournal
@@ -53,6 +54,7 @@ class PostgresJournal(Roster):
             self.link.close()
             raise
         self._staged = Staged()
+        self._finished = FinishedRows(self._write_finished)
         self._counts: dict[str, int] = {}
         self._oldest: float | None = None
 
@@ -69,6 +71,7 @@ class PostgresJournal(Roster):
             migrate(db, version, PG_MIGRATIONS, self.link.where, "%s")
 
     def close(self) -> None:
+        self._finished.close()
         self.link.close()
 
     # --- writing ----------------------------------------------------------------------------
@@ -142,6 +145,25 @@ class PostgresJournal(Roster):
         self._update(row.id, values)
         return dataclasses.replace(row, **values)
 
+    def finished(self, row_id: int, state: str) -> None:
+        """Record a row done or failed with others in one statement (journal/finishing.py);
+        until then this journal reads it as finished, the database as it was."""
+        staged = self._staged.take(row_id, {})
+        if staged:
+            self._update(row_id, {**staged, "state": state})
+            return
+        self._finished.add(row_id, state)
+
+    def _write_finished(self, batch: dict[int, str]) -> None:
+        mine, held = self._mine()
+        self.link.run(
+            "UPDATE files SET state = v.state, updated_at = %s "  # noqa: S608
+            "FROM unnest(%s::bigint[], %s::text[]) AS v(id, state) "
+            f"WHERE files.id = v.id {mine}",
+            (time.time(), list(batch), list(batch.values()), *held),
+            wait=False,
+        )
+
     def stage(self, row: Row, **values: Any) -> Row:
         """Values written with the row's next write, not before (see staging.py)."""
         return self._staged.hold(row, values)
@@ -214,7 +236,11 @@ class PostgresJournal(Roster):
 
     def get(self, row_id: int) -> Row | None:
         rows = self._select("id = %s", (row_id,))
-        return self._staged.over(rows[0]) if rows else None
+        if not rows:
+            return None
+        state = self._finished.state_of(row_id)
+        row = rows[0] if state is None else dataclasses.replace(rows[0], state=state)
+        return self._staged.over(row)
 
     def active(self) -> list[Row]:
         """Every active row of the whole fleet, oldest first."""
@@ -235,10 +261,13 @@ class PostgresJournal(Roster):
     def held(self, wait: bool = True) -> list[Row]:
         """The active rows this instance holds (`wait`: through an outage)."""
         mine, held = self._mine()
-        return self._select(f"state = ANY(%s) {mine} ORDER BY id", (_ACTIVE, *held), wait=wait)
+        rows = self._select(f"state = ANY(%s) {mine} ORDER BY id", (_ACTIVE, *held), wait=wait)
+        finished = self._finished.ids()
+        return [row for row in rows if row.id not in finished]
 
     def due(self, now: float, exclude: set[int]) -> list[Row]:
         """This instance's due rows; none while the database is down (the loop goes on)."""
+        exclude = exclude | self._finished.ids()
         mine, held = self._mine()
         try:
             rows = self._select(
@@ -252,6 +281,7 @@ class PostgresJournal(Roster):
         return [row for row in rows if row.id not in exclude]
 
     def next_due_time(self, exclude: set[int]) -> float | None:
+        exclude = exclude | self._finished.ids()
         mine, held = self._mine()
         try:
             found, _ = self.link.run(

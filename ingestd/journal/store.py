@@ -141,6 +141,10 @@ class Journal:
         self._update(row.id, values)
         return dataclasses.replace(row, **values)
 
+    def finished(self, row_id: int, state: str) -> None:
+        """Record a row done or failed (a local write is cheap: at once)."""
+        self.update(row_id, state=state)
+
     def stage(self, row: Row, **values: Any) -> Row:
         """Values written with the row's next write, not before (see staging.py)."""
         return self._staged.hold(row, values)

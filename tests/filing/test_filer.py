@@ -1,9 +1,11 @@
-"""Filing again after a crash: a row recorded `uploaded` whose file and receipt were already put
-in done/ (the crash came before `done` was recorded) is finished without moving anything, even
-when the instance finishing it is another host that names the file's owner differently."""
+"""Filing against real folders: finishing again after a crash (a row recorded `uploaded` whose
+file and receipt were already put in done/, the crash before `done` was recorded) moves nothing,
+even on another host that names the file's owner differently; and files of one name finishing
+at once are each given a name of their own."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path, PurePosixPath
 
 from ingestd.filing.filer import Filer
@@ -59,3 +61,37 @@ def test_the_same_host_finishing_again_writes_nothing_new(tmp_path: Path) -> Non
     filer, _, row = _filed_before_a_crash(tmp_path, dropped_by=None)
     assert filer.finish(row) == "done"
     assert len(list((tmp_path / "done" / "p").iterdir())) == 2
+
+
+def test_two_files_of_one_name_finishing_together_get_a_name_each(tmp_path: Path) -> None:
+    """A fax sent twice with the same name during an EHR outage: two rows, one inbox name,
+    identical bytes, both finishing when the EHR answers again. Each is filed under a name of
+    its own beside its own receipt (both names were chosen before either file was moved)."""
+    inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    filer = Filer(lambda: inbox, lambda: (done, failed), journal, Masker(b"k" * 32))
+    rows = []
+    for n in (1, 2):
+        work = PurePosixPath(f".ingestd/work/i1/c{n}-fax.pdf")
+        (inbox / work).parent.mkdir(parents=True, exist_ok=True)
+        (inbox / work).write_bytes(b"the same fax")
+        row = journal.add(PurePosixPath("p/fax.pdf"), work, "2026-01-01T00:00:00Z")
+        sha256 = hashlib.sha256(b"the same fax").hexdigest()
+        values = {"state": "uploaded", "document_id": f"doc-{n}", "sha256": sha256, "size": 12}
+        rows.append(journal.change(row, **values, decision={"target": "leyr"}))
+    rows = [journal.change(row, **filer.destination(row, "done")) for row in rows]
+    # The first has been moved into place and its receipt is not yet written when the second
+    # is filed (two workers at once), so the second finds a file with its very bytes there.
+    first = rows[0]
+    assert first.dest is not None
+    (done / first.dest).parent.mkdir(parents=True, exist_ok=True)
+    (inbox / first.work).rename(done / first.dest)
+    assert filer.finish(rows[1]) == "done"
+    assert filer.finish(first) == "done"
+    receipts = {
+        path.name: read_receipt(path) for path in (done / "p").iterdir() if path.suffix == ".json"
+    }
+    assert sorted(r["document_id"] for r in receipts.values()) == ["doc-1", "doc-2"]
+    for receipt in receipts.values():
+        assert (done / "p" / receipt["file"]).read_bytes() == b"the same fax"
+    assert len(list((done / "p").iterdir())) == 4

@@ -4,6 +4,7 @@ one they have."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
@@ -185,3 +186,20 @@ def test_a_claim_never_says_no_receipts_are_kept_when_some_are(reopen: Opener) -
     other = journal.add(PurePosixPath("p/b.pdf"), PurePosixPath("w/b"), "2026-01-01T00:00:00Z")
     if journal.shared:
         assert not other.retried  # the claim looked: no statement of its own later
+
+
+def test_a_finished_row_reads_finished_at_once_and_after_reopening(reopen: Opener) -> None:
+    journal = reopen()
+    row = journal.get(_add(journal, "p1/a.pdf"))
+    assert row is not None
+    journal.change(row, state="uploaded", document_id="d1")
+    journal.finished(row.id, "done")
+    stored = journal.get(row.id)
+    assert stored is not None
+    assert stored.state == "done"
+    assert row.id not in {r.id for r in journal.held()}
+    assert journal.due(time.time(), set()) == []
+    journal.close()  # writes what is pending
+    stored = reopen().get(row.id)
+    assert stored is not None
+    assert stored.state == "done"

@@ -253,3 +253,26 @@ def test_a_claim_refreshes_an_instance_past_its_lease_before_a_survivor_looks(
     _claim(a, "p/new")
     assert "a" in b.live_instances(600)
     assert b.take_over(600) == []
+
+
+def test_finished_rows_are_written_together_and_a_crash_first_leaves_them_to_file_again(
+    postgres: Postgres, pg_db: str
+) -> None:
+    url = postgres.url(pg_db)
+    a, view = _journal(url, "a"), _journal(url, None)
+    ids = [_claim(a, f"p/{n}.pdf") for n in range(3)]
+    for row_id in ids:
+        a.update(row_id, state="uploaded", document_id=f"d{row_id}")
+        a.finished(row_id, "done")
+    # Written within FLUSH_EVERY, in one batch, as the rest of the fleet sees them.
+    wait_for(lambda: {view.get(i).state for i in ids} == {"done"}, timeout=5)  # type: ignore[union-attr]
+
+    crashed = _journal(url, "b")
+    row_id = _claim(crashed, "p/late.pdf")
+    crashed.update(row_id, state="uploaded", document_id="d-late")
+    crashed._finished._write = lambda batch: None  # it dies before its batch is written
+    crashed.finished(row_id, "done")
+    crashed.link.close()
+    again = _journal(url, "b")  # the restart: the row is filed again
+    assert [row.id for row in again.held()] == [row_id]
+    assert again.get(row_id).state == "uploaded"  # type: ignore[union-attr]
