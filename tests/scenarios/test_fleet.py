@@ -66,12 +66,25 @@ def test_three_instances_lose_nothing_and_send_nothing_twice_through_kills_and_a
     def done() -> int:
         return len(list(tree.done.rglob("*.receipt.json")))
 
+    alive = [True, True, True]  # False: killed for good
+
+    def revive() -> None:
+        """As systemd's Restart=on-failure: an instance that exited with 1 (started while the
+        database was away: a kill just before its restart) is started again."""
+        for n, proc in enumerate(fleet):
+            if alive[n] and proc.proc.poll() == 1:
+                fleet[n] = daemon_process(configs[n])
+
+    def done_reviving(mark: int) -> bool:
+        revive()
+        return done() >= mark
+
     # Kills at random points while the work goes on; one instance stays dead until the end (its
     # claims are the survivors' to take over), the others come back under their old identity.
     kills = sorted(chance.sample(range(40, 400), 3))
     restart_at = chance.randrange(150, 350)
     for mark in sorted([*kills, restart_at]):
-        wait_for(lambda mark=mark: done() >= mark, timeout=60)
+        wait_for(lambda mark=mark: done_reviving(mark), timeout=60)
         if mark == restart_at:
             postgres.stop()
             time.sleep(chance.uniform(0.5, 2.0))  # an outage of some length, by design
@@ -81,7 +94,9 @@ def test_three_instances_lose_nothing_and_send_nothing_twice_through_kills_and_a
         fleet[victim].kill()
         if mark != kills[-1]:
             fleet[victim] = daemon_process(configs[victim])
-    wait_for(lambda: done() == FILES, timeout=90)
+        else:
+            alive[victim] = False
+    wait_for(lambda: done_reviving(FILES) and done() == FILES, timeout=90)
     for proc in fleet:
         proc.stop()
 
