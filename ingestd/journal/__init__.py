@@ -13,7 +13,8 @@ hands the row to a worker as it is; after a crash the work folder says which); `
 rule's decision is recorded and the file waits to be sent (a file sent at once skips it: its
 decision is staged and written with `uploading`, see staging.py); `uploading`: a request
 may have reached the EHR, so the outcome is unknown until the EHR is asked; `uploaded` and
-`rejected`: only the move to done/ or failed/ and the receipt are left.
+`rejected`: only the move to done/ or failed/ and the receipt are left (a shared journal writes
+the `done`/`failed` that follows in batches, see finishing.py).
 
 Files still in the inbox are not rows: the inbox itself is their truth, and a scan after a
 restart finds them again. Paths are stored as bytes so odd names survive byte for byte.
