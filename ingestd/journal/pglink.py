@@ -197,10 +197,13 @@ class Link:
                 self._connect(slot)
                 cursor = slot.cursor.execute(sql, params)
                 found = cursor.fetchall() if cursor.description else []
+                # Read while the slot is ours: the cursor is the slot's, and the next statement
+                # on it resets the count (a lost claim's 0 must not read as another's 1).
+                count = cursor.rowcount
             except self._lost as exc:
                 self._lost_or_refused(slot, exc)
         self._came_back()
-        return found, cursor.rowcount
+        return found, count
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:

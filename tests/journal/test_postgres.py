@@ -5,6 +5,7 @@ taken-over row refused to its old holder, outages waited out, and clear errors a
 from __future__ import annotations
 
 import secrets
+import sys
 import threading
 import time
 from pathlib import PurePosixPath
@@ -21,6 +22,7 @@ from ingestd.journal import (
     SharedJournal,
     open_journal,
 )
+from ingestd.journal.pglink import Link
 from ingestd.journal.postgres import PostgresJournal
 from tests.conftest import wait_for
 from tests.pg import PASSWORD, PASSWORD_ROLE, Postgres
@@ -276,3 +278,34 @@ def test_finished_rows_are_written_together_and_a_crash_first_leaves_them_to_fil
     again = _journal(url, "b")  # the restart: the row is filed again
     assert [row.id for row in again.held()] == [row_id]
     assert again.get(row_id).state == "uploaded"  # type: ignore[union-attr]
+
+
+def test_each_statement_gets_its_own_row_count_when_threads_share_a_connection(
+    postgres: Postgres, pg_db: str
+) -> None:
+    """A write to a row this instance no longer holds counts 0 rows: that is how a claim lost
+    to a takeover is noticed, so the count must be the statement's own, whichever threads
+    share the connection (the count of one statement must never be read after another began)."""
+    link = Link(SharedJournal(postgres.url(pg_db)), connections=1)
+    link.run("CREATE TABLE counted (id int PRIMARY KEY)", wait=True)
+    link.run("INSERT INTO counted SELECT generate_series(1, 10)", wait=True)
+    wrong: list[tuple[int, int]] = []
+
+    def write(expected: int) -> None:
+        for _ in range(1000):
+            _, count = link.run("UPDATE counted SET id = id WHERE id <= %s", (expected,), wait=True)
+            if count != expected:
+                wrong.append((expected, count))
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in (0, 1, 10, 0, 1, 10)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    link.close()
+    assert wrong == []
