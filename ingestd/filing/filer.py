@@ -156,6 +156,19 @@ class Filer:
                         continue
                     # An earlier try put it there but could not remove the work file.
                     os.unlink(work)
+            elif not os.path.lexists(dest):
+                # Filed before a crash (or before a shared journal wrote its end) and taken
+                # away since: `ingestd retry` put a failed file back, or someone moved it. A
+                # receipt now would stand beside nothing: the row only ends.
+                event(
+                    log,
+                    logging.WARNING,
+                    "filed_file_gone",
+                    file=self.masker.path(row.source),
+                    action="nothing to do if it was put back to be tried again; otherwise look "
+                    "for it: the journal records where it was filed",
+                )
+                return row
             try:
                 receipt = Receipt.of_row(row, status, dest.name)
                 write_receipt(receipt_path(dest), receipt.to_dict())

@@ -95,3 +95,27 @@ def test_two_files_of_one_name_finishing_together_get_a_name_each(tmp_path: Path
     for receipt in receipts.values():
         assert (done / "p" / receipt["file"]).read_bytes() == b"the same fax"
     assert len(list((done / "p").iterdir())) == 4
+
+
+def test_a_failed_file_put_back_before_its_end_was_recorded_gets_no_receipt_again(
+    tmp_path: Path,
+) -> None:
+    """Filed in failed/ with its receipt, the end not yet recorded (a crash, or a shared
+    journal's batch not yet written), then `ingestd retry` put it back: filing the row again
+    must not write a receipt beside nothing."""
+    inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    filer = Filer(lambda: inbox, lambda: (done, failed), journal, Masker(b"k" * 32))
+    work = PurePosixPath(".ingestd/work/i1/c-a.gif")
+    row = journal.add(PurePosixPath("p/a.gif"), work, "2026-01-01T00:00:00Z")
+    row = journal.change(row, state="rejected", error={"kind": "unsupported_type"}, size=3)
+    row = journal.change(row, **filer.destination(row, "failed"))
+    (inbox / work).parent.mkdir(parents=True)
+    (inbox / work).write_bytes(b"gif")
+    assert filer.finish(row) == "failed"
+    assert row.dest is not None
+    filed = failed / row.dest
+    filed.rename(inbox / "p-a.gif")  # put back, as retry does: file moved, receipt removed
+    receipt_path(filed).unlink()
+    assert filer.finish(row) == "failed"  # filed again: the end is recorded, nothing written
+    assert list((failed / "p").iterdir()) == []
