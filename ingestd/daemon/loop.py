@@ -132,7 +132,9 @@ class Daemon:
     # --- the loop --------------------------------------------------------------------------
 
     def run(self) -> Summary:
-        for row in self.claimer.recover():
+        recovered = self.claimer.recover()
+        self.pipeline.filer.hold_recorded(recovered)
+        for row in recovered:
             self._resumed.add(row.id)
         known = {row.work for row in self.journal.active()}
         try:
@@ -210,7 +212,9 @@ class Daemon:
             taken = self.journal.take_over(lease)
             if taken:
                 event(log, logging.WARNING, "claims_taken_over", files=len(taken))
-            for row in self.claimer.recover(taken):
+            recovered = self.claimer.recover(taken)
+            self.pipeline.filer.hold_recorded(recovered)
+            for row in recovered:
                 self._resumed.add(row.id)
             self._journal_check_at = 0.0
             return

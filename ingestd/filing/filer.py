@@ -61,11 +61,24 @@ class Filer:
 
     def _choose(self, status: str, parent: PurePosixPath, name: str) -> PurePosixPath:
         """A free name in `parent` of the status's folder, held until `_release`."""
-        with self._lock:
-            chosen = self._chosen.setdefault(PurePosixPath(status) / parent, set())
-            free = free_name(self._root(status) / parent, name, chosen)
-            chosen.add(free)
-        return parent / free
+        key = PurePosixPath(status) / parent
+        while True:
+            with self._lock:
+                taken = set(self._chosen.get(key, ()))
+            # Looked up without the lock: a share that hangs must not stop every worker's filing.
+            free = free_name(self._root(status) / parent, name, taken)
+            with self._lock:
+                chosen = self._chosen.setdefault(key, set())
+                if free not in chosen:  # else another worker took it meanwhile: look again
+                    chosen.add(free)
+                    return parent / free
+
+    def hold_recorded(self, rows: list[Row]) -> None:
+        """Hold the names recorded for rows found at start-up or taken over, before any new
+        row chooses one (their files may not be in place yet)."""
+        for row in rows:
+            if row.dest is not None and row.state in ("uploaded", "rejected"):
+                self._hold("done" if row.state == "uploaded" else "failed", row.dest)
 
     def _hold(self, status: str, dest: PurePosixPath) -> None:
         """Hold a name chosen before a restart (its row is being finished now)."""

@@ -235,10 +235,10 @@ class PostgresJournal(Roster):
         return [row_from_db(_SELECTED, record) for record in found]
 
     def get(self, row_id: int) -> Row | None:
+        state = self._finished.state_of(row_id)  # before the read: a batch may land meanwhile
         rows = self._select("id = %s", (row_id,))
         if not rows:
             return None
-        state = self._finished.state_of(row_id)
         row = rows[0] if state is None else dataclasses.replace(rows[0], state=state)
         return self._staged.over(row)
 
@@ -260,9 +260,9 @@ class PostgresJournal(Roster):
 
     def held(self, wait: bool = True) -> list[Row]:
         """The active rows this instance holds (`wait`: through an outage)."""
+        finished = self._finished.ids()  # before the read: a batch may land meanwhile
         mine, held = self._mine()
         rows = self._select(f"state = ANY(%s) {mine} ORDER BY id", (_ACTIVE, *held), wait=wait)
-        finished = self._finished.ids()
         return [row for row in rows if row.id not in finished]
 
     def due(self, now: float, exclude: set[int]) -> list[Row]:

@@ -119,3 +119,16 @@ def test_a_failed_file_put_back_before_its_end_was_recorded_gets_no_receipt_agai
     receipt_path(filed).unlink()
     assert filer.finish(row) == "failed"  # filed again: the end is recorded, nothing written
     assert list((failed / "p").iterdir()) == []
+
+
+def test_a_name_recorded_before_a_restart_is_not_given_to_a_new_row(tmp_path: Path) -> None:
+    inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    before = Filer(lambda: inbox, lambda: (done, failed), journal, Masker(b"k" * 32))
+    old = journal.add(PurePosixPath("p/fax.pdf"), PurePosixPath("w/1"), "2026-01-01T00:00:00Z")
+    old = journal.change(old, state="uploaded", **before.destination(old, "done"))
+    # The restart: a new filer, the recorded row held before a new one chooses its name.
+    after = Filer(lambda: inbox, lambda: (done, failed), journal, Masker(b"k" * 32))
+    after.hold_recorded(journal.held())
+    new = journal.add(PurePosixPath("p/fax.pdf"), PurePosixPath("w/2"), "2026-01-01T00:00:01Z")
+    assert after.destination(new, "done")["dest"] != old.dest

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ingestd.filing.receipts import read_receipt
 from ingestd.sandbox import Sandbox
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 from tests.pg import Postgres
@@ -110,3 +111,11 @@ def test_three_instances_lose_nothing_and_send_nothing_twice_through_kills_and_a
     assert len(collections.Counter(stored.values())) == FILES, f"seed {seed}"
     assert all(stored[r["document_id"]] == r["sha256"] for r in receipts), f"seed {seed}"
     assert not list(tree.inbox.rglob("*.pdf")), f"seed {seed}"
+    # Every filed file beside its receipt, and every receipt beside its file.
+    filed = {p.relative_to(tree.done) for p in tree.done.rglob("*.pdf")}
+    described = {
+        p.relative_to(tree.done).with_name(r["file"])
+        for p in tree.done.rglob("*.receipt.json")
+        for r in [read_receipt(p)]
+    }
+    assert filed == described, f"seed {seed}"
