@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 
 import pytest
 
@@ -122,20 +121,27 @@ def test_csrf_token_is_bound_to_the_session_and_the_process() -> None:
 
 
 class SlowCheck:
-    """Stands in for the scrypt check: records how many run at once and how many ran."""
+    """Stands in for the scrypt check: records how many run at once and how many ran. Each
+    check stays running until as many run as the gate should allow (or every expected check has
+    started), so a gate letting more through would be seen doing it."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
         self.running = self.most = self.calls = 0
-        self.lock = threading.Lock()
+        self.changed = threading.Condition()
 
     def __call__(self, stored: PasswordHash, password: str) -> bool:
-        with self.lock:
+        with self.changed:
             self.running += 1
             self.calls += 1
             self.most = max(self.most, self.running)
-        time.sleep(0.05)
-        with self.lock:
+            self.changed.notify_all()
+            self.changed.wait_for(
+                lambda: self.running >= HASHING_AT_ONCE or self.calls >= self.expected,
+                timeout=10,
+            )
             self.running -= 1
+            self.changed.notify_all()
         return False
 
 
@@ -158,7 +164,7 @@ def run_at_once(gate: Gate, clients: list[str]) -> list[auth.Verdict]:
 def test_concurrent_wrong_logins_hash_a_few_at_a_time_and_lock_out_the_rest(
     gate: Gate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    check = SlowCheck()
+    check = SlowCheck(expected=MAX_FAILURES)
     monkeypatch.setattr(auth, "check_password", check)
     verdicts = run_at_once(gate, ["192.0.2.7"] * 40)
     assert len(verdicts) == 40
@@ -172,7 +178,7 @@ def test_concurrent_wrong_logins_hash_a_few_at_a_time_and_lock_out_the_rest(
 def test_many_clients_at_once_still_hash_a_few_at_a_time(
     gate: Gate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    check = SlowCheck()
+    check = SlowCheck(expected=20)
     monkeypatch.setattr(auth, "check_password", check)
     run_at_once(gate, [f"192.0.2.{i}" for i in range(20)])
     assert check.calls == 20

@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,7 +28,7 @@ from ingestd.observe.metrics import DaemonState
 from ingestd.web.auth import MAX_FAILURES, Csrf, Gate, hash_password
 from ingestd.web.server import HEADERS, Site, StatusPageServer
 from ingestd.web.view import Gatherer, ViewCache
-from tests.conftest import Tree
+from tests.conftest import Tree, wait_for
 
 FOLDER = "Andersson Anna"
 NAME = "remiss från vc.pdf"
@@ -323,11 +322,26 @@ def test_a_double_click_on_retry_puts_the_file_back_once_without_an_error(
     form = {"file": form_value(html, "file"), "csrf": form_value(html, "csrf")}
     put_back = page.site.retry
     calls: list[Path] = []
+    views = page.site.views
+    looked: list[bool] = []
+
+    class WatchedViews:
+        """The site's views, noting each fresh look (a Retry's, before it waits its turn)."""
+
+        def get(self, fresh: bool = False) -> object:
+            looked.append(fresh)
+            return views.get(fresh=fresh)
+
+        def forget(self) -> None:
+            views.forget()
+
+    page.site.views = WatchedViews()  # type: ignore[assignment]
 
     def first_one_slow(receipt: Path) -> None:
         calls.append(receipt)
         if len(calls) == 1:
-            time.sleep(0.5)  # the second click arrives while the first is under way
+            # The second click arrives while the first is under way.
+            wait_for(lambda: looked.count(True) >= 2, timeout=10)
         put_back(receipt)
 
     page.site.retry = first_one_slow
