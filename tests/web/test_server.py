@@ -122,6 +122,13 @@ def form_value(html: str, name: str) -> str:
     return found.group(1)
 
 
+def retry_form(page: Page) -> tuple[requests.Session, dict[str, str]]:
+    """A browser's session and the Retry form of the page's one failed file."""
+    session = requests.Session()
+    html = session.get(page.url + "/", timeout=10).text
+    return session, {"file": form_value(html, "file"), "csrf": form_value(html, "csrf")}
+
+
 def test_overview_shows_the_folder_the_failure_its_reason_and_the_targets(page: Page) -> None:
     fail_a_file(page.tree)
     page.tree.drop("Berg Nils/fax.tiff", b"II*\x00waiting")
@@ -317,9 +324,7 @@ def test_a_double_click_on_retry_puts_the_file_back_once_without_an_error(
 ) -> None:
     caplog.set_level(logging.INFO, logger="ingestd")
     receipt = fail_a_file(page.tree)
-    session = requests.Session()
-    html = session.get(page.url + "/", timeout=10).text
-    form = {"file": form_value(html, "file"), "csrf": form_value(html, "csrf")}
+    session, form = retry_form(page)
     put_back = page.site.retry
     calls: list[Path] = []
     views = page.site.views
@@ -443,9 +448,7 @@ def test_retry_while_the_shared_journal_is_down_answers_503_and_moves_nothing(
 ) -> None:
     caplog.set_level(logging.INFO, logger="ingestd")
     receipt = fail_a_file(page.tree)
-    session = requests.Session()
-    html = session.get(page.url + "/", timeout=10).text
-    form = {"file": form_value(html, "file"), "csrf": form_value(html, "csrf")}
+    session, form = retry_form(page)
     config = Config(
         file="c.yaml",
         paths=Paths(page.tree.inbox, page.tree.done, page.tree.failed, page.tree.state),
