@@ -39,7 +39,7 @@ from ingestd.delivery.send import RETRY_SOON_SECONDS, Sender
 from ingestd.delivery.staged import Stager
 from ingestd.filing.filer import Filer
 from ingestd.inbox.claims import Claimer, claim_key
-from ingestd.journal import JournalLike, Row
+from ingestd.journal import ClaimLost, JournalLike, Row
 from ingestd.names import valid_text
 from ingestd.observe.logs import Masker, event
 from ingestd.observe.metrics import Metrics
@@ -93,6 +93,13 @@ class Pipeline:
         self.stager.sweep()
 
     def process(self, row: Row, resumed: bool = False) -> Outcome:
+        try:
+            return self._process(row, resumed)
+        except ClaimLost:
+            self.filer.forget(row.id)  # the survivor that took the row chooses its own name
+            raise
+
+    def _process(self, row: Row, resumed: bool) -> Outcome:
         if row.state in ("uploaded", "rejected"):
             return self.finish(row)
         wait = self._target_wait(row)

@@ -45,10 +45,10 @@ class Filer:
         self.masker = masker
         # Destination folders that failed: logged once per spell of trouble, under _lock.
         self._trouble: set[PurePosixPath] = set()
-        # Names chosen for rows not yet finished, by folder ("done/p1"), under _lock: a name is
-        # chosen before the file moves, and two files of one name finishing at once (the same
-        # fax sent twice during an outage) must not both be given it.
-        self._chosen: dict[PurePosixPath, set[str]] = {}
+        # Names chosen for rows not yet finished, by folder ("done/p1"), with the row holding
+        # each, under _lock: a name is chosen before the file moves, and two files of one name
+        # finishing at once (the same fax sent twice during an outage) must not both be given it.
+        self._chosen: dict[PurePosixPath, dict[str, int]] = {}
         self._lock = threading.Lock()
 
     def destination(self, row: Row, status: str) -> dict[str, Any]:
@@ -57,10 +57,11 @@ class Filer:
         if row.dest is not None:
             return {}
         parent = row.source.parent
-        return {"dest": self._choose(status, parent, row.source.name), "finished_at": utc_iso()}
+        dest = self._choose(status, parent, row.source.name, row.id)
+        return {"dest": dest, "finished_at": utc_iso()}
 
-    def _choose(self, status: str, parent: PurePosixPath, name: str) -> PurePosixPath:
-        """A free name in `parent` of the status's folder, held until `_release`."""
+    def _choose(self, status: str, parent: PurePosixPath, name: str, row_id: int) -> PurePosixPath:
+        """A free name in `parent` of the status's folder, held for the row until `_release`."""
         key = PurePosixPath(status) / parent
         while True:
             with self._lock:
@@ -68,9 +69,9 @@ class Filer:
             # Looked up without the lock: a share that hangs must not stop every worker's filing.
             free = free_name(self._root(status) / parent, name, taken)
             with self._lock:
-                chosen = self._chosen.setdefault(key, set())
+                chosen = self._chosen.setdefault(key, {})
                 if free not in chosen:  # else another worker took it meanwhile: look again
-                    chosen.add(free)
+                    chosen[free] = row_id
                     return parent / free
 
     def hold_recorded(self, rows: list[Row]) -> None:
@@ -78,12 +79,22 @@ class Filer:
         row chooses one (their files may not be in place yet)."""
         for row in rows:
             if row.dest is not None and row.state in ("uploaded", "rejected"):
-                self._hold("done" if row.state == "uploaded" else "failed", row.dest)
+                self._hold("done" if row.state == "uploaded" else "failed", row.dest, row.id)
 
-    def _hold(self, status: str, dest: PurePosixPath) -> None:
+    def _hold(self, status: str, dest: PurePosixPath, row_id: int) -> None:
         """Hold a name chosen before a restart (its row is being finished now)."""
         with self._lock:
-            self._chosen.setdefault(PurePosixPath(status) / dest.parent, set()).add(dest.name)
+            self._chosen.setdefault(PurePosixPath(status) / dest.parent, {})[dest.name] = row_id
+
+    def forget(self, row_id: int) -> None:
+        """Let go of the names held for a row this instance no longer holds (taken over by a
+        survivor of the fleet, which chooses again if it must)."""
+        with self._lock:
+            for folder, chosen in list(self._chosen.items()):
+                for name in [name for name, holder in chosen.items() if holder == row_id]:
+                    del chosen[name]
+                if not chosen:
+                    del self._chosen[folder]
 
     def _release(self, status: str, dest: PurePosixPath | None) -> None:
         if dest is None:
@@ -92,7 +103,7 @@ class Filer:
         with self._lock:
             chosen = self._chosen.get(folder)
             if chosen is not None:
-                chosen.discard(dest.name)
+                chosen.pop(dest.name, None)
                 if not chosen:
                     del self._chosen[folder]
 
@@ -102,7 +113,7 @@ class Filer:
         status = "done" if row.state == "uploaded" else "failed"
         folder = PurePosixPath(status) / row.source.parent
         if row.dest is not None:
-            self._hold(status, row.dest)
+            self._hold(status, row.dest, row.id)
         try:
             row = self._file_away(row, status)
         except OSError as exc:
@@ -161,7 +172,7 @@ class Filer:
                         # A copy (no hard links on this share) that a crash cut short.
                         os.unlink(dest)
                         continue
-                    if not _our_copy(work, dest, row.sha256):
+                    if not _our_copy(work, dest, row.sha256) or self._chosen_by_another(row):
                         # The name was taken since it was chosen (by hand, or by another
                         # instance of a fleet).
                         row = self.journal.change(row, dest=None)
@@ -201,9 +212,20 @@ class Filer:
         done, failed = self._roots()
         return done if status == "done" else failed
 
+    def _chosen_by_another(self, row: Row) -> bool:
+        """Whether another unfinished row records this row's name. Two instances of a fleet
+        can choose one name at the same moment (the same fax sent twice, identical bytes): the
+        file found there is then the other's, moved in before its receipt was written, and the
+        same bytes must not pass for a copy of this row's own. Every row records its name
+        before its file moves, so the other's is in the journal by then."""
+        return any(
+            other.id != row.id and other.dest == row.dest and other.state == row.state
+            for other in self.journal.by_source(row.source)
+        )
+
     def _move_aside(self, row: Row, status: str, dest: Path) -> Row:
         assert row.dest is not None
-        chosen = self._choose(status, row.dest.parent, row.source.name)
+        chosen = self._choose(status, row.dest.parent, row.source.name, row.id)
         with contextlib.suppress(FileNotFoundError):
             place(dest, dest.parent / chosen.name)
         self._release(status, row.dest)

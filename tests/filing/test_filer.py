@@ -132,3 +132,56 @@ def test_a_name_recorded_before_a_restart_is_not_given_to_a_new_row(tmp_path: Pa
     after.hold_recorded(journal.held())
     new = journal.add(PurePosixPath("p/fax.pdf"), PurePosixPath("w/2"), "2026-01-01T00:00:01Z")
     assert after.destination(new, "done")["dest"] != old.dest
+
+
+def test_two_instances_choosing_one_name_at_once_file_under_a_name_each(tmp_path: Path) -> None:
+    """Two instances of a fleet (a filer each, one journal), the same fax twice: neither knows
+    the other's chosen name, so both choose `fax.pdf`. The first moves its file in; before its
+    receipt is written the second finds a file with its very bytes at its name, and must not
+    take it for an interrupted move of its own (it would delete its own file, and one file
+    would stand for two documents)."""
+    inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    filers = [
+        Filer(lambda: inbox, lambda: (done, failed), journal, Masker(b"k" * 32)) for _ in "ab"
+    ]
+    rows = []
+    for n, filer in enumerate(filers, 1):
+        work = PurePosixPath(f".ingestd/work/i{n}/c-fax.pdf")
+        (inbox / work).parent.mkdir(parents=True, exist_ok=True)
+        (inbox / work).write_bytes(b"the same fax")
+        row = journal.add(PurePosixPath("p/fax.pdf"), work, "2026-01-01T00:00:00Z")
+        sha256 = hashlib.sha256(b"the same fax").hexdigest()
+        values = {"state": "uploaded", "document_id": f"doc-{n}", "sha256": sha256, "size": 12}
+        row = journal.change(row, **values, decision={"target": "leyr"})
+        rows.append(journal.change(row, **filer.destination(row, "done")))
+    first, second = rows
+    assert first.dest == second.dest == PurePosixPath("p/fax.pdf")
+    (done / "p").mkdir(parents=True)
+    (inbox / first.work).rename(done / "p" / "fax.pdf")  # the first's move, receipt not yet
+    assert filers[1].finish(second) == "done"
+    assert filers[0].finish(first) == "done"
+    receipts = [read_receipt(path) for path in (done / "p").iterdir() if path.suffix == ".json"]
+    assert sorted(r["document_id"] for r in receipts) == ["doc-1", "doc-2"]
+    assert sorted(r["file"] for r in receipts) == ["fax (1).pdf", "fax.pdf"]
+    for receipt in receipts:
+        assert (done / "p" / receipt["file"]).read_bytes() == b"the same fax"
+    assert len(list((done / "p").iterdir())) == 4
+    assert [journal.get(row.id).state for row in rows] == ["done", "done"]  # type: ignore[union-attr]
+
+
+def test_a_row_taken_over_lets_go_of_its_name(tmp_path: Path) -> None:
+    """A row this instance lost to a survivor (ClaimLost) no longer keeps its chosen name from
+    this instance's next file of that name."""
+    inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    filer = Filer(lambda: inbox, lambda: (done, failed), journal, Masker(b"k" * 32))
+    lost = journal.add(PurePosixPath("p/fax.pdf"), PurePosixPath("w/1"), "2026-01-01T00:00:00Z")
+    kept = journal.add(PurePosixPath("p/fax.pdf"), PurePosixPath("w/2"), "2026-01-01T00:00:01Z")
+    assert filer.destination(lost, "done")["dest"] == PurePosixPath("p/fax.pdf")
+    assert filer.destination(kept, "done")["dest"] == PurePosixPath("p/fax (1).pdf")
+    filer.forget(lost.id)
+    new = journal.add(PurePosixPath("p/fax.pdf"), PurePosixPath("w/3"), "2026-01-01T00:00:02Z")
+    assert filer.destination(new, "done")["dest"] == PurePosixPath("p/fax.pdf")
+    third = journal.add(PurePosixPath("p/fax.pdf"), PurePosixPath("w/4"), "2026-01-01T00:00:03Z")
+    assert filer.destination(third, "done")["dest"] == PurePosixPath("p/fax (2).pdf")
