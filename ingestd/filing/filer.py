@@ -21,6 +21,7 @@ from typing import Any
 
 from ingestd import content
 from ingestd.clock import utc_iso
+from ingestd.filing.moves import NO_LINK_ERRNOS
 from ingestd.filing.places import free_name, place
 from ingestd.filing.receipts import Receipt, read_receipt, receipt_path, write_receipt
 from ingestd.journal import JournalLike, Row
@@ -224,10 +225,28 @@ class Filer:
         )
 
     def _move_aside(self, row: Row, status: str, dest: Path) -> Row:
+        """Our file is in place but another receipt stands beside it: the file moves to a
+        free name of its own. Linked there before the new name is recorded and unlinked after,
+        so a crash in between leaves at worst a second name for the file, never a file whose
+        recorded name is gone (it would end without a receipt)."""
         assert row.dest is not None
         chosen = self._choose(status, row.dest.parent, row.source.name, row.id)
-        with contextlib.suppress(FileNotFoundError):
-            place(dest, dest.parent / chosen.name)
+        aside = dest.parent / chosen.name
+        try:
+            os.link(dest, aside, follow_symlinks=False)
+        except FileNotFoundError:
+            pass  # gone meanwhile: the next try finds out what became of it
+        except OSError as exc:
+            if exc.errno not in NO_LINK_ERRNOS:
+                raise
+            with contextlib.suppress(FileNotFoundError):
+                place(dest, aside)  # no hard links here: moved, the short window accepted
+        else:
+            changed = self.journal.change(row, dest=chosen)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dest)
+            self._release(status, row.dest)
+            return changed
         self._release(status, row.dest)
         return self.journal.change(row, dest=chosen)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path, PurePosixPath
 
+import pytest
+
 from ingestd.filing.filer import Filer
 from ingestd.filing.receipts import Receipt, read_receipt, receipt_path, render
 from ingestd.journal import Journal, Row
@@ -185,3 +187,62 @@ def test_a_row_taken_over_lets_go_of_its_name(tmp_path: Path) -> None:
     assert filer.destination(new, "done")["dest"] == PurePosixPath("p/fax.pdf")
     third = journal.add(PurePosixPath("p/fax.pdf"), PurePosixPath("w/4"), "2026-01-01T00:00:03Z")
     assert filer.destination(third, "done")["dest"] == PurePosixPath("p/fax (2).pdf")
+
+
+def _another_receipt_at_our_name(tmp_path: Path) -> tuple[Filer, Journal, Row, Path]:
+    """Our file moved into done/p/a.pdf, then (before our receipt) a receipt of something else
+    put beside it by hand."""
+    filer, journal, row = _filed_before_a_crash(tmp_path, dropped_by=None)
+    folder = tmp_path / "done" / "p"
+    foreign = {"status": "done", "document_id": "someone-else", "file": "a.pdf"}
+    receipt_path(folder / "a.pdf").write_bytes(render(foreign))
+    return filer, journal, row, folder
+
+
+def test_a_file_beside_another_receipt_moves_aside_with_its_own(tmp_path: Path) -> None:
+    filer, journal, row, folder = _another_receipt_at_our_name(tmp_path)
+    assert filer.finish(row) == "done"
+    assert read_receipt(receipt_path(folder / "a.pdf"))["document_id"] == "someone-else"
+    ours = read_receipt(receipt_path(folder / "a (1).pdf"))
+    assert (ours["document_id"], ours["file"]) == ("doc-1", "a (1).pdf")
+    assert (folder / "a (1).pdf").read_bytes() == b"pdf"
+    assert not (folder / "a.pdf").exists()
+    stored = journal.get(row.id)
+    assert stored is not None
+    assert stored.dest == PurePosixPath("p/a (1).pdf")
+
+
+class Killed(Exception):
+    """The process dies here."""
+
+
+def test_a_crash_while_moving_aside_leaves_no_file_without_its_receipt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed as the new name is recorded: finishing again after the restart still writes our
+    receipt beside our file (at worst the file has a second name), never ends the row with
+    its file moved away from its recorded name and no receipt anywhere."""
+    filer, journal, row, folder = _another_receipt_at_our_name(tmp_path)
+    change = journal.change
+
+    def killed_when_recording_a_new_name(row: Row, **values: object) -> Row:
+        if row.dest is not None and values.get("dest") is not None:
+            raise Killed
+        return change(row, **values)
+
+    monkeypatch.setattr(journal, "change", killed_when_recording_a_new_name)
+    with pytest.raises(Killed):
+        filer.finish(row)
+    monkeypatch.setattr(journal, "change", change)
+    after = Filer(lambda: tmp_path / "inbox", lambda: (tmp_path / "done", tmp_path / "failed"),
+                  journal, Masker(b"k" * 32))  # fmt: skip
+    assert after.finish(row) == "done"
+    stored = journal.get(row.id)
+    assert stored is not None
+    assert stored.dest is not None
+    filed = tmp_path / "done" / stored.dest
+    assert filed.read_bytes() == b"pdf"
+    assert read_receipt(receipt_path(filed))["document_id"] == "doc-1"
+    assert read_receipt(receipt_path(folder / "a.pdf"))["document_id"] == "someone-else"
+    receipts = [p for p in folder.iterdir() if p.suffix == ".json"]
+    assert len(receipts) == 2  # the other one and ours: none beside nothing
