@@ -121,13 +121,19 @@ def _no_follow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
-def move_no_replace(src: Path, dest: Path, copy_from: Path | bytes | None = None) -> None:
+def move_no_replace(
+    src: Path, dest: Path, copy_from: Path | bytes | None = None, watched: bool = False
+) -> None:
     """Move `src` to `dest` on one file system without ever overwriting `dest`
     (FileExistsError): a hard link and an unlink, else the fallbacks above.
 
     `copy_from`, when `src` is a temporary copy, is what it was made from (a path, or the
     bytes): an exclusive copy is then made from that and `src` is never read again (on a FUSE
-    share a file just closed may still count as open when it is removed)."""
+    share a file just closed may still count as open when it is removed).
+
+    `watched`: `dest` is in the inbox, where any file that stops growing is taken for a
+    finished one. A copy there is made under a hidden name and only given `dest` when whole
+    (`publish`): a crash half-way must not leave a truncated file to be uploaded."""
     try:
         os.link(src, dest, follow_symlinks=False)
     except OSError as exc:
@@ -139,7 +145,22 @@ def move_no_replace(src: Path, dest: Path, copy_from: Path | bytes | None = None
             _say_once("rename without overwrite", exc)
             return
         _say_once("exclusive copy", exc)
-        if copy_from is None:
+        if watched and not isinstance(copy_from, bytes):
+            if copy_from is None:
+                hidden = hidden_copy_name(dest)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(hidden)  # left by a crash while copying to this name
+                copy_exclusive(src, hidden)
+                try:
+                    publish(hidden, dest)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(hidden)
+                    raise
+            else:
+                publish(src, dest)  # `src` is already a whole hidden copy beside `dest`
+                return
+        elif copy_from is None:
             copy_exclusive(src, dest)
         else:
             os.unlink(src)
@@ -150,3 +171,37 @@ def move_no_replace(src: Path, dest: Path, copy_from: Path | bytes | None = None
                 copy_exclusive(copy_from, dest)
             return
     os.unlink(src)
+
+
+def hidden_copy_name(dest: Path) -> Path:
+    """Where a copy is made before it is given `dest`: hidden, so the inbox leaves it alone."""
+    return dest.with_name(f".{dest.name[:200]}.ingestd-copy")
+
+
+def publish(hidden: Path, dest: Path) -> None:
+    """Give a whole, fsynced copy its name `dest` on a file system without hard links or
+    renameat2, never over another file: `dest` is first created empty with O_EXCL (so it is
+    ours), then the copy renamed over that. Where rename will not replace a file (SFTP without
+    its posix-rename extension), the empty file is removed and the copy renamed: such a rename
+    cannot overwrite anything either. A crash in between leaves an empty file, which the inbox
+    waits on and never uploads as a document."""
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+    try:
+        os.replace(hidden, dest)
+        return
+    except OSError as exc:
+        if exc.errno not in REFUSED_REPLACE_ERRNOS:
+            with contextlib.suppress(OSError):
+                os.unlink(dest)
+            raise
+    os.unlink(dest)
+    os.rename(hidden, dest)
+
+
+# What rename() answers where it will not replace an existing file.
+REFUSED_REPLACE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("EEXIST", "EPERM", "EACCES", "ENOTEMPTY", "ENOTSUP", "EOPNOTSUPP")
+    if hasattr(errno, name)
+)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Collection
 from pathlib import Path
 
-from ingestd.filing.moves import copy_exclusive, move_no_replace
+from ingestd.filing.moves import copy_exclusive, hidden_copy_name, move_no_replace
 from ingestd.filing.receipts import SUFFIX, fsync_dir
 
 NAME_MAX = 255
@@ -73,33 +73,34 @@ def make_folders(folder: Path) -> None:
         raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder") from None
 
 
-def place(src: Path, dest: Path, sync: bool = True) -> None:
+def place(src: Path, dest: Path, sync: bool = True, watched: bool = False) -> None:
     """Move `src` to `dest` without ever overwriting `dest` (FileExistsError if it exists).
 
     sync=False leaves the fsync of dest's folder to the caller (who writes a receipt there next).
+    watched=True: `dest` is in the inbox; a copy is never seen there until it is whole.
     """
     make_folders(dest.parent)
     try:
-        move_no_replace(src, dest)
+        move_no_replace(src, dest, watched=watched)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        _copy_across(src, dest)
+        _copy_across(src, dest, watched)
         os.unlink(src)
     if sync:
         fsync_dir(dest.parent)
 
 
-def _copy_across(src: Path, dest: Path) -> None:
+def _copy_across(src: Path, dest: Path, watched: bool) -> None:
     """Copy to a hidden name beside `dest`, fsync, then move that into place (no overwrite).
     The hidden copy never outlives a failure (nor a crash: it is removed when the move is
     retried, under the same journalled name)."""
-    tmp = dest.with_name(f".{dest.name[:200]}.ingestd-copy")
+    tmp = hidden_copy_name(dest)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # left by a crash: the journal's destination is retried with it
     copy_exclusive(src, tmp)
     try:
-        move_no_replace(tmp, dest, copy_from=src)
+        move_no_replace(tmp, dest, copy_from=src, watched=watched)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

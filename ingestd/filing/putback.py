@@ -46,7 +46,7 @@ def retry_one(
     name = source.name if not os.path.lexists(inbox / source) else free_name(folder, source.name)
     back = source.parent / name
     journal.keep_for_retry(back, _sha256(stored) or receipt.sha256 or "", history, wait=wait)
-    place(stored, inbox / back)
+    place(stored, inbox / back, watched=True)
     with contextlib.suppress(FileNotFoundError):
         receipt_file.unlink()
     where = PurePosixPath(receipt_file.relative_to(config.paths.failed).parent) / stored.name

@@ -284,7 +284,7 @@ class Claimer:
     def _give_back(self, work_path: Path, source: Path) -> bool:
         """Put a claimed file back at its inbox path, never over another file."""
         try:
-            move_no_replace(work_path, source)
+            move_no_replace(work_path, source, watched=True)
         except OSError:
             return False
         return True

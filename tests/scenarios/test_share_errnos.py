@@ -456,6 +456,73 @@ def test_a_copy_that_fails_half_way_leaves_nothing(
     assert (tmp_path / "a").exists()
 
 
+def _no_links_no_renameat2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """A share like smbnetfs: link() refused, no renameat2. Returns, for each copy made, whether
+    the inbox name was free of any file while the bytes were being copied."""
+    monkeypatch.setattr(shares, "_said", set())
+    monkeypatch.setattr(shares, "_renameat2", None)
+    monkeypatch.setattr(os, "link", _failing(os.link, tmp_path, errno.EPERM))
+    seen: list[bool] = []
+    real_copy = shares.shutil.copyfileobj
+
+    def copy(reader: Any, writer: Any, length: int = 0) -> None:
+        seen.append(not (tmp_path / "inbox" / "p" / "scan.pdf").exists())
+        real_copy(reader, writer, length)
+
+    monkeypatch.setattr(shares.shutil, "copyfileobj", copy)
+    return seen
+
+
+@pytest.mark.parametrize("rename_replaces", [True, False], ids=["rename-replaces", "sftp-rename"])
+def test_a_copy_into_the_inbox_is_not_there_until_it_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rename_replaces: bool
+) -> None:
+    """`ingestd retry` or a released claim putting a file back into the inbox on a share
+    without hard links: a copy made at the inbox name itself would, if the process were killed
+    half-way, leave a truncated file that the daemon takes for a finished one and uploads."""
+    seen = _no_links_no_renameat2(tmp_path, monkeypatch)
+    if not rename_replaces:  # SFTP without posix-rename: a rename never replaces a file
+        monkeypatch.setattr(os, "replace", _failing(os.replace, tmp_path, errno.EPERM))
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "scan.pdf").write_bytes(b"%PDF" * 50_000)
+    dest = tmp_path / "inbox" / "p" / "scan.pdf"
+    place(tmp_path / "failed" / "scan.pdf", dest, watched=True)
+    assert seen == [True]  # nothing at the inbox name while the bytes were copied
+    assert dest.read_bytes() == b"%PDF" * 50_000
+    assert os.listdir(dest.parent) == ["scan.pdf"]  # no hidden copy left
+    assert not (tmp_path / "failed" / "scan.pdf").exists()
+    (tmp_path / "failed" / "other.pdf").write_bytes(b"other")
+    with pytest.raises(FileExistsError):
+        place(tmp_path / "failed" / "other.pdf", dest, watched=True)
+    assert dest.read_bytes() == b"%PDF" * 50_000  # never overwritten
+    assert (tmp_path / "failed" / "other.pdf").read_bytes() == b"other"
+    assert os.listdir(dest.parent) == ["scan.pdf"]
+
+
+def test_a_copy_into_the_inbox_across_file_systems_is_not_there_until_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """failed/ on another file system than the inbox (EXDEV), and the inbox a share without
+    hard links: the hidden copy is given the name, never copied again at the name itself."""
+    seen = _no_links_no_renameat2(tmp_path, monkeypatch)
+    real_link = os.link
+
+    def link(src: Any, dest: Any, **kwargs: Any) -> None:
+        if Path(os.fsdecode(src)).parent.name == "failed":
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        real_link(src, dest, **kwargs)
+
+    monkeypatch.setattr(os, "link", _failing(link, tmp_path / "inbox", errno.EPERM))
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "scan.pdf").write_bytes(b"x" * 10_000)
+    dest = tmp_path / "inbox" / "p" / "scan.pdf"
+    place(tmp_path / "failed" / "scan.pdf", dest, watched=True)
+    assert seen == [True]
+    assert dest.read_bytes() == b"x" * 10_000
+    assert os.listdir(dest.parent) == ["scan.pdf"]
+    assert not (tmp_path / "failed" / "scan.pdf").exists()
+
+
 def _failing_fsync(fd: int) -> None:
     raise OSError(errno.EIO, os.strerror(errno.EIO))
 

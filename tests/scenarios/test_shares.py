@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from ingestd.filing.places import place
 from ingestd.sandbox import Sandbox
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 from tests.samples import pdf
@@ -265,3 +266,26 @@ def test_a_daemon_started_while_the_share_is_down_waits_for_it(
     finally:
         if proc.proc.poll() is None:
             proc.kill()
+
+
+def test_a_file_put_back_into_the_inbox_on_the_share_arrives_whole_and_never_over_another(
+    share: Share,
+) -> None:
+    """What `ingestd retry` and a released claim do, on this real share without hard links
+    or renameat2, where a rename never replaces a file: the copy is made under a hidden name and
+    only then given the inbox name (a kill half-way leaves no truncated file to upload), and a
+    name that is taken is never overwritten."""
+    for folder in ("inbox/p", "failed/p"):
+        (share.server / folder).mkdir(parents=True)
+    data = pdf("put back", 300_000)
+    (share.server / "failed" / "p" / "scan.pdf").write_bytes(data)
+    dest = share.mount / "inbox" / "p" / "scan.pdf"
+    place(share.mount / "failed" / "p" / "scan.pdf", dest, watched=True)
+    assert (share.server / "inbox" / "p" / "scan.pdf").read_bytes() == data
+    assert not (share.server / "failed" / "p" / "scan.pdf").exists()
+    (share.server / "failed" / "p" / "other.pdf").write_bytes(b"other")
+    with pytest.raises(FileExistsError):
+        place(share.mount / "failed" / "p" / "other.pdf", dest, watched=True)
+    assert (share.server / "inbox" / "p" / "scan.pdf").read_bytes() == data
+    assert (share.server / "failed" / "p" / "other.pdf").read_bytes() == b"other"
+    assert _stray(share) == []
