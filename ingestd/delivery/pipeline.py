@@ -96,7 +96,9 @@ class Pipeline:
         try:
             return self._process(row, resumed)
         except ClaimLost:
-            self.filer.forget(row.id)  # the survivor that took the row chooses its own name
+            # The survivor that took the row over chooses its own name and makes its own PDF.
+            self.filer.forget(row.id)
+            self.stager.remove(row)
             raise
 
     def _process(self, row: Row, resumed: bool) -> Outcome:
@@ -116,6 +118,7 @@ class Pipeline:
             # Taken over by another instance after our lease ran out, or removed by hand.
             event(log, logging.WARNING, "claimed_file_missing", file=self.masker.path(row.source))
             self.journal.delete(row.id)
+            self.stager.remove(row)
             return Outcome("gone", row.source)
         except content.UnsafeFile as exc:
             # Never opened, or not readable: the size lstat gives, and no hash.
@@ -274,6 +277,7 @@ class Pipeline:
         """The file changed while being read: a writer still has it. Back to the inbox."""
         event(log, logging.WARNING, "file_still_changing", file=self.masker.path(row.source))
         if self.claimer.release(row):
+            self.stager.remove(row)  # claimed again later under a new row, converted anew
             return Outcome("released", row.source)
         return self._defer(row, time.time() + RETRY_SOON_SECONDS)
 

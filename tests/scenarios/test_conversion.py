@@ -7,14 +7,20 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
+from ingestd.config.load import load_config
+from ingestd.content import Snapshot
+from ingestd.daemon.loop import Daemon
 from ingestd.delivery.topdf import convert
+from ingestd.inbox.settle import Ready
+from ingestd.journal import ClaimLost, Row
 from ingestd.sandbox import Fault, Sandbox
 from tests import images
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
@@ -174,3 +180,62 @@ def test_a_rule_forces_conversion_of_a_png_the_target_takes(
     stored = {d.sha256: d for d in sandbox.documents()}
     assert stored[photo_receipt["sha256"]].mime == "application/pdf"
     assert stored[photo_receipt["sha256"]].content == _pdf_of(photo, tree.root)
+
+
+def _claimed_and_converted(tree: Tree, sandbox: Sandbox) -> tuple[Daemon, Row]:
+    """An in-process daemon with one claimed fax whose PDF is made and committed."""
+    daemon = Daemon(load_config(str(_config(tree, sandbox))))
+    tree.drop("p_1/fax.tif", images.fax_tiff(pages=1))
+    path = tree.inbox / "p_1" / "fax.tif"
+    size = path.stat().st_size
+    ready = Ready(PurePosixPath("p_1/fax.tif"), time.time(), Snapshot.of(path.stat()))
+    row = daemon.claimer.claim(ready)
+    assert row is not None
+    fd = os.open(tree.inbox / row.work, os.O_RDONLY)
+    try:
+        row, staged = daemon.pipeline.stager.prepare(row, fd, size, "image/tiff")
+        os.close(staged.fd)
+    finally:
+        os.close(fd)
+    assert _converted(tree) != []
+    return daemon, row
+
+
+def test_a_released_or_vanished_claim_leaves_no_pdf_behind(tree: Tree, sandbox: Sandbox) -> None:
+    """A claimed fax given back to the inbox (it changed while read) is claimed again later
+    under a new row; one whose work file vanished is forgotten: neither leaves its PDF (a
+    document) in the state folder until the next start-up."""
+    daemon, row = _claimed_and_converted(tree, sandbox)
+    try:
+        assert daemon.pipeline._changed(row).result == "released"
+        assert (tree.inbox / "p_1" / "fax.tif").exists()
+        assert _converted(tree) == []
+    finally:
+        daemon.journal.close()
+    daemon, row = _claimed_and_converted(tree, sandbox)
+    try:
+        os.unlink(tree.inbox / row.work)
+        assert daemon.pipeline.process(row).result == "gone"
+        assert _converted(tree) == []
+    finally:
+        daemon.journal.close()
+
+
+def test_a_claim_lost_to_a_survivor_leaves_no_pdf_behind(
+    tree: Tree, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared journal's survivor took the row over (this instance was thought dead): it
+    makes its own PDF; this instance's copy goes at once."""
+    daemon, row = _claimed_and_converted(tree, sandbox)
+    try:
+
+        def taken_over(row: Row, **values: object) -> Row:
+            raise ClaimLost
+
+        monkeypatch.setattr(daemon.journal, "change", taken_over)
+        monkeypatch.setattr(daemon.journal, "update", taken_over)
+        with pytest.raises(ClaimLost):
+            daemon.pipeline.process(row)
+        assert _converted(tree) == []
+    finally:
+        daemon.journal.close()
