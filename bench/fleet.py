@@ -6,7 +6,7 @@ tests/tools.sh):
 
     .venv/bin/python bench/fleet.py [--files 1500] [--size 200000] [--patients 50]
         [--processes 1,2,4] [--concurrency 16] [--split] [--runs 1] [--latency-ms 50]
-        [--settle 0.2]
+        [--settle 0.2] [--threads]
 
 A throwaway PostgreSQL cluster (tests/pg.py: initdb in a temporary folder, fsync off as in the
 tests) and the sandbox EHR run on loopback. For each fleet size N, N processes with their own
@@ -22,14 +22,19 @@ are no work of the ingestd host, and the bare client does not copy its files eit
 file: every ingestd process, the PostgreSQL server (postmaster and its backends), and this
 process, which hosts the sandbox EHR and renames the files into place (user + system); "cores
 busy" is their sum times files/s, so a row near the
-machine's core count was limited by the machine, not by ingestd.
+machine's core count was limited by the machine, not by ingestd. `--threads` also splits
+ingestd's CPU per file by thread (the main loop; the upload workers; watchdog's threads, which
+read and group the inotify events; the rest; threads that ended during the run), naming the
+threads with py-spy (`.venv/bin/pip install py-spy`; it reads the processes' memory: root).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,6 +72,37 @@ def server_cpu(pg: Postgres) -> float:
         except OSError:
             continue  # a backend that just ended
     return total
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Native thread id → Python thread name, from `py-spy dump`."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True).stdout
+    return {int(m[1]): m[2] for m in re.finditer(r'^Thread (\d+) \(\w+\): "([^"]+)"', out, re.M)}
+
+
+def thread_kind(name: str) -> str:
+    if name == "MainThread":
+        return "main loop"
+    if name.startswith("ingestd-worker-"):
+        return "workers"
+    if name == "InotifyFD-Dispatcher" or re.fullmatch(r"Thread-\d+", name):
+        return "watchdog"  # its observer, emitter and inotify reader (unnamed but for one)
+    return "other"
+
+
+def thread_cpu(pids: list[int]) -> dict[tuple[int, int], float]:
+    """CPU seconds of every thread of `pids`, by (pid, thread id)."""
+    found = {}
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue  # a thread that just ended
+            fields = raw[raw.rindex(")") + 2 :].split()
+            found[(pid, int(tid))] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
 
 
 def system_seconds(pid: int) -> float:
@@ -117,19 +153,24 @@ class Row:
     cpu: list[float] = field(default_factory=list)  # ingestd CPU ms per file
     db: list[float] = field(default_factory=list)  # PostgreSQL server CPU ms per file
     ehr: list[float] = field(default_factory=list)  # this process (the sandbox EHR)
+    threads: list[dict[str, float]] = field(default_factory=list)  # ingestd CPU ms/file by kind
 
-    def add(self, rate: float, cpu: float, db: float, ehr: float) -> None:
+    def add(
+        self, rate: float, cpu: float, db: float, ehr: float, threads: dict[str, float]
+    ) -> None:
         self.rate.append(rate)
         self.cpu.append(cpu)
         self.db.append(db)
         self.ehr.append(ehr)
+        self.threads.append(threads)
 
 
 def run_fleet(
     sb: StampedSandbox, pg: Postgres | None, batch: Batch, root: Path, args: argparse.Namespace,
     processes: int, each: int, run: int,
-) -> tuple[float, float, float, float]:  # fmt: skip
-    """files/s until stored; ingestd's, the database's and the EHR's CPU ms per file."""
+) -> tuple[float, float, float, float, dict[str, float]]:  # fmt: skip
+    """files/s until stored; ingestd's, the database's and the EHR's CPU ms per file; with
+    --threads, ingestd's CPU ms per file by kind of thread."""
     sb.reset()
     n = len(batch.rels)
     name = f"fleet-{processes}x{each}-{'pg' if pg else 'sqlite'}-r{run}"
@@ -157,6 +198,11 @@ def run_fleet(
         db_before = server_cpu(pg) if pg else 0.0
         ehr_before = cpu_seconds(os.getpid())
         statements_before = statements(url) if url else 0
+        pids = [d.pid for d in daemons]
+        names = {tid: name for pid in pids for tid, name in thread_names(pid).items()} if (
+            args.threads
+        ) else {}  # fmt: skip
+        threads_before = thread_cpu(pids) if args.threads else {}
         first = land(arrivals)
         sb.wait_count(n, args.deadline, f"{processes} process(es): every file stored")
         wait_for(
@@ -166,6 +212,14 @@ def run_fleet(
             interval=0.05,
         )
         cpu_ms = (sum(cpu_seconds(d.pid) for d in daemons) - before) * 1000 / n
+        threads: dict[str, float] = {}
+        if args.threads:
+            for (pid, tid), spent in thread_cpu(pids).items():
+                kind = thread_kind(names.get(tid, ""))
+                used = (spent - threads_before.get((pid, tid), 0.0)) * 1000 / n
+                threads[kind] = threads.get(kind, 0.0) + used
+            # Threads that started and ended during the run are in the process's total only.
+            threads["ended"] = cpu_ms - sum(threads.values())
         system_ms = (sum(system_seconds(d.pid) for d in daemons) - system_before) * 1000 / n
         log(f"{processes} process(es): ingestd CPU {cpu_ms:.2f} ms/file, {system_ms:.2f} system")
         db_ms = ((server_cpu(pg) - db_before) * 1000 / n) if pg else 0.0
@@ -180,7 +234,7 @@ def run_fleet(
     if len(clinic.receipts()) != n or clinic.receipts("failed") or any(codes):
         raise RuntimeError(f"{processes} process(es): receipts or exit codes wrong: {codes}")
     clinic.remove()
-    return n / (max(stored) - first), cpu_ms, db_ms, ehr_ms
+    return n / (max(stored) - first), cpu_ms, db_ms, ehr_ms, threads
 
 
 def parse_args() -> argparse.Namespace:
@@ -194,6 +248,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--settle", type=float, default=0.2, help="ingestd settle_seconds")
+    parser.add_argument("--threads", action="store_true", help="ingestd's CPU by thread")
     parser.add_argument("--deadline", type=float, default=300.0, help="seconds per run")
     # throughput.stage reads these
     parser.add_argument("--slow-files", type=int, default=0, help=argparse.SUPPRESS)
@@ -244,7 +299,7 @@ def main() -> int:
                 )
                 ehr = (cpu_seconds(os.getpid()) - ehr_before) * 1000 / args.files
                 label = f"bare keep-alive client, concurrency {total}"
-                bare.setdefault(total, Row(label, total)).add(raw, raw_cpu or 0.0, 0.0, ehr)
+                bare.setdefault(total, Row(label, total)).add(raw, raw_cpu or 0.0, 0.0, ehr, {})
                 log(f"run {run + 1}: {label}: {raw:.1f} files/s")
     finally:
         sb.stop()
@@ -275,6 +330,16 @@ def report(args: argparse.Namespace, rows: dict[str, Row], bare: dict[int, Row])
         busy = (cpu + db + ehr) * rate / 1000
         print(f"| {row.label} | {row.total} | {rate:.1f} | {rate / ceiling:.2f} | {cpu:.2f} "
               f"| {db:.2f} | {ehr:.2f} | {busy:.2f} |")  # fmt: skip
+    if any(row.threads and row.threads[0] for row in rows.values()):
+        kinds = ("main loop", "workers", "watchdog", "other", "ended")
+        print()
+        print("ingestd CPU ms/file by thread (medians):")
+        print()
+        print("| what | " + " | ".join(kinds) + " |")
+        print("|---|" + "---:|" * len(kinds))
+        for row in rows.values():
+            cells = [median([t.get(kind, 0.0) for t in row.threads]) for kind in kinds]
+            print(f"| {row.label} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
     single = [row for row in rows.values() if row.label.startswith("1 process, SQLite")]
     fleets = [row for row in rows.values() if "PostgreSQL" in row.label]
     if not single or not fleets:
