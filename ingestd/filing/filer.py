@@ -21,7 +21,7 @@ from typing import Any
 
 from ingestd import content
 from ingestd.clock import utc_iso
-from ingestd.filing.moves import NO_LINK_ERRNOS
+from ingestd.filing.moves import NO_LINK_ERRNOS, copy_exclusive
 from ingestd.filing.places import free_name, place
 from ingestd.filing.receipts import Receipt, read_receipt, receipt_path, write_receipt
 from ingestd.journal import JournalLike, Row
@@ -169,16 +169,21 @@ class Filer:
                     # The receipt's write syncs the folder for both names.
                     place(work, dest, sync=False)
                 except FileExistsError:
-                    if _cut_short(work, dest):
-                        # A copy (no hard links on this share) that a crash cut short.
-                        os.unlink(dest)
-                        continue
-                    if not _our_copy(work, dest, row.sha256) or self._chosen_by_another(row):
-                        # The name was taken since it was chosen (by hand, or by another
-                        # instance of a fleet).
-                        row = self.journal.change(row, dest=None)
-                        self._release(status, dest_rel)
-                        continue
+                    if not _same_file(work, dest):
+                        if self._chosen_by_another(row):
+                            # Another instance of a fleet chose this name at the same moment:
+                            # what is there is its file (maybe still being copied), whatever
+                            # its bytes. Never touched: another name is chosen.
+                            row = self._choose_again(row, status)
+                            continue
+                        if _cut_short(work, dest):
+                            # A copy (no hard links on this share) that a crash cut short.
+                            os.unlink(dest)
+                            continue
+                        if not _our_copy(work, dest, row.sha256):
+                            # The name was taken since it was chosen (by hand).
+                            row = self._choose_again(row, status)
+                            continue
                     # An earlier try put it there but could not remove the work file.
                     os.unlink(work)
             elif not os.path.lexists(dest):
@@ -224,31 +229,62 @@ class Filer:
             for other in self.journal.by_source(row.source)
         )
 
+    def _choose_again(self, row: Row, status: str) -> Row:
+        """Forget the row's name (taken since it was chosen): the next try chooses another."""
+        changed = self.journal.change(row, dest=None)
+        self._release(status, row.dest)
+        return changed
+
     def _move_aside(self, row: Row, status: str, dest: Path) -> Row:
         """Our file is in place but another receipt stands beside it: the file moves to a
-        free name of its own. Linked there before the new name is recorded and unlinked after,
-        so a crash in between leaves at worst a second name for the file, never a file whose
-        recorded name is gone (it would end without a receipt)."""
+        free name of its own. Linked (or, without hard links, copied) there before the new
+        name is recorded and the old one removed after, so a crash in between leaves at worst
+        a second name for the file, never a file whose recorded name is gone (it would end
+        without a receipt)."""
         assert row.dest is not None
-        chosen = self._choose(status, row.dest.parent, row.source.name, row.id)
-        aside = dest.parent / chosen.name
-        try:
-            os.link(dest, aside, follow_symlinks=False)
-        except FileNotFoundError:
-            pass  # gone meanwhile: the next try finds out what became of it
-        except OSError as exc:
-            if exc.errno not in NO_LINK_ERRNOS:
+        for _ in range(MAX_NAME_TRIES):
+            chosen = self._choose(status, row.dest.parent, row.source.name, row.id)
+            aside = dest.parent / chosen.name
+            try:
+                _link_or_copy(dest, aside)
+            except FileExistsError:
+                self._release(status, chosen)  # taken since it was looked up: look again
+                continue
+            except FileNotFoundError:
+                # Gone meanwhile: the next try finds out what became of it.
+                self._release(status, chosen)
+                return row
+            try:
+                changed = self.journal.change(row, dest=chosen)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(aside)
+                self._release(status, chosen)
                 raise
-            with contextlib.suppress(FileNotFoundError):
-                place(dest, aside)  # no hard links here: moved, the short window accepted
-        else:
-            changed = self.journal.change(row, dest=chosen)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(dest)
             self._release(status, row.dest)
             return changed
-        self._release(status, row.dest)
-        return self.journal.change(row, dest=chosen)
+        raise OSError(errno.EEXIST, "no free name in the folder")
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    """A second name for `src` (a hard link), or a copy of it where the share has none; never
+    over another file (FileExistsError)."""
+    try:
+        os.link(src, dest, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in NO_LINK_ERRNOS:
+            raise
+        copy_exclusive(src, dest)
+
+
+def _same_file(work: Path, dest: Path) -> bool:
+    """Whether `dest` is `work` itself (a hard link an interrupted move left)."""
+    try:
+        return os.path.samestat(os.lstat(work), os.lstat(dest))
+    except OSError:
+        return False
 
 
 def _written_by_this_filing(dest: Path, receipt: Receipt) -> bool:

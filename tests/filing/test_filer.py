@@ -5,7 +5,9 @@ at once are each given a name of their own."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -216,13 +218,16 @@ class Killed(Exception):
     """The process dies here."""
 
 
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
 def test_a_crash_while_moving_aside_leaves_no_file_without_its_receipt(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
 ) -> None:
     """Killed as the new name is recorded: finishing again after the restart still writes our
     receipt beside our file (at worst the file has a second name), never ends the row with
     its file moved away from its recorded name and no receipt anywhere."""
     filer, journal, row, folder = _another_receipt_at_our_name(tmp_path)
+    if not links:  # a share like smbnetfs: the new name is a copy
+        monkeypatch.setattr(os, "link", _refused)
     change = journal.change
 
     def killed_when_recording_a_new_name(row: Row, **values: object) -> Row:
@@ -233,6 +238,7 @@ def test_a_crash_while_moving_aside_leaves_no_file_without_its_receipt(
     monkeypatch.setattr(journal, "change", killed_when_recording_a_new_name)
     with pytest.raises(Killed):
         filer.finish(row)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.pdf", "a.pdf.receipt.json"]
     monkeypatch.setattr(journal, "change", change)
     after = Filer(lambda: tmp_path / "inbox", lambda: (tmp_path / "done", tmp_path / "failed"),
                   journal, Masker(b"k" * 32))  # fmt: skip
@@ -246,3 +252,43 @@ def test_a_crash_while_moving_aside_leaves_no_file_without_its_receipt(
     assert read_receipt(receipt_path(folder / "a.pdf"))["document_id"] == "someone-else"
     receipts = [p for p in folder.iterdir() if p.suffix == ".json"]
     assert len(receipts) == 2  # the other one and ours: none beside nothing
+
+
+def _refused(*args: object, **kwargs: object) -> None:
+    raise OSError(errno.EPERM, "Operation not permitted")
+
+
+def test_a_copy_another_instance_is_still_making_at_our_name_is_never_touched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet on a share without hard links, the same fax twice, one name chosen by both: the
+    first instance is still copying its file into place when the second tries the name. The
+    part-made copy is a prefix of the second's own bytes, which a crash of its own would also
+    leave; it is the first's, though (its row records the name), and is left alone."""
+    monkeypatch.setattr(os, "link", _refused)
+    inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    filers = [
+        Filer(lambda: inbox, lambda: (done, failed), journal, Masker(b"k" * 32)) for _ in "ab"
+    ]
+    fax = b"the same fax, page after page" * 1000
+    rows = []
+    for n, filer in enumerate(filers, 1):
+        work = PurePosixPath(f".ingestd/work/i{n}/c-fax.pdf")
+        (inbox / work).parent.mkdir(parents=True, exist_ok=True)
+        (inbox / work).write_bytes(fax)
+        row = journal.add(PurePosixPath("p/fax.pdf"), work, "2026-01-01T00:00:00Z")
+        values = {"state": "uploaded", "document_id": f"doc-{n}", "size": len(fax)}
+        row = journal.change(row, **values, sha256=hashlib.sha256(fax).hexdigest())
+        rows.append(journal.change(row, **filer.destination(row, "done")))
+    first, second = rows
+    (done / "p").mkdir(parents=True)
+    (done / "p" / "fax.pdf").write_bytes(fax[:4096])  # the first's copy, part-way
+    assert filers[1].finish(second) == "done"
+    assert (done / "p" / "fax.pdf").read_bytes() == fax[:4096]  # untouched
+    assert read_receipt(receipt_path(done / "p" / "fax (1).pdf"))["document_id"] == "doc-2"
+    (done / "p" / "fax.pdf").write_bytes(fax)  # the first's copy completes,
+    (inbox / first.work).unlink()  # and its work file goes
+    assert filers[0].finish(first) == "done"
+    assert read_receipt(receipt_path(done / "p" / "fax.pdf"))["document_id"] == "doc-1"
+    assert len(list((done / "p").iterdir())) == 4
