@@ -15,9 +15,11 @@ import ctypes
 import errno
 import logging
 import os
+import secrets
 import shutil
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -147,9 +149,8 @@ def move_no_replace(
         _say_once("exclusive copy", exc)
         if watched and not isinstance(copy_from, bytes):
             if copy_from is None:
+                clear_stale_copies(dest)
                 hidden = hidden_copy_name(dest)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(hidden)  # left by a crash while copying to this name
                 copy_exclusive(src, hidden)
                 try:
                     publish(hidden, dest)
@@ -174,8 +175,33 @@ def move_no_replace(
 
 
 def hidden_copy_name(dest: Path) -> Path:
-    """Where a copy is made before it is given `dest`: hidden, so the inbox leaves it alone."""
-    return dest.with_name(f".{dest.name[:200]}.ingestd-copy")
+    """A name beside `dest` for a copy being made: hidden, so the inbox leaves it alone, and
+    its own (two copies made to one name at once must never share one: the second would remove
+    the first's and the first give the second's half-made copy the name)."""
+    return dest.with_name(f".{_cut_bytes(dest.name, 200)}.{secrets.token_hex(4)}{COPY_SUFFIX}")
+
+
+def clear_stale_copies(dest: Path) -> None:
+    """Remove the copies to `dest`'s name that a crash left behind (documents: not to be left
+    lying about), once they are `STALE_COPY_SECONDS` old; a younger one may be another
+    process's, still being made."""
+    prefix = f".{_cut_bytes(dest.name, 200)}."
+    try:
+        names = os.listdir(dest.parent)
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        if name.startswith(prefix) and name.endswith(COPY_SUFFIX):
+            with contextlib.suppress(OSError):
+                if now - os.lstat(dest.parent / name).st_mtime > STALE_COPY_SECONDS:
+                    os.unlink(dest.parent / name)
+
+
+def _cut_bytes(name: str, limit: int) -> str:
+    while len(os.fsencode(name)) > limit:
+        name = name[:-1]
+    return name
 
 
 def publish(hidden: Path, dest: Path) -> None:
@@ -186,18 +212,33 @@ def publish(hidden: Path, dest: Path) -> None:
     cannot overwrite anything either. A crash in between leaves an empty file, which the inbox
     waits on and never uploads as a document."""
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    os.close(fd)
+    try:
+        placeholder = os.fstat(fd)
+    finally:
+        os.close(fd)
     try:
         os.replace(hidden, dest)
         return
     except OSError as exc:
-        if exc.errno not in REFUSED_REPLACE_ERRNOS:
-            with contextlib.suppress(OSError):
-                os.unlink(dest)
+        refused = exc.errno in REFUSED_REPLACE_ERRNOS
+        _remove_placeholder(dest, placeholder)
+        if not refused:
             raise
-    os.unlink(dest)
     os.rename(hidden, dest)
 
+
+def _remove_placeholder(dest: Path, placeholder: os.stat_result) -> None:
+    """Remove the empty file `publish` created, only while `dest` is still that file."""
+    with contextlib.suppress(OSError):
+        now = os.lstat(dest)
+        if os.path.samestat(now, placeholder) and now.st_size == 0:
+            os.unlink(dest)
+            return
+    raise FileExistsError(errno.EEXIST, "destination exists")
+
+
+COPY_SUFFIX = ".ingestd-copy"
+STALE_COPY_SECONDS = 3600.0  # a copy this old to the same name was left by a crash
 
 # What rename() answers where it will not replace an existing file.
 REFUSED_REPLACE_ERRNOS = frozenset(

@@ -15,7 +15,12 @@ import os
 from collections.abc import Collection
 from pathlib import Path
 
-from ingestd.filing.moves import copy_exclusive, hidden_copy_name, move_no_replace
+from ingestd.filing.moves import (
+    clear_stale_copies,
+    copy_exclusive,
+    hidden_copy_name,
+    move_no_replace,
+)
 from ingestd.filing.receipts import SUFFIX, fsync_dir
 
 NAME_MAX = 255
@@ -93,11 +98,10 @@ def place(src: Path, dest: Path, sync: bool = True, watched: bool = False) -> No
 
 def _copy_across(src: Path, dest: Path, watched: bool) -> None:
     """Copy to a hidden name beside `dest`, fsync, then move that into place (no overwrite).
-    The hidden copy never outlives a failure (nor a crash: it is removed when the move is
-    retried, under the same journalled name)."""
+    The hidden copy never outlives a failure; one a crash left is removed by a later copy to
+    that name once it is an hour old (younger, it may be another process's, being made)."""
+    clear_stale_copies(dest)
     tmp = hidden_copy_name(dest)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # left by a crash: the journal's destination is retried with it
     copy_exclusive(src, tmp)
     try:
         move_no_replace(tmp, dest, copy_from=src, watched=watched)

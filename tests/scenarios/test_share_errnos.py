@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -521,6 +522,114 @@ def test_a_copy_into_the_inbox_across_file_systems_is_not_there_until_whole(
     assert dest.read_bytes() == b"x" * 10_000
     assert os.listdir(dest.parent) == ["scan.pdf"]
     assert not (tmp_path / "failed" / "scan.pdf").exists()
+
+
+def test_two_copies_to_one_inbox_name_at_once_never_share_a_hidden_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two put-backs to one inbox name at the same moment (a claim given back while `ingestd
+    retry` puts back a file of that name). With one hidden name for both, the second removed
+    the first's copy and made its own under that name; the first, done copying, gave the
+    second's half-made copy the inbox name and deleted its own source: its document gone, a
+    truncated one in the inbox. Each copy now has a name of its own: one wins whole, the
+    other keeps its source."""
+    _no_links_no_renameat2(tmp_path, monkeypatch)
+    real_copy = shares.shutil.copyfileobj
+    (tmp_path / "failed").mkdir()
+    first, second = tmp_path / "failed" / "first.pdf", tmp_path / "failed" / "second.pdf"
+    first.write_bytes(b"1" * 100_000)
+    second.write_bytes(b"2" * 100_000)
+    dest = tmp_path / "inbox" / "p" / "scan.pdf"
+    dest.parent.mkdir(parents=True)
+    second_copying, first_done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def copy(reader: Any, writer: Any, length: int = 0) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            second_copying.set()  # the second is half-way: it goes on once the first is done
+            assert first_done.wait(10)
+            real_copy(reader, writer, length)
+            return
+        mover.start()
+        assert second_copying.wait(10)
+        real_copy(reader, writer, length)
+
+    def put_back_second() -> None:
+        try:
+            place(second, dest, watched=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    mover = threading.Thread(target=put_back_second)
+    monkeypatch.setattr(shares.shutil, "copyfileobj", copy)
+    try:
+        place(first, dest, watched=True)
+    finally:
+        first_done.set()
+        mover.join(10)
+    assert dest.read_bytes() == b"1" * 100_000  # the first's, whole
+    assert not first.exists()
+    assert [type(e) for e in errors] == [FileExistsError]
+    assert second.read_bytes() == b"2" * 100_000  # kept, to be put back under another name
+    assert os.listdir(dest.parent) == ["scan.pdf"]  # no hidden copy left
+
+
+def test_a_copy_left_by_a_crash_is_removed_once_it_is_old(tmp_path: Path) -> None:
+    dest = tmp_path / "p" / "scan.pdf"
+    dest.parent.mkdir()
+    old_style = dest.with_name(".scan.pdf.ingestd-copy")  # an earlier version's name
+    stale, fresh = shares.hidden_copy_name(dest), shares.hidden_copy_name(dest)
+    assert stale != fresh
+    other = dest.with_name(".other.pdf.0123abcd.ingestd-copy")
+    for path in (old_style, stale, fresh, other):
+        path.write_bytes(b"part")
+    an_hour_ago = time.time() - shares.STALE_COPY_SECONDS - 60
+    for path in (old_style, stale, other):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    shares.clear_stale_copies(dest)
+    assert sorted(os.listdir(dest.parent)) == sorted([fresh.name, other.name])
+
+
+def test_publishing_never_removes_a_file_that_replaced_the_placeholder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename over the empty placeholder fails, and meanwhile the name holds someone
+    else's file: it is left alone, and the copy is not given the name."""
+    hidden, dest = tmp_path / ".scan.pdf.x.ingestd-copy", tmp_path / "scan.pdf"
+    hidden.write_bytes(b"ours")
+
+    def replace(src: Any, dst: Any) -> None:
+        os.unlink(dest)
+        dest.write_bytes(b"theirs")  # a scanner wrote the name between two steps
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(FileExistsError):
+        shares.publish(hidden, dest)
+    assert dest.read_bytes() == b"theirs"
+    assert hidden.read_bytes() == b"ours"
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_a_give_back_that_fails_half_way_leaves_the_file_claimed_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
+) -> None:
+    """The share fails after the inbox name was made and before the work file was removed:
+    the file stays claimed (its row goes on), and is not also in the inbox to be claimed and
+    sent a second time."""
+    claimer = _claimer(tmp_path)
+    ready = _ready(claimer, "leyrpat/file.pdf", b"%PDF-1.4 " + b"x" * 5000)
+    row = claimer.claim(ready)
+    assert row is not None
+    if not links:
+        monkeypatch.setattr(shares, "_renameat2", None)
+        monkeypatch.setattr(os, "link", _failing(os.link, tmp_path, errno.EPERM))
+    monkeypatch.setattr(os, "unlink", _failing(os.unlink, claimer.inbox / row.work, errno.EIO))
+    assert claimer.release(row) is False
+    monkeypatch.undo()
+    assert not (claimer.inbox / ready.rel).exists()
+    assert (claimer.inbox / row.work).exists()
+    assert claimer.journal.get(row.id) is not None
 
 
 def _failing_fsync(fd: int) -> None:
