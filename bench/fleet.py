@@ -92,16 +92,16 @@ def thread_kind(name: str) -> str:
 
 
 def thread_cpu(pids: list[int]) -> dict[tuple[int, int], float]:
-    """CPU seconds of every thread of `pids`, by (pid, thread id)."""
+    """CPU seconds of every thread of `pids`, by (pid, thread id), from schedstat (in ns: the
+    ticks of /proc/…/stat, truncated per thread, would lose up to 10 ms a thread)."""
     found = {}
     for pid in pids:
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
-                raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                ran = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]
             except OSError:
                 continue  # a thread that just ended
-            fields = raw[raw.rindex(")") + 2 :].split()
-            found[(pid, int(tid))] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            found[(pid, int(tid))] = int(ran) / 1e9
     return found
 
 
