@@ -221,13 +221,11 @@ class Filer:
     def _chosen_by_another(self, row: Row) -> bool:
         """Whether another unfinished row records this row's name. Two instances of a fleet
         can choose one name at the same moment (the same fax sent twice, identical bytes): the
-        file found there is then the other's, moved in before its receipt was written, and the
-        same bytes must not pass for a copy of this row's own. Every row records its name
-        before its file moves, so the other's is in the journal by then."""
-        return any(
-            other.id != row.id and other.dest == row.dest and other.state == row.state
-            for other in self.journal.by_source(row.source)
-        )
+        file found there is then the other's, moved in before its receipt was written (or still
+        being copied), and must not pass for a copy of this row's own. Every row records its
+        name before its file moves, so the other's is in the journal by then."""
+        assert row.dest is not None
+        return self.journal.name_held(row.id, row.state, row.dest)
 
     def _choose_again(self, row: Row, status: str) -> Row:
         """Forget the row's name (taken since it was chosen): the next try chooses another."""

@@ -73,6 +73,10 @@ class JournalLike(Protocol):
 
     def by_source(self, source: PurePosixPath) -> list[Row]: ...
 
+    # Whether a row other than `row_id`, in `state`, records `dest` as its name in done/ or
+    # failed/ (two instances of a fleet can choose one name at the same moment).
+    def name_held(self, row_id: int, state: str, dest: PurePosixPath) -> bool: ...
+
     def keep_for_retry(
         self, source: PurePosixPath, sha256: str, receipts: list[Any], wait: bool = True
     ) -> None: ...

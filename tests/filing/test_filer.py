@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from ingestd.filing.filer import Filer
-from ingestd.filing.receipts import Receipt, read_receipt, receipt_path, render
+from ingestd.filing.receipts import Receipt, read_receipt, receipt_path, render, write_receipt
 from ingestd.journal import Journal, Row
 from ingestd.observe.logs import Masker
 
@@ -138,13 +138,26 @@ def test_a_name_recorded_before_a_restart_is_not_given_to_a_new_row(tmp_path: Pa
     assert after.destination(new, "done")["dest"] != old.dest
 
 
-def test_two_instances_choosing_one_name_at_once_file_under_a_name_each(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("second_source", "name"),
+    [("p/fax.pdf", "fax.pdf"), ("p/fax (1).pdf", "fax (1).pdf")],
+    ids=["same-source", "retried-source"],
+)
+def test_two_instances_choosing_one_name_at_once_file_under_a_name_each(
+    tmp_path: Path, second_source: str, name: str
+) -> None:
     """Two instances of a fleet (a filer each, one journal), the same fax twice: neither knows
-    the other's chosen name, so both choose `fax.pdf`. The first moves its file in; before its
+    the other's chosen name, so both choose one. The first moves its file in; before its
     receipt is written the second finds a file with its very bytes at its name, and must not
     take it for an interrupted move of its own (it would delete its own file, and one file
-    would stand for two documents)."""
+    would stand for two documents). The second may come from another inbox name: `ingestd
+    retry` put it back as `fax (1).pdf` while a `fax.pdf` was filed, so both choose
+    `fax (1).pdf`."""
     inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
+    (done / "p").mkdir(parents=True)
+    if name != "fax.pdf":
+        (done / "p" / "fax.pdf").write_bytes(b"filed long ago")
+        write_receipt(receipt_path(done / "p" / "fax.pdf"), {"status": "done"})
     journal = Journal(tmp_path / "state" / "journal.sqlite")
     filers = [
         Filer(lambda: inbox, lambda: (done, failed), journal, Masker(b"k" * 32)) for _ in "ab"
@@ -154,23 +167,24 @@ def test_two_instances_choosing_one_name_at_once_file_under_a_name_each(tmp_path
         work = PurePosixPath(f".ingestd/work/i{n}/c-fax.pdf")
         (inbox / work).parent.mkdir(parents=True, exist_ok=True)
         (inbox / work).write_bytes(b"the same fax")
-        row = journal.add(PurePosixPath("p/fax.pdf"), work, "2026-01-01T00:00:00Z")
+        source = PurePosixPath("p/fax.pdf" if n == 1 else second_source)
+        row = journal.add(source, work, "2026-01-01T00:00:00Z")
         sha256 = hashlib.sha256(b"the same fax").hexdigest()
         values = {"state": "uploaded", "document_id": f"doc-{n}", "sha256": sha256, "size": 12}
         row = journal.change(row, **values, decision={"target": "leyr"})
         rows.append(journal.change(row, **filer.destination(row, "done")))
     first, second = rows
-    assert first.dest == second.dest == PurePosixPath("p/fax.pdf")
-    (done / "p").mkdir(parents=True)
-    (inbox / first.work).rename(done / "p" / "fax.pdf")  # the first's move, receipt not yet
+    assert first.dest == second.dest == PurePosixPath("p") / name
+    (inbox / first.work).rename(done / "p" / name)  # the first's move, receipt not yet
     assert filers[1].finish(second) == "done"
     assert filers[0].finish(first) == "done"
     receipts = [read_receipt(path) for path in (done / "p").iterdir() if path.suffix == ".json"]
-    assert sorted(r["document_id"] for r in receipts) == ["doc-1", "doc-2"]
-    assert sorted(r["file"] for r in receipts) == ["fax (1).pdf", "fax.pdf"]
-    for receipt in receipts:
+    ours = [r for r in receipts if r.get("document_id")]
+    assert sorted(r["document_id"] for r in ours) == ["doc-1", "doc-2"]
+    assert len({r["file"] for r in ours}) == 2
+    for receipt in ours:
         assert (done / "p" / receipt["file"]).read_bytes() == b"the same fax"
-    assert len(list((done / "p").iterdir())) == 4
+    assert len(list((done / "p").iterdir())) == 2 * len(receipts)
     assert [journal.get(row.id).state for row in rows] == ["done", "done"]  # type: ignore[union-attr]
 
 

@@ -203,3 +203,21 @@ def test_a_finished_row_reads_finished_at_once_and_after_reopening(reopen: Opene
     stored = reopen().get(row.id)
     assert stored is not None
     assert stored.state == "done"
+
+
+def test_a_name_held_by_another_unfinished_row_is_known(reopen: Opener) -> None:
+    """How one instance of a fleet learns that another chose the same name in done/."""
+    journal = reopen()
+    name = PurePosixPath("p1/fax.pdf")
+    mine = journal.add(PurePosixPath("p1/fax.pdf"), PurePosixPath("w/1"), "2026-01-01T00:00:00Z")
+    other = journal.add(PurePosixPath("p1/x.pdf"), PurePosixPath("w/2"), "2026-01-01T00:00:00Z")
+    mine = journal.change(mine, state="uploaded", dest=name)
+    assert not journal.name_held(mine.id, "uploaded", name)  # its own is not another's
+    other = journal.change(other, state="rejected", dest=name)
+    assert not journal.name_held(mine.id, "uploaded", name)  # failed/, not done/
+    other = journal.change(other, state="uploaded")
+    assert journal.name_held(mine.id, "uploaded", name)
+    assert not journal.name_held(mine.id, "uploaded", PurePosixPath("p1/fax (1).pdf"))
+    journal.finished(other.id, "done")
+    journal.close()
+    assert not reopen().name_held(mine.id, "uploaded", name)  # filed: no longer choosing
