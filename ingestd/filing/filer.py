@@ -21,7 +21,7 @@ from typing import Any
 
 from ingestd import content
 from ingestd.clock import utc_iso
-from ingestd.filing.moves import NO_LINK_ERRNOS, copy_exclusive
+from ingestd.filing.moves import NO_LINK_ERRNOS, copy_exclusive, copy_tag
 from ingestd.filing.places import free_name, place
 from ingestd.filing.receipts import Receipt, read_receipt, receipt_path, write_receipt
 from ingestd.journal import JournalLike, Row
@@ -167,20 +167,25 @@ class Filer:
             if os.path.lexists(work):
                 try:
                     # The receipt's write syncs the folder for both names.
-                    place(work, dest, sync=False)
+                    place(work, dest, sync=False, tag=copy_tag(row.work))
                 except FileExistsError:
                     if not _same_file(work, dest):
-                        if self._chosen_by_another(row):
+                        other = self._name_holder(row)
+                        if other is not None:
                             # Another instance of a fleet chose this name at the same moment:
-                            # what is there is its file (maybe still being copied), whatever
-                            # its bytes. Never touched: another name is chosen.
-                            row = self._choose_again(row, status)
-                            continue
-                        if _cut_short(work, dest):
+                            # what is there is its file (maybe still being copied), never
+                            # touched — unless it is a whole copy of ours and the other's bytes
+                            # differ (ours, left by a crash before the work file went).
+                            if other.sha256 in (None, row.sha256) or not _our_copy(
+                                work, dest, row.sha256
+                            ):
+                                row = self._choose_again(row, status)
+                                continue
+                        elif _cut_short(work, dest):
                             # A copy (no hard links on this share) that a crash cut short.
                             os.unlink(dest)
                             continue
-                        if not _our_copy(work, dest, row.sha256):
+                        elif not _our_copy(work, dest, row.sha256):
                             # The name was taken since it was chosen (by hand).
                             row = self._choose_again(row, status)
                             continue
@@ -218,14 +223,14 @@ class Filer:
         done, failed = self._roots()
         return done if status == "done" else failed
 
-    def _chosen_by_another(self, row: Row) -> bool:
-        """Whether another unfinished row records this row's name. Two instances of a fleet
-        can choose one name at the same moment (the same fax sent twice, identical bytes): the
+    def _name_holder(self, row: Row) -> Row | None:
+        """Another unfinished row that records this row's name. Two instances of a fleet can
+        choose one name at the same moment (the same fax sent twice, identical bytes): the
         file found there is then the other's, moved in before its receipt was written (or still
         being copied), and must not pass for a copy of this row's own. Every row records its
         name before its file moves, so the other's is in the journal by then."""
         assert row.dest is not None
-        return self.journal.name_held(row.id, row.state, row.dest)
+        return self.journal.name_holder(row.id, row.state, row.dest)
 
     def _choose_again(self, row: Row, status: str) -> Row:
         """Forget the row's name (taken since it was chosen): the next try chooses another."""

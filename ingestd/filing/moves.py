@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import logging
 import os
 import secrets
@@ -21,7 +22,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import BinaryIO
 
 from ingestd.observe.logs import event
@@ -124,7 +125,11 @@ def _no_follow(path: str, flags: int) -> int:
 
 
 def move_no_replace(
-    src: Path, dest: Path, copy_from: Path | bytes | None = None, watched: bool = False
+    src: Path,
+    dest: Path,
+    copy_from: Path | bytes | None = None,
+    watched: bool = False,
+    tag: str | None = None,
 ) -> None:
     """Move `src` to `dest` on one file system without ever overwriting `dest`
     (FileExistsError): a hard link and an unlink, else the fallbacks above.
@@ -135,7 +140,11 @@ def move_no_replace(
 
     `watched`: `dest` is in the inbox, where any file that stops growing is taken for a
     finished one. A copy there is made under a hidden name and only given `dest` when whole
-    (`publish`): a crash half-way must not leave a truncated file to be uploaded."""
+    (`publish`): a crash half-way must not leave a truncated file to be uploaded. And a move
+    whose source cannot be removed is undone (`remove_source`): the file must not wait in the
+    inbox while it is also still where it came from (claimed, or in failed/).
+
+    `tag`: what names the hidden copy (see `hidden_copy_name`)."""
     try:
         os.link(src, dest, follow_symlinks=False)
     except OSError as exc:
@@ -148,20 +157,19 @@ def move_no_replace(
             return
         _say_once("exclusive copy", exc)
         if watched and not isinstance(copy_from, bytes):
-            if copy_from is None:
-                clear_stale_copies(dest)
-                hidden = hidden_copy_name(dest)
-                copy_exclusive(src, hidden)
-                try:
-                    publish(hidden, dest)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(hidden)
-                    raise
-            else:
-                publish(src, dest)  # `src` is already a whole hidden copy beside `dest`
+            if copy_from is not None:
+                publish(src, dest)  # `src` is a whole hidden copy; the caller removes the original
                 return
-        elif copy_from is None:
+            hidden = new_hidden_copy(src, dest, tag)
+            try:
+                made = publish(hidden, dest)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(hidden)
+                raise
+            remove_source(src, dest, made)
+            return
+        if copy_from is None:
             copy_exclusive(src, dest)
         else:
             os.unlink(src)
@@ -171,46 +179,95 @@ def move_no_replace(
             else:
                 copy_exclusive(copy_from, dest)
             return
-    os.unlink(src)
+    if watched:
+        remove_source(src, dest, None)
+    else:
+        os.unlink(src)
 
 
-def hidden_copy_name(dest: Path) -> Path:
-    """A name beside `dest` for a copy being made: hidden, so the inbox leaves it alone, and
-    its own (two copies made to one name at once must never share one: the second would remove
-    the first's and the first give the second's half-made copy the name)."""
-    return dest.with_name(f".{_cut_bytes(dest.name, 200)}.{secrets.token_hex(4)}{COPY_SUFFIX}")
-
-
-def clear_stale_copies(dest: Path) -> None:
-    """Remove the copies to `dest`'s name that a crash left behind (documents: not to be left
-    lying about), once they are `STALE_COPY_SECONDS` old; a younger one may be another
-    process's, still being made."""
-    prefix = f".{_cut_bytes(dest.name, 200)}."
+def remove_source(src: Path, dest: Path, made: os.stat_result | None) -> None:
+    """The last step of a move into the inbox: remove the source; if that fails (a share gone
+    between two calls, an SMB file a writer still holds open), remove again what the move put
+    at `dest` — only while it is that very file: the copy `made`, or (None) a hard link to
+    `src`, which may have grown meanwhile — and raise."""
     try:
-        names = os.listdir(dest.parent)
+        os.unlink(src)
     except OSError:
-        return
-    now = time.time()
-    for name in names:
-        if name.startswith(prefix) and name.endswith(COPY_SUFFIX):
+        with contextlib.suppress(OSError):
+            if made is not None:
+                _remove_if(dest, (made,))
+            elif os.path.samestat(os.lstat(dest), os.lstat(src)):
+                os.unlink(dest)
+        raise
+
+
+def hidden_copy_name(dest: Path, tag: str | None = None) -> Path:
+    """A name beside `dest` for a copy being made: hidden, so the inbox leaves it alone, and
+    its own — two copies made to one name at once must never share one (the second would
+    remove the first's, and the first give the second's half-made copy the name). `tag` names
+    the copy after what it is for (a journal row): a copy a crash left is then found by name
+    when the same move is tried again. Without one, a random name."""
+    part = tag if tag is not None else secrets.token_hex(4)
+    return dest.with_name(f".{cut_bytes(dest.name, 200)}.{part}{COPY_SUFFIX}")
+
+
+def copy_tag(what: PurePath) -> str:
+    """A short, stable tag for the hidden copies made for `what` (a claim's work path)."""
+    return hashlib.blake2b(os.fsencode(str(what)), digest_size=6).hexdigest()
+
+
+def new_hidden_copy(src: Path, dest: Path, tag: str | None) -> Path:
+    """An exclusive, fsynced copy of `src` under `hidden_copy_name(dest, tag)`. A tagged copy
+    left by an earlier try is replaced; copies that a crash left under random names are swept
+    from the folder once they are an hour old (`sweep_stale_copies`)."""
+    hidden = hidden_copy_name(dest, tag)
+    if tag is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(hidden)  # this move's own, left by a crash
+    copy_exclusive(src, hidden)
+    with contextlib.suppress(OSError):
+        sweep_stale_copies(dest.parent, os.lstat(hidden).st_mtime)
+    return hidden
+
+
+_swept: dict[str, float] = {}  # folder → when it was last swept (time.monotonic())
+_swept_lock = threading.Lock()
+
+
+def sweep_stale_copies(folder: Path, now: float) -> None:
+    """Remove hidden copies in `folder` that are `STALE_COPY_SECONDS` old by `now`, the
+    folder's own clock (the mtime of a file just written there: a share's clock may differ
+    from this host's), at most once an hour per folder: a younger copy may be another
+    process's, still being made."""
+    key = os.fsdecode(folder)
+    with _swept_lock:
+        if time.monotonic() - _swept.get(key, -STALE_COPY_SECONDS) < STALE_COPY_SECONDS:
+            return
+        _swept[key] = time.monotonic()
+        if len(_swept) > 10_000:  # bounded: one entry per folder copied into
+            _swept.clear()
+    for name in os.listdir(folder):
+        if name.startswith(".") and name.endswith(COPY_SUFFIX):
             with contextlib.suppress(OSError):
-                if now - os.lstat(dest.parent / name).st_mtime > STALE_COPY_SECONDS:
-                    os.unlink(dest.parent / name)
+                if now - os.lstat(folder / name).st_mtime > STALE_COPY_SECONDS:
+                    os.unlink(folder / name)
 
 
-def _cut_bytes(name: str, limit: int) -> str:
-    while len(os.fsencode(name)) > limit:
-        name = name[:-1]
-    return name
+def cut_bytes(text: str, limit: int) -> str:
+    """`text` shortened by whole characters to at most `limit` bytes (file system encoding)."""
+    while text and len(os.fsencode(text)) > limit:
+        text = text[:-1]
+    return text
 
 
-def publish(hidden: Path, dest: Path) -> None:
+def publish(hidden: Path, dest: Path) -> os.stat_result:
     """Give a whole, fsynced copy its name `dest` on a file system without hard links or
     renameat2, never over another file: `dest` is first created empty with O_EXCL (so it is
     ours), then the copy renamed over that. Where rename will not replace a file (SFTP without
     its posix-rename extension), the empty file is removed and the copy renamed: such a rename
     cannot overwrite anything either. A crash in between leaves an empty file, which the inbox
-    waits on and never uploads as a document."""
+    waits on and never uploads as a document. Returns what is now at `dest` (the copy)."""
+    copy = os.lstat(hidden)
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         placeholder = os.fstat(fd)
@@ -218,23 +275,38 @@ def publish(hidden: Path, dest: Path) -> None:
         os.close(fd)
     try:
         os.replace(hidden, dest)
-        return
+        return copy
     except OSError as exc:
-        refused = exc.errno in REFUSED_REPLACE_ERRNOS
-        _remove_placeholder(dest, placeholder)
-        if not refused:
+        if exc.errno not in REFUSED_REPLACE_ERRNOS:
+            # It may have been done and only the answer lost: neither the empty file nor the
+            # copy is left under the name (the caller still has the source).
+            _remove_if(dest, (placeholder, copy))
             raise
+        if not _remove_if(dest, (placeholder,)):
+            raise FileExistsError(errno.EEXIST, "destination exists") from exc
     os.rename(hidden, dest)
+    return copy
 
 
-def _remove_placeholder(dest: Path, placeholder: os.stat_result) -> None:
-    """Remove the empty file `publish` created, only while `dest` is still that file."""
-    with contextlib.suppress(OSError):
-        now = os.lstat(dest)
-        if os.path.samestat(now, placeholder) and now.st_size == 0:
-            os.unlink(dest)
-            return
-    raise FileExistsError(errno.EEXIST, "destination exists")
+def _remove_if(path: Path, files: tuple[os.stat_result, ...]) -> bool:
+    """Remove `path` if it is one of `files`, unchanged: the same device and inode, size and
+    modification time (an inode number is reused at once for a new file once the old one is
+    deleted); whether it did."""
+    try:
+        now = os.lstat(path)
+        if any(_unchanged(now, made) for made in files):
+            os.unlink(path)
+            return True
+    except OSError:
+        pass
+    return False
+
+
+def _unchanged(now: os.stat_result, made: os.stat_result) -> bool:
+    return os.path.samestat(now, made) and (now.st_size, now.st_mtime_ns) == (
+        made.st_size,
+        made.st_mtime_ns,
+    )
 
 
 COPY_SUFFIX = ".ingestd-copy"

@@ -15,12 +15,7 @@ import os
 from collections.abc import Collection
 from pathlib import Path
 
-from ingestd.filing.moves import (
-    clear_stale_copies,
-    copy_exclusive,
-    hidden_copy_name,
-    move_no_replace,
-)
+from ingestd.filing.moves import cut_bytes, move_no_replace, new_hidden_copy, remove_source
 from ingestd.filing.receipts import SUFFIX, fsync_dir
 
 NAME_MAX = 255
@@ -39,12 +34,6 @@ def _fits(name: str) -> bool:
     return len(os.fsencode(name + SUFFIX)) <= NAME_MAX
 
 
-def _cut_chars(text: str, max_bytes: int) -> str:
-    while text and len(os.fsencode(text)) > max_bytes:
-        text = text[:-1]
-    return text
-
-
 def candidate(name: str, n: int) -> str:
     """The n-th name to try (0 = the name itself), shortened to leave room for the receipt."""
     stem, ext = split_name(name)
@@ -52,7 +41,7 @@ def candidate(name: str, n: int) -> str:
         stem, ext = name, ""
     tag = f" ({n})" if n else ""
     room = NAME_MAX - len(os.fsencode(SUFFIX + tag + ext))
-    return _cut_chars(stem, room) + tag + ext
+    return cut_bytes(stem, room) + tag + ext
 
 
 def free_name(folder: Path, name: str, taken: Collection[str] = ()) -> str:
@@ -78,33 +67,39 @@ def make_folders(folder: Path) -> None:
         raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder") from None
 
 
-def place(src: Path, dest: Path, sync: bool = True, watched: bool = False) -> None:
+def place(
+    src: Path, dest: Path, sync: bool = True, watched: bool = False, tag: str | None = None
+) -> None:
     """Move `src` to `dest` without ever overwriting `dest` (FileExistsError if it exists).
 
     sync=False leaves the fsync of dest's folder to the caller (who writes a receipt there next).
-    watched=True: `dest` is in the inbox; a copy is never seen there until it is whole.
+    watched=True: `dest` is in the inbox; a copy is never seen there until it is whole, and a
+    move whose source cannot be removed is undone. `tag` names a hidden copy after what it is
+    for (filing.moves.hidden_copy_name).
     """
     make_folders(dest.parent)
     try:
-        move_no_replace(src, dest, watched=watched)
+        move_no_replace(src, dest, watched=watched, tag=tag)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        _copy_across(src, dest, watched)
-        os.unlink(src)
+        made = _copy_across(src, dest, watched, tag)
+        if watched:
+            remove_source(src, dest, made)
+        else:
+            os.unlink(src)
     if sync:
         fsync_dir(dest.parent)
 
 
-def _copy_across(src: Path, dest: Path, watched: bool) -> None:
-    """Copy to a hidden name beside `dest`, fsync, then move that into place (no overwrite).
-    The hidden copy never outlives a failure; one a crash left is removed by a later copy to
-    that name once it is an hour old (younger, it may be another process's, being made)."""
-    clear_stale_copies(dest)
-    tmp = hidden_copy_name(dest)
-    copy_exclusive(src, tmp)
+def _copy_across(src: Path, dest: Path, watched: bool, tag: str | None) -> os.stat_result:
+    """Copy to a hidden name beside `dest`, fsync, then move that into place (no overwrite);
+    what is at `dest` then. The hidden copy never outlives a failure; one a crash left is
+    replaced when the same move is tried again (`tag`), or swept once it is an hour old."""
+    tmp = new_hidden_copy(src, dest, tag)
     try:
         move_no_replace(tmp, dest, copy_from=src, watched=watched)
+        return os.lstat(dest)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

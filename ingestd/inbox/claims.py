@@ -18,12 +18,10 @@ of the earlier scheme (`<claim>~<percent-encoded path>`, `<claim>!<cut>`) are st
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import secrets
-import stat
 import string
 import time
 import urllib.parse
@@ -32,10 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ingestd import content
 from ingestd.clock import utc_iso
 from ingestd.content import Snapshot
-from ingestd.filing.moves import move_no_replace
+from ingestd.filing.moves import copy_tag, move_no_replace
 from ingestd.inbox.settle import Ready
 from ingestd.journal import (
     AlreadyClaimed,
@@ -285,16 +282,12 @@ class Claimer:
         return False
 
     def _give_back(self, work_path: Path, source: Path) -> bool:
-        """Put a claimed file back at its inbox path, never over another file."""
+        """Put a claimed file back at its inbox path, never over another file. A move that
+        cannot remove the work file is undone (filing.moves.remove_source): the file, still
+        claimed, must not also wait in the inbox to be claimed and sent a second time."""
         try:
-            move_no_replace(work_path, source, watched=True)
-        except FileExistsError:
-            return False
+            move_no_replace(work_path, source, watched=True, tag=copy_tag(work_path))
         except OSError:
-            # The share may have failed after the inbox name was made and before the work file
-            # was removed: the file, still claimed, must not also wait in the inbox to be
-            # claimed and sent a second time.
-            _remove_if_same(work_path, source)
             return False
         return True
 
@@ -436,23 +429,3 @@ class Claimer:
             returned=returned,
             action="the journal did not know it; check the EHR for a duplicate",
         )
-
-
-def _remove_if_same(work_path: Path, inbox_path: Path) -> None:
-    """Remove `inbox_path` if it is the claimed file itself (a link) or a whole copy of it."""
-    with contextlib.suppress(OSError, content.UnsafeFile):
-        work, there = os.lstat(work_path), os.lstat(inbox_path)
-        if not os.path.samestat(work, there):
-            if not (stat.S_ISREG(work.st_mode) and stat.S_ISREG(there.st_mode)):
-                return
-            if work.st_size != there.st_size or _digest(work_path) != _digest(inbox_path):
-                return
-        os.unlink(inbox_path)
-
-
-def _digest(path: Path) -> str:
-    fd, _ = content.open_regular(path)
-    try:
-        return content.sha256_of(fd)[0]
-    finally:
-        os.close(fd)

@@ -298,9 +298,10 @@ class PostgresJournal(Roster):
     def by_source(self, source: PurePosixPath) -> list[Row]:
         return self._select("source = %s ORDER BY id", (os.fsencode(str(source)),))
 
-    def name_held(self, row_id: int, state: str, dest: PurePosixPath) -> bool:
+    def name_holder(self, row_id: int, state: str, dest: PurePosixPath) -> Row | None:
         where = "state = %s AND dest = %s AND id <> %s LIMIT 1"  # by files_by_state: few rows
-        return bool(self._select(where, (state, os.fsencode(str(dest)), row_id)))
+        found = self._select(where, (state, os.fsencode(str(dest)), row_id))
+        return found[0] if found else None
 
     def verified_at(self, target: str, document_id: str, sha256: str) -> str | None:
         found, _ = self.link.run(

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from ingestd.filing import moves
 from ingestd.filing.filer import Filer
 from ingestd.filing.receipts import Receipt, read_receipt, receipt_path, render, write_receipt
 from ingestd.journal import Journal, Row
@@ -306,3 +307,39 @@ def test_a_copy_another_instance_is_still_making_at_our_name_is_never_touched(
     assert filers[0].finish(first) == "done"
     assert read_receipt(receipt_path(done / "p" / "fax.pdf"))["document_id"] == "doc-1"
     assert len(list((done / "p").iterdir())) == 4
+
+
+def test_a_whole_copy_of_ours_at_a_name_another_row_also_chose_is_taken_as_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A share without hard links; two instances chose one name for files of different bytes.
+    The first copied its file there and was killed before removing its work file. Restarted,
+    it finds a whole copy of its own bytes at its name — not the other's (whose bytes differ):
+    it is filed there, and no copy without a receipt is left behind."""
+    monkeypatch.setattr(os, "link", _refused)
+    monkeypatch.setattr(moves, "_renameat2", None)
+    inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    rows = []
+    for n, data in enumerate((b"first fax", b"second fax, other bytes"), 1):
+        work = PurePosixPath(f".ingestd/work/i{n}/c-fax.pdf")
+        (inbox / work).parent.mkdir(parents=True, exist_ok=True)
+        (inbox / work).write_bytes(data)
+        row = journal.add(PurePosixPath("p/fax.pdf"), work, "2026-01-01T00:00:00Z")
+        values = {"state": "uploaded", "document_id": f"doc-{n}", "size": len(data)}
+        row = journal.change(row, **values, sha256=hashlib.sha256(data).hexdigest())
+        rows.append(journal.change(row, dest=PurePosixPath("p/fax.pdf")))
+    first, second = rows
+    (done / "p").mkdir(parents=True)
+    (done / "p" / "fax.pdf").write_bytes(b"first fax")  # copied, then the kill
+    for row in (first, second):  # each instance, the first restarted
+        filer = Filer(lambda: inbox, lambda: (done, failed), journal, Masker(b"k" * 32))
+        assert filer.finish(row) == "done"
+    assert not (inbox / first.work).exists()
+    filed = {
+        r["file"]: r["document_id"]
+        for r in (read_receipt(p) for p in (done / "p").iterdir() if p.suffix == ".json")
+    }
+    assert filed == {"fax.pdf": "doc-1", "fax (1).pdf": "doc-2"}
+    assert (done / "p" / "fax (1).pdf").read_bytes() == b"second fax, other bytes"
+    assert len(list((done / "p").iterdir())) == 4  # no copy without its receipt

@@ -574,20 +574,70 @@ def test_two_copies_to_one_inbox_name_at_once_never_share_a_hidden_copy(
     assert os.listdir(dest.parent) == ["scan.pdf"]  # no hidden copy left
 
 
-def test_a_copy_left_by_a_crash_is_removed_once_it_is_old(tmp_path: Path) -> None:
-    dest = tmp_path / "p" / "scan.pdf"
-    dest.parent.mkdir()
-    old_style = dest.with_name(".scan.pdf.ingestd-copy")  # an earlier version's name
-    stale, fresh = shares.hidden_copy_name(dest), shares.hidden_copy_name(dest)
-    assert stale != fresh
-    other = dest.with_name(".other.pdf.0123abcd.ingestd-copy")
-    for path in (old_style, stale, fresh, other):
-        path.write_bytes(b"part")
+def test_copies_left_by_crashes_are_swept_once_an_hour_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hidden copies a kill left (documents) do not lie about for good: the next copy into the
+    folder sweeps those an hour old; a younger one may be another process's, being made."""
+    _no_links_no_renameat2(tmp_path, monkeypatch)
+    monkeypatch.setattr(shares, "_swept", {})
+    folder = tmp_path / "inbox" / "p"
+    folder.mkdir(parents=True)
+    old = [".scan.pdf.ingestd-copy", ".scan.pdf.aaaa1111.ingestd-copy", ".x.pdf.0a.ingestd-copy"]
+    kept = [".scan.pdf.bbbb2222.ingestd-copy", ".scan.pdf.part", "letter.pdf"]
+    for name in old + kept:
+        (folder / name).write_bytes(b"part")
     an_hour_ago = time.time() - shares.STALE_COPY_SECONDS - 60
-    for path in (old_style, stale, other):
-        os.utime(path, (an_hour_ago, an_hour_ago))
-    shares.clear_stale_copies(dest)
-    assert sorted(os.listdir(dest.parent)) == sorted([fresh.name, other.name])
+    for name in [*old, ".scan.pdf.part", "letter.pdf"]:
+        os.utime(folder / name, (an_hour_ago, an_hour_ago))
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "fax.pdf").write_bytes(b"fax")
+    place(tmp_path / "failed" / "fax.pdf", folder / "fax.pdf", watched=True)
+    assert sorted(os.listdir(folder)) == sorted([*kept, "fax.pdf"])
+
+
+def test_a_copy_a_crash_left_for_the_same_move_is_replaced_when_it_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim given back (or a file filed) makes its hidden copy under a name of its own row:
+    the copy a kill left is found by that name and replaced on the next try, however young."""
+    _no_links_no_renameat2(tmp_path, monkeypatch)
+    work = tmp_path / "inbox" / ".ingestd" / "work" / "i1" / "c1~p%2Ffax.pdf"
+    work.parent.mkdir(parents=True)
+    work.write_bytes(b"the whole fax")
+    dest = tmp_path / "inbox" / "p" / "fax.pdf"
+    dest.parent.mkdir()
+    tag = shares.copy_tag(work)
+    shares.hidden_copy_name(dest, tag).write_bytes(b"the wh")  # the kill, half-way
+    shares.move_no_replace(work, dest, watched=True, tag=tag)
+    assert dest.read_bytes() == b"the whole fax"
+    assert os.listdir(dest.parent) == ["fax.pdf"]
+    assert not work.exists()
+
+
+def test_a_rename_done_but_answered_with_an_error_leaves_nothing_in_the_inbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The share renamed the copy into place and lost the answer (EIO): the give-back fails, so
+    neither the copy nor the empty file may stay under the inbox name (the file is still
+    claimed and goes on from its work folder)."""
+    claimer = _claimer(tmp_path)
+    ready = _ready(claimer, "leyrpat/file.pdf", b"%PDF-1.4 " + b"x" * 5000)
+    row = claimer.claim(ready)
+    assert row is not None
+    _no_links_no_renameat2(tmp_path, monkeypatch)
+    real_replace = os.replace
+
+    def replace_then_fail(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "replace", replace_then_fail)
+    assert claimer.release(row) is False
+    monkeypatch.undo()
+    assert os.listdir(claimer.inbox / "leyrpat") == []
+    assert (claimer.inbox / row.work).read_bytes() == b"%PDF-1.4 " + b"x" * 5000
+    assert claimer.journal.get(row.id) is not None
 
 
 def test_publishing_never_removes_a_file_that_replaced_the_placeholder(
@@ -624,7 +674,16 @@ def test_a_give_back_that_fails_half_way_leaves_the_file_claimed_only(
     if not links:
         monkeypatch.setattr(shares, "_renameat2", None)
         monkeypatch.setattr(os, "link", _failing(os.link, tmp_path, errno.EPERM))
-    monkeypatch.setattr(os, "unlink", _failing(os.unlink, claimer.inbox / row.work, errno.EIO))
+    real_unlink = os.unlink
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(os.fsdecode(path)) == claimer.inbox / row.work:
+            with open(path, "ab") as writer:  # a writer still has it (SMB: unlink refused)
+                writer.write(b" and a second page")
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
     assert claimer.release(row) is False
     monkeypatch.undo()
     assert not (claimer.inbox / ready.rel).exists()
