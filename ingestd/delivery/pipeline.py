@@ -87,6 +87,7 @@ class Pipeline:
             roots=lambda: (config().paths.done, config().paths.failed),
             journal=journal,
             masker=masker,
+            instance=claimer.instance,
         )
         self.stager = Stager(lambda: config().paths.state.parent, journal, masker, metrics)
         self._unreadable: set[int] = set()  # rows whose unanswered read was logged once

@@ -39,8 +39,10 @@ class Filer:
         roots: Callable[[], tuple[Path, Path]],  # (done, failed)
         journal: JournalLike,
         masker: Masker,
+        instance: str = "",  # this instance's id: names its hidden copies (moves.copy_tag)
     ) -> None:
         self._inbox = inbox
+        self._instance = instance
         self._roots = roots
         self.journal = journal
         self.masker = masker
@@ -167,17 +169,21 @@ class Filer:
             if os.path.lexists(work):
                 try:
                     # The receipt's write syncs the folder for both names.
-                    place(work, dest, sync=False, tag=copy_tag(row.work))
+                    place(work, dest, sync=False, tag=copy_tag(self._instance, row.work))
                 except FileExistsError:
                     if not _same_file(work, dest):
-                        other = self._name_holder(row)
-                        if other is not None:
+                        others = self._name_holders(row)
+                        if others:
                             # Another instance of a fleet chose this name at the same moment:
                             # what is there is its file (maybe still being copied), never
-                            # touched — unless it is a whole copy of ours and the other's bytes
-                            # differ (ours, left by a crash before the work file went).
-                            if other.sha256 in (None, row.sha256) or not _our_copy(
-                                work, dest, row.sha256
+                            # touched — unless it is a whole copy of ours and every other's
+                            # bytes differ (ours, left by a crash before the work file went).
+                            known = [o.sha256 for o in others]
+                            if (
+                                row.sha256 is None
+                                or None in known
+                                or row.sha256 in known
+                                or not _our_copy(work, dest, row.sha256)
                             ):
                                 row = self._choose_again(row, status)
                                 continue
@@ -223,14 +229,14 @@ class Filer:
         done, failed = self._roots()
         return done if status == "done" else failed
 
-    def _name_holder(self, row: Row) -> Row | None:
-        """Another unfinished row that records this row's name. Two instances of a fleet can
+    def _name_holders(self, row: Row) -> list[Row]:
+        """The other unfinished rows that record this row's name. Two instances of a fleet can
         choose one name at the same moment (the same fax sent twice, identical bytes): the
-        file found there is then the other's, moved in before its receipt was written (or still
+        file found there is then another's, moved in before its receipt was written (or still
         being copied), and must not pass for a copy of this row's own. Every row records its
         name before its file moves, so the other's is in the journal by then."""
         assert row.dest is not None
-        return self.journal.name_holder(row.id, row.state, row.dest)
+        return self.journal.name_holders(row.id, row.state, row.dest)
 
     def _choose_again(self, row: Row, status: str) -> Row:
         """Forget the row's name (taken since it was chosen): the next try chooses another."""

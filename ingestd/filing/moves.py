@@ -186,17 +186,27 @@ def move_no_replace(
 
 
 def remove_source(src: Path, dest: Path, made: os.stat_result | None) -> None:
-    """The last step of a move into the inbox: remove the source; if that fails (a share gone
-    between two calls, an SMB file a writer still holds open), remove again what the move put
-    at `dest` — only while it is that very file: the copy `made`, or (None) a hard link to
-    `src`, which may have grown meanwhile — and raise."""
+    """The last step of a move into the inbox: remove the source. If that fails (a share gone
+    between two calls, an SMB file a writer still holds open) while the source is still
+    there, what the move put at `dest` is removed again — only while it is that very file:
+    the copy `made`, or (None) a hard link to `src`, which may have grown meanwhile — and the
+    error raised. A source gone after all was removed (only the answer was lost): the move is
+    done, unless `dest` is a link whose data still has another name (another instance took
+    the source over meanwhile: the file is its, not the inbox's)."""
     try:
         os.unlink(src)
     except OSError:
+        try:
+            there = os.lstat(src)
+        except FileNotFoundError:
+            if made is None and os.lstat(dest).st_nlink > 1:
+                os.unlink(dest)
+                raise
+            return
         with contextlib.suppress(OSError):
             if made is not None:
                 _remove_if(dest, (made,))
-            elif os.path.samestat(os.lstat(dest), os.lstat(src)):
+            elif os.path.samestat(os.lstat(dest), there):
                 os.unlink(dest)
         raise
 
@@ -205,25 +215,28 @@ def hidden_copy_name(dest: Path, tag: str | None = None) -> Path:
     """A name beside `dest` for a copy being made: hidden, so the inbox leaves it alone, and
     its own — two copies made to one name at once must never share one (the second would
     remove the first's, and the first give the second's half-made copy the name). `tag` names
-    the copy after what it is for (a journal row): a copy a crash left is then found by name
-    when the same move is tried again. Without one, a random name."""
+    the copy after what it is for (`copy_tag`: one instance's row), so that the copy a crash
+    left is found when the same instance tries the same move again; without one, random."""
     part = tag if tag is not None else secrets.token_hex(4)
     return dest.with_name(f".{cut_bytes(dest.name, 200)}.{part}{COPY_SUFFIX}")
 
 
-def copy_tag(what: PurePath) -> str:
-    """A short, stable tag for the hidden copies made for `what` (a claim's work path)."""
-    return hashlib.blake2b(os.fsencode(str(what)), digest_size=6).hexdigest()
+def copy_tag(instance: str, what: PurePath) -> str:
+    """A short, stable tag for the hidden copies one instance makes for `what` (a claim's
+    work path). The instance is part of it: a survivor of a fleet that takes a row over keeps
+    its work path, and must never share (and remove) a copy the stalled holder is making."""
+    key = os.fsencode(f"{instance}\0{what}")
+    return hashlib.blake2b(key, digest_size=6).hexdigest()
 
 
 def new_hidden_copy(src: Path, dest: Path, tag: str | None) -> Path:
     """An exclusive, fsynced copy of `src` under `hidden_copy_name(dest, tag)`. A tagged copy
-    left by an earlier try is replaced; copies that a crash left under random names are swept
-    from the folder once they are an hour old (`sweep_stale_copies`)."""
+    left by an earlier try of this instance is replaced; copies that a crash left under random
+    names are swept from the folder once they are an hour old (`sweep_stale_copies`)."""
     hidden = hidden_copy_name(dest, tag)
     if tag is not None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(hidden)  # this move's own, left by a crash
+            os.unlink(hidden)  # this instance's own, for this very row, left by a crash
     copy_exclusive(src, hidden)
     with contextlib.suppress(OSError):
         sweep_stale_copies(dest.parent, os.lstat(hidden).st_mtime)

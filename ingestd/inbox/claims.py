@@ -286,7 +286,8 @@ class Claimer:
         cannot remove the work file is undone (filing.moves.remove_source): the file, still
         claimed, must not also wait in the inbox to be claimed and sent a second time."""
         try:
-            move_no_replace(work_path, source, watched=True, tag=copy_tag(work_path))
+            tag = copy_tag(self.instance, work_path.relative_to(self.inbox))
+            move_no_replace(work_path, source, watched=True, tag=tag)
         except OSError:
             return False
         return True

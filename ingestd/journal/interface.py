@@ -73,9 +73,9 @@ class JournalLike(Protocol):
 
     def by_source(self, source: PurePosixPath) -> list[Row]: ...
 
-    # A row other than `row_id`, in `state`, that records `dest` as its name in done/ or
-    # failed/ (two instances of a fleet can choose one name at the same moment), or None.
-    def name_holder(self, row_id: int, state: str, dest: PurePosixPath) -> Row | None: ...
+    # The rows other than `row_id`, in `state`, that record `dest` as their name in done/ or
+    # failed/ (two instances of a fleet can choose one name at the same moment).
+    def name_holders(self, row_id: int, state: str, dest: PurePosixPath) -> list[Row]: ...
 
     def keep_for_retry(
         self, source: PurePosixPath, sha256: str, receipts: list[Any], wait: bool = True

@@ -298,10 +298,9 @@ class PostgresJournal(Roster):
     def by_source(self, source: PurePosixPath) -> list[Row]:
         return self._select("source = %s ORDER BY id", (os.fsencode(str(source)),))
 
-    def name_holder(self, row_id: int, state: str, dest: PurePosixPath) -> Row | None:
-        where = "state = %s AND dest = %s AND id <> %s LIMIT 1"  # by files_by_state: few rows
-        found = self._select(where, (state, os.fsencode(str(dest)), row_id))
-        return found[0] if found else None
+    def name_holders(self, row_id: int, state: str, dest: PurePosixPath) -> list[Row]:
+        where = "state = %s AND dest = %s AND id <> %s"  # by files_by_state: few rows
+        return self._select(where, (state, os.fsencode(str(dest)), row_id))
 
     def verified_at(self, target: str, document_id: str, sha256: str) -> str | None:
         found, _ = self.link.run(

@@ -225,10 +225,9 @@ class Journal:
     def by_source(self, source: PurePosixPath) -> list[Row]:
         return self._select("source = ? ORDER BY id", (os.fsencode(str(source)),))
 
-    def name_holder(self, row_id: int, state: str, dest: PurePosixPath) -> Row | None:
-        where = "state = ? AND dest = ? AND id <> ? LIMIT 1"  # by files_by_state: few rows
-        found = self._select(where, (state, os.fsencode(str(dest)), row_id))
-        return found[0] if found else None
+    def name_holders(self, row_id: int, state: str, dest: PurePosixPath) -> list[Row]:
+        where = "state = ? AND dest = ? AND id <> ?"  # by files_by_state: few rows
+        return self._select(where, (state, os.fsencode(str(dest)), row_id))
 
     def keep_for_retry(
         self, source: PurePosixPath, sha256: str, receipts: list[Any], wait: bool = True

@@ -343,3 +343,27 @@ def test_a_whole_copy_of_ours_at_a_name_another_row_also_chose_is_taken_as_ours(
     assert filed == {"fax.pdf": "doc-1", "fax (1).pdf": "doc-2"}
     assert (done / "p" / "fax (1).pdf").read_bytes() == b"second fax, other bytes"
     assert len(list((done / "p").iterdir())) == 4  # no copy without its receipt
+
+
+def test_a_row_without_a_hash_never_takes_another_rows_file_for_its_own(tmp_path: Path) -> None:
+    """A rejected file may have no SHA-256 (refused before it was read): with nothing to tell
+    its bytes from another row's, a file at its name that another row chose is the other's."""
+    inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    rows = []
+    for n, sha256 in enumerate((hashlib.sha256(b"same").hexdigest(), None), 1):
+        work = PurePosixPath(f".ingestd/work/i{n}/c-x.gif")
+        (inbox / work).parent.mkdir(parents=True, exist_ok=True)
+        (inbox / work).write_bytes(b"same")
+        row = journal.add(PurePosixPath("p/x.gif"), work, "2026-01-01T00:00:00Z")
+        error = {"kind": "unsupported_type", "message": "x"}
+        row = journal.change(row, state="rejected", error=error, sha256=sha256, size=4)
+        rows.append(journal.change(row, dest=PurePosixPath("p/x.gif")))
+    first, second = rows
+    (failed / "p").mkdir(parents=True)
+    (inbox / first.work).rename(failed / "p" / "x.gif")  # the first's move, receipt not yet
+    filer = Filer(lambda: inbox, lambda: (done, failed), journal, Masker(b"k" * 32))
+    assert filer.finish(second) == "failed"
+    assert filer.finish(first) == "failed"
+    names = sorted(p.name for p in (failed / "p").iterdir())
+    assert names == ["x (1).gif", "x (1).gif.receipt.json", "x.gif", "x.gif.receipt.json"]

@@ -212,12 +212,12 @@ def test_a_name_held_by_another_unfinished_row_is_known(reopen: Opener) -> None:
     mine = journal.add(PurePosixPath("p1/fax.pdf"), PurePosixPath("w/1"), "2026-01-01T00:00:00Z")
     other = journal.add(PurePosixPath("p1/x.pdf"), PurePosixPath("w/2"), "2026-01-01T00:00:00Z")
     mine = journal.change(mine, state="uploaded", dest=name)
-    assert not journal.name_holder(mine.id, "uploaded", name)  # its own is not another's
+    assert not journal.name_holders(mine.id, "uploaded", name)  # its own is not another's
     other = journal.change(other, state="rejected", dest=name)
-    assert not journal.name_holder(mine.id, "uploaded", name)  # failed/, not done/
+    assert not journal.name_holders(mine.id, "uploaded", name)  # failed/, not done/
     other = journal.change(other, state="uploaded")
-    assert journal.name_holder(mine.id, "uploaded", name) == journal.get(other.id)
-    assert not journal.name_holder(mine.id, "uploaded", PurePosixPath("p1/fax (1).pdf"))
+    assert journal.name_holders(mine.id, "uploaded", name) == [journal.get(other.id)]
+    assert not journal.name_holders(mine.id, "uploaded", PurePosixPath("p1/fax (1).pdf"))
     journal.finished(other.id, "done")
     journal.close()
-    assert not reopen().name_holder(mine.id, "uploaded", name)  # filed: no longer choosing
+    assert not reopen().name_holders(mine.id, "uploaded", name)  # filed: no longer choosing

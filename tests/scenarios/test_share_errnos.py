@@ -607,7 +607,8 @@ def test_a_copy_a_crash_left_for_the_same_move_is_replaced_when_it_is_tried_agai
     work.write_bytes(b"the whole fax")
     dest = tmp_path / "inbox" / "p" / "fax.pdf"
     dest.parent.mkdir()
-    tag = shares.copy_tag(work)
+    tag = shares.copy_tag("i1", work)
+    assert tag != shares.copy_tag("survivor", work)  # a survivor's copies never share its names
     shares.hidden_copy_name(dest, tag).write_bytes(b"the wh")  # the kill, half-way
     shares.move_no_replace(work, dest, watched=True, tag=tag)
     assert dest.read_bytes() == b"the whole fax"
@@ -689,6 +690,60 @@ def test_a_give_back_that_fails_half_way_leaves_the_file_claimed_only(
     assert not (claimer.inbox / ready.rel).exists()
     assert (claimer.inbox / row.work).exists()
     assert claimer.journal.get(row.id) is not None
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_a_give_back_whose_unlink_was_done_but_answered_with_an_error_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
+) -> None:
+    """NFS or SMB retrying an unlink that was done answers ENOENT: the work file is gone, so
+    the inbox file is the only one left and must stay (undoing the move would lose it)."""
+    claimer = _claimer(tmp_path)
+    ready = _ready(claimer, "leyrpat/file.pdf", b"%PDF-1.4 " + b"x" * 5000)
+    row = claimer.claim(ready)
+    assert row is not None
+    if not links:
+        _no_links_no_renameat2(tmp_path, monkeypatch)
+    real_unlink = os.unlink
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        real_unlink(path, *args, **kwargs)
+        if Path(os.fsdecode(path)) == claimer.inbox / row.work:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert claimer.release(row) is True
+    monkeypatch.undo()
+    assert (claimer.inbox / ready.rel).read_bytes() == b"%PDF-1.4 " + b"x" * 5000
+    assert not (claimer.inbox / row.work).exists()
+
+
+def test_a_give_back_racing_a_takeover_leaves_the_file_to_the_survivor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While this instance (thought dead) gives a claim back, a survivor takes the work file
+    over (a rename into its own work folder): the give-back's unlink finds nothing. The inbox
+    link is the survivor's file under a second name and must go, or it would be claimed and
+    sent again."""
+    claimer = _claimer(tmp_path)
+    ready = _ready(claimer, "leyrpat/file.pdf", b"%PDF-1.4 " + b"x" * 5000)
+    row = claimer.claim(ready)
+    assert row is not None
+    survivor = claimer.inbox / ".ingestd" / "work" / "survivor" / "taken"
+    survivor.parent.mkdir(parents=True)
+    real_unlink = os.unlink
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(os.fsdecode(path)) == claimer.inbox / row.work:
+            os.rename(path, survivor)  # the survivor's take_over, just before
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert claimer.release(row) is False
+    monkeypatch.undo()
+    assert not (claimer.inbox / ready.rel).exists()
+    assert survivor.read_bytes() == b"%PDF-1.4 " + b"x" * 5000
 
 
 def _failing_fsync(fd: int) -> None:

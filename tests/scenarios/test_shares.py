@@ -10,6 +10,7 @@ and the daemon sees them by polling its mount. Killing the sshfs process is a sh
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -17,11 +18,17 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 
+from ingestd.content import Snapshot
 from ingestd.filing.places import place
+from ingestd.inbox.claims import Claimer
+from ingestd.inbox.settle import Ready
+from ingestd.journal import Journal
+from ingestd.observe.logs import Masker
 from ingestd.sandbox import Sandbox
 from tests.conftest import DaemonProcess, Tree, make_config, wait_for
 from tests.samples import pdf
@@ -288,4 +295,35 @@ def test_a_file_put_back_into_the_inbox_on_the_share_arrives_whole_and_never_ove
         place(share.mount / "failed" / "p" / "other.pdf", dest, watched=True)
     assert (share.server / "inbox" / "p" / "scan.pdf").read_bytes() == data
     assert (share.server / "failed" / "p" / "other.pdf").read_bytes() == b"other"
+    assert _stray(share) == []
+
+
+def test_a_claim_given_back_on_the_share_whose_work_file_stays_is_not_also_in_the_inbox(
+    share: Share, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On this real share (no hard links, no renameat2, FUSE inode numbers, 1 s mtimes): a
+    claim given back whose work file cannot be removed (SMB refuses while a writer holds it)
+    is undone — the copy made at the inbox name is removed by its identity, the file stays
+    claimed, and nothing is left at the inbox name to be claimed and sent a second time."""
+    (share.server / "inbox" / "p").mkdir(parents=True)
+    data = pdf("given back", 50_000)
+    (share.server / "inbox" / "p" / "scan.pdf").write_bytes(data)
+    inbox = share.mount / "inbox"
+    claimer = Claimer(inbox, Journal(tmp_path / "j.sqlite"), "i1", Masker(b"k" * 32))
+    claimer.prepare()
+    path = inbox / "p" / "scan.pdf"
+    row = claimer.claim(Ready(PurePosixPath("p/scan.pdf"), time.time(), Snapshot.of(path.stat())))
+    assert row is not None
+    real_unlink = os.unlink
+
+    def unlink(target: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(os.fsdecode(target)) == inbox / row.work:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        real_unlink(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert claimer.release(row) is False
+    monkeypatch.undo()
+    assert not (share.server / "inbox" / "p" / "scan.pdf").exists()
+    assert (inbox / row.work).read_bytes() == data
     assert _stray(share) == []
