@@ -21,7 +21,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePath
 from typing import BinaryIO
 
@@ -130,6 +130,7 @@ def move_no_replace(
     copy_from: Path | bytes | None = None,
     watched: bool = False,
     tag: str | None = None,
+    taken: Callable[[], Path | None] | None = None,
 ) -> None:
     """Move `src` to `dest` on one file system without ever overwriting `dest`
     (FileExistsError): a hard link and an unlink, else the fallbacks above.
@@ -144,7 +145,7 @@ def move_no_replace(
     whose source cannot be removed is undone (`remove_source`): the file must not wait in the
     inbox while it is also still where it came from (claimed, or in failed/).
 
-    `tag`: what names the hidden copy (see `hidden_copy_name`)."""
+    `tag`: what names the hidden copy (see `hidden_copy_name`); `taken`: see `remove_source`."""
     try:
         os.link(src, dest, follow_symlinks=False)
     except OSError as exc:
@@ -167,7 +168,7 @@ def move_no_replace(
                 with contextlib.suppress(OSError):
                     os.unlink(hidden)
                 raise
-            remove_source(src, dest, made)
+            remove_source(src, dest, made, taken)
             return
         if copy_from is None:
             copy_exclusive(src, dest)
@@ -180,33 +181,45 @@ def move_no_replace(
                 copy_exclusive(copy_from, dest)
             return
     if watched:
-        remove_source(src, dest, None)
+        remove_source(src, dest, None, taken)
     else:
         os.unlink(src)
 
 
-def remove_source(src: Path, dest: Path, made: os.stat_result | None) -> None:
+def remove_source(
+    src: Path,
+    dest: Path,
+    made: os.stat_result | None,
+    taken: Callable[[], Path | None] | None = None,
+) -> None:
     """The last step of a move into the inbox: remove the source. If that fails (a share gone
     between two calls, an SMB file a writer still holds open) while the source is still
     there, what the move put at `dest` is removed again — only while it is that very file:
     the copy `made`, or (None) a hard link to `src`, which may have grown meanwhile — and the
-    error raised. A source gone after all was removed (only the answer was lost): the move is
-    done, unless `dest` is a link whose data still has another name (another instance took
-    the source over meanwhile: the file is its, not the inbox's)."""
+    error raised. A source gone after all was removed, only the answer lost: the move is done
+    — unless `taken` (the caller's check) finds it taken over meanwhile by another instance,
+    whose file it now is: then the inbox name goes."""
     try:
         os.unlink(src)
     except OSError:
         try:
-            there = os.lstat(src)
+            there: os.stat_result | None = os.lstat(src)
         except FileNotFoundError:
-            if made is None and os.lstat(dest).st_nlink > 1:
-                os.unlink(dest)
-                raise
-            return
+            elsewhere = taken() if taken is not None else None
+            if elsewhere is None:
+                return
+            with contextlib.suppress(OSError):
+                if made is not None:
+                    _remove_if(dest, (made,))
+                elif os.path.samestat(os.lstat(dest), os.lstat(elsewhere)):
+                    os.unlink(dest)
+            raise
+        except OSError:
+            there = None  # cannot tell: taken as still there
         with contextlib.suppress(OSError):
             if made is not None:
                 _remove_if(dest, (made,))
-            elif os.path.samestat(os.lstat(dest), there):
+            elif there is not None and os.path.samestat(os.lstat(dest), there):
                 os.unlink(dest)
         raise
 

@@ -19,6 +19,7 @@ of the earlier scheme (`<claim>~<percent-encoded path>`, `<claim>!<cut>`) are st
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import secrets
@@ -287,10 +288,20 @@ class Claimer:
         claimed, must not also wait in the inbox to be claimed and sent a second time."""
         try:
             tag = copy_tag(self.instance, work_path.relative_to(self.inbox))
-            move_no_replace(work_path, source, watched=True, tag=tag)
+            taken = functools.partial(self._taken_over, work_path.name)
+            move_no_replace(work_path, source, watched=True, tag=tag, taken=taken)
         except OSError:
             return False
         return True
+
+    def _taken_over(self, name: str) -> Path | None:
+        """Where another instance's work folder now holds this work file (it took the claim
+        over, keeping the name), or None."""
+        base = self.inbox / WORK_DIR
+        for instance in os.listdir(base):
+            if instance != self.instance and os.path.lexists(base / instance / name):
+                return base / instance / name
+        return None
 
     def prepare(self) -> None:
         """Create this instance's work folder (at start-up, while the inbox is known good)."""

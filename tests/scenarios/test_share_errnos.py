@@ -692,14 +692,21 @@ def test_a_give_back_that_fails_half_way_leaves_the_file_claimed_only(
     assert claimer.journal.get(row.id) is not None
 
 
-@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+@pytest.mark.parametrize(
+    ("links", "backup_link"),
+    [(True, False), (False, False), (True, True)],
+    ids=["hard-links", "no-hard-links", "a-backup-link"],
+)
 def test_a_give_back_whose_unlink_was_done_but_answered_with_an_error_is_done(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool, backup_link: bool
 ) -> None:
     """NFS or SMB retrying an unlink that was done answers ENOENT: the work file is gone, so
-    the inbox file is the only one left and must stay (undoing the move would lose it)."""
+    the inbox file is the only one left and must stay (undoing the move would lose it) — also
+    when the file has another name of its own (a hard-link backup of the inbox)."""
     claimer = _claimer(tmp_path)
     ready = _ready(claimer, "leyrpat/file.pdf", b"%PDF-1.4 " + b"x" * 5000)
+    if backup_link:
+        os.link(claimer.inbox / ready.rel, tmp_path / "backup.pdf")
     row = claimer.claim(ready)
     assert row is not None
     if not links:
@@ -718,24 +725,27 @@ def test_a_give_back_whose_unlink_was_done_but_answered_with_an_error_is_done(
     assert not (claimer.inbox / row.work).exists()
 
 
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
 def test_a_give_back_racing_a_takeover_leaves_the_file_to_the_survivor(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
 ) -> None:
     """While this instance (thought dead) gives a claim back, a survivor takes the work file
-    over (a rename into its own work folder): the give-back's unlink finds nothing. The inbox
-    link is the survivor's file under a second name and must go, or it would be claimed and
-    sent again."""
+    over (a rename into its own work folder, keeping its name): the give-back's unlink finds
+    nothing. The inbox file is the survivor's file under a second name (or a copy of it) and
+    must go, or it would be claimed and sent again."""
     claimer = _claimer(tmp_path)
     ready = _ready(claimer, "leyrpat/file.pdf", b"%PDF-1.4 " + b"x" * 5000)
     row = claimer.claim(ready)
     assert row is not None
-    survivor = claimer.inbox / ".ingestd" / "work" / "survivor" / "taken"
+    if not links:
+        _no_links_no_renameat2(tmp_path, monkeypatch)
+    survivor = claimer.inbox / ".ingestd" / "work" / "survivor" / row.work.name
     survivor.parent.mkdir(parents=True)
     real_unlink = os.unlink
 
     def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
         if Path(os.fsdecode(path)) == claimer.inbox / row.work:
-            os.rename(path, survivor)  # the survivor's take_over, just before
+            shares.os.rename(path, survivor)  # the survivor's take_over, just before
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         real_unlink(path, *args, **kwargs)
 
