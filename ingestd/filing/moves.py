@@ -215,12 +215,15 @@ def remove_source(
                     os.unlink(dest)
             raise
         except OSError:
-            there = None  # cannot tell: taken as still there
-        with contextlib.suppress(OSError):
-            if made is not None:
-                _remove_if(dest, (made,))
-            elif there is not None and os.path.samestat(os.lstat(dest), there):
-                os.unlink(dest)
+            # Cannot tell whether the unlink was done: the inbox file stays (at worst sent
+            # twice; removing it might lose the only copy).
+            there = None
+        if there is not None:
+            with contextlib.suppress(OSError):
+                if made is not None:
+                    _remove_if(dest, (made,))
+                elif os.path.samestat(os.lstat(dest), there):
+                    os.unlink(dest)
         raise
 
 

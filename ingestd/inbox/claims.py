@@ -296,11 +296,19 @@ class Claimer:
 
     def _taken_over(self, name: str) -> Path | None:
         """Where another instance's work folder now holds this work file (it took the claim
-        over, keeping the name), or None."""
+        over: the claim stays in the name, whichever naming scheme), or None."""
+        claim = claim_of(name)
         base = self.inbox / WORK_DIR
         for instance in os.listdir(base):
-            if instance != self.instance and os.path.lexists(base / instance / name):
-                return base / instance / name
+            if instance == self.instance or instance.startswith("."):
+                continue
+            try:
+                names = os.listdir(base / instance)
+            except NotADirectoryError:
+                continue
+            for other in names:
+                if other == name or (claim is not None and claim_of(other) == claim):
+                    return base / instance / other
         return None
 
     def prepare(self) -> None:

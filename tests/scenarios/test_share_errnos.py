@@ -808,3 +808,48 @@ def test_a_move_across_file_systems_leaves_no_hidden_copy(
     assert os.listdir(tmp_path / "done") == ["X.pdf"]
     assert (tmp_path / "done" / "X.pdf").read_bytes() == b"x" * 5000
     assert os.listdir(tmp_path / "work") == []
+
+
+def test_a_give_back_whose_source_cannot_be_looked_at_keeps_the_inbox_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unlink of the work file answers EIO and so does a look at it: it may be gone. The
+    inbox copy stays — at worst the file is sent twice; removing it could lose the only copy."""
+    claimer = _claimer(tmp_path)
+    ready = _ready(claimer, "leyrpat/file.pdf", b"%PDF-1.4 " + b"x" * 5000)
+    row = claimer.claim(ready)
+    assert row is not None
+    _no_links_no_renameat2(tmp_path, monkeypatch)
+    work = claimer.inbox / row.work
+    real_unlink, real_lstat = os.unlink, os.lstat
+    unlinked: list[bool] = []
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        real_unlink(path, *args, **kwargs)
+        if Path(os.fsdecode(path)) == work:
+            unlinked.append(True)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))  # done, answered with an error
+
+    def lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if unlinked and Path(os.fsdecode(path)) == work:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))  # the share still in trouble
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "lstat", lstat)
+    assert claimer.release(row) is False
+    monkeypatch.undo()
+    assert (claimer.inbox / ready.rel).read_bytes() == b"%PDF-1.4 " + b"x" * 5000
+
+
+def test_a_takeover_is_found_under_an_older_work_name_too(tmp_path: Path) -> None:
+    """A claim made before the naming changed (`<claim>~<encoded>`) keeps its claim but not its
+    name when a survivor takes it over: it is still found, by the claim."""
+    claimer = _claimer(tmp_path)
+    claim = "0123456789abcdef0123456789abcdef"
+    survivor = claimer.inbox / WORK_DIR / "survivor"
+    survivor.mkdir(parents=True)
+    taken = survivor / work_name(claim, PurePosixPath("leyrpat/file.pdf"))
+    taken.write_bytes(b"x")
+    assert claimer._taken_over(f"{claim}~leyrpat%2Ffile.pdf") == taken
+    assert claimer._taken_over("fedcba9876543210fedcba9876543210~leyrpat%2Ffile.pdf") is None
