@@ -304,8 +304,8 @@ class Claimer:
                 continue
             try:
                 names = os.listdir(base / instance)
-            except NotADirectoryError:
-                continue
+            except OSError:
+                continue  # not a folder, gone, or not ours to read: nothing found there
             for other in names:
                 if other == name or (claim is not None and claim_of(other) == claim):
                     return base / instance / other
