@@ -164,8 +164,7 @@ class Filer:
             if row.dest is None:
                 row = self.journal.change(row, **self.destination(row, status))
             assert row.dest is not None
-            dest_rel = row.dest
-            dest = root / dest_rel
+            dest = root / row.dest
             if os.path.lexists(work):
                 try:
                     # The receipt's write syncs the folder for both names.

@@ -19,6 +19,17 @@ from ingestd.journal import Journal, Row
 from ingestd.observe.logs import Masker
 
 
+def _uploaded(journal: Journal, inbox: Path, n: int, data: bytes, source: str = "p/fax.pdf") -> Row:
+    """Instance n's row of an uploaded file (document `doc-n`), its work file written."""
+    work = PurePosixPath(f".ingestd/work/i{n}/c-fax.pdf")
+    (inbox / work).parent.mkdir(parents=True, exist_ok=True)
+    (inbox / work).write_bytes(data)
+    row = journal.add(PurePosixPath(source), work, "2026-01-01T00:00:00Z")
+    sha256 = hashlib.sha256(data).hexdigest()
+    values = {"document_id": f"doc-{n}", "sha256": sha256, "size": len(data)}
+    return journal.change(row, state="uploaded", decision={"target": "leyr"}, **values)
+
+
 def _filed_before_a_crash(tmp_path: Path, dropped_by: str | None) -> tuple[Filer, Journal, Row]:
     inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
     for folder in (inbox, done / "p", failed):
@@ -165,14 +176,8 @@ def test_two_instances_choosing_one_name_at_once_file_under_a_name_each(
     ]
     rows = []
     for n, filer in enumerate(filers, 1):
-        work = PurePosixPath(f".ingestd/work/i{n}/c-fax.pdf")
-        (inbox / work).parent.mkdir(parents=True, exist_ok=True)
-        (inbox / work).write_bytes(b"the same fax")
-        source = PurePosixPath("p/fax.pdf" if n == 1 else second_source)
-        row = journal.add(source, work, "2026-01-01T00:00:00Z")
-        sha256 = hashlib.sha256(b"the same fax").hexdigest()
-        values = {"state": "uploaded", "document_id": f"doc-{n}", "sha256": sha256, "size": 12}
-        row = journal.change(row, **values, decision={"target": "leyr"})
+        source = "p/fax.pdf" if n == 1 else second_source
+        row = _uploaded(journal, inbox, n, b"the same fax", source)
         rows.append(journal.change(row, **filer.destination(row, "done")))
     first, second = rows
     assert first.dest == second.dest == PurePosixPath("p") / name
@@ -289,12 +294,7 @@ def test_a_copy_another_instance_is_still_making_at_our_name_is_never_touched(
     fax = b"the same fax, page after page" * 1000
     rows = []
     for n, filer in enumerate(filers, 1):
-        work = PurePosixPath(f".ingestd/work/i{n}/c-fax.pdf")
-        (inbox / work).parent.mkdir(parents=True, exist_ok=True)
-        (inbox / work).write_bytes(fax)
-        row = journal.add(PurePosixPath("p/fax.pdf"), work, "2026-01-01T00:00:00Z")
-        values = {"state": "uploaded", "document_id": f"doc-{n}", "size": len(fax)}
-        row = journal.change(row, **values, sha256=hashlib.sha256(fax).hexdigest())
+        row = _uploaded(journal, inbox, n, fax)
         rows.append(journal.change(row, **filer.destination(row, "done")))
     first, second = rows
     (done / "p").mkdir(parents=True)
@@ -322,12 +322,7 @@ def test_a_whole_copy_of_ours_at_a_name_another_row_also_chose_is_taken_as_ours(
     journal = Journal(tmp_path / "state" / "journal.sqlite")
     rows = []
     for n, data in enumerate((b"first fax", b"second fax, other bytes"), 1):
-        work = PurePosixPath(f".ingestd/work/i{n}/c-fax.pdf")
-        (inbox / work).parent.mkdir(parents=True, exist_ok=True)
-        (inbox / work).write_bytes(data)
-        row = journal.add(PurePosixPath("p/fax.pdf"), work, "2026-01-01T00:00:00Z")
-        values = {"state": "uploaded", "document_id": f"doc-{n}", "size": len(data)}
-        row = journal.change(row, **values, sha256=hashlib.sha256(data).hexdigest())
+        row = _uploaded(journal, inbox, n, data)
         rows.append(journal.change(row, dest=PurePosixPath("p/fax.pdf")))
     first, second = rows
     (done / "p").mkdir(parents=True)

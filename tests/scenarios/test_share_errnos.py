@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -675,16 +675,13 @@ def test_a_give_back_that_fails_half_way_leaves_the_file_claimed_only(
     if not links:
         monkeypatch.setattr(shares, "_renameat2", None)
         monkeypatch.setattr(os, "link", _failing(os.link, tmp_path, errno.EPERM))
-    real_unlink = os.unlink
 
-    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
-        if Path(os.fsdecode(path)) == claimer.inbox / row.work:
-            with open(path, "ab") as writer:  # a writer still has it (SMB: unlink refused)
-                writer.write(b" and a second page")
-            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
-        real_unlink(path, *args, **kwargs)
+    def still_written(path: Any, real_unlink: Any) -> None:
+        with open(path, "ab") as writer:  # a writer still has it (SMB: unlink refused)
+            writer.write(b" and a second page")
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
 
-    monkeypatch.setattr(os, "unlink", unlink)
+    _on_unlink_of(monkeypatch, claimer.inbox / row.work, still_written)
     assert claimer.release(row) is False
     monkeypatch.undo()
     assert not (claimer.inbox / ready.rel).exists()
@@ -711,14 +708,12 @@ def test_a_give_back_whose_unlink_was_done_but_answered_with_an_error_is_done(
     assert row is not None
     if not links:
         _no_links_no_renameat2(tmp_path, monkeypatch)
-    real_unlink = os.unlink
 
-    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
-        real_unlink(path, *args, **kwargs)
-        if Path(os.fsdecode(path)) == claimer.inbox / row.work:
-            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+    def done_but_answered_enoent(path: Any, real_unlink: Any) -> None:
+        real_unlink(path)
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
 
-    monkeypatch.setattr(os, "unlink", unlink)
+    _on_unlink_of(monkeypatch, claimer.inbox / row.work, done_but_answered_enoent)
     assert claimer.release(row) is True
     monkeypatch.undo()
     assert (claimer.inbox / ready.rel).read_bytes() == b"%PDF-1.4 " + b"x" * 5000
@@ -741,19 +736,32 @@ def test_a_give_back_racing_a_takeover_leaves_the_file_to_the_survivor(
         _no_links_no_renameat2(tmp_path, monkeypatch)
     survivor = claimer.inbox / ".ingestd" / "work" / "survivor" / row.work.name
     survivor.parent.mkdir(parents=True)
-    real_unlink = os.unlink
 
-    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
-        if Path(os.fsdecode(path)) == claimer.inbox / row.work:
-            shares.os.rename(path, survivor)  # the survivor's take_over, just before
-            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
-        real_unlink(path, *args, **kwargs)
+    def taken_just_before(path: Any, real_unlink: Any) -> None:
+        os.rename(path, survivor)  # the survivor's take_over
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
 
-    monkeypatch.setattr(os, "unlink", unlink)
+    _on_unlink_of(monkeypatch, claimer.inbox / row.work, taken_just_before)
     assert claimer.release(row) is False
     monkeypatch.undo()
     assert not (claimer.inbox / ready.rel).exists()
     assert survivor.read_bytes() == b"%PDF-1.4 " + b"x" * 5000
+
+
+def _on_unlink_of(
+    monkeypatch: pytest.MonkeyPatch, target: Path, act: Callable[[Any, Any], None]
+) -> None:
+    """os.unlink of `target` calls `act(path, real_unlink)` instead (which may unlink, then
+    raise what a share would answer); every other path is unlinked as usual."""
+    real_unlink = os.unlink
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(os.fsdecode(path)) == target:
+            act(path, real_unlink)
+            return
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
 
 
 def _failing_fsync(fd: int) -> None:
@@ -821,21 +829,20 @@ def test_a_give_back_whose_source_cannot_be_looked_at_keeps_the_inbox_copy(
     assert row is not None
     _no_links_no_renameat2(tmp_path, monkeypatch)
     work = claimer.inbox / row.work
-    real_unlink, real_lstat = os.unlink, os.lstat
+    real_lstat = os.lstat
     unlinked: list[bool] = []
 
-    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
-        real_unlink(path, *args, **kwargs)
-        if Path(os.fsdecode(path)) == work:
-            unlinked.append(True)
-            raise OSError(errno.EIO, os.strerror(errno.EIO))  # done, answered with an error
+    def done_but_answered_eio(path: Any, real_unlink: Any) -> None:
+        real_unlink(path)
+        unlinked.append(True)
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     def lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
         if unlinked and Path(os.fsdecode(path)) == work:
             raise OSError(errno.EIO, os.strerror(errno.EIO))  # the share still in trouble
         return real_lstat(path, *args, **kwargs)
 
-    monkeypatch.setattr(os, "unlink", unlink)
+    _on_unlink_of(monkeypatch, work, done_but_answered_eio)
     monkeypatch.setattr(os, "lstat", lstat)
     assert claimer.release(row) is False
     monkeypatch.undo()
