@@ -331,11 +331,14 @@ def test_a_double_click_on_retry_puts_the_file_back_once_without_an_error(
     looked: list[bool] = []
 
     class WatchedViews:
-        """The site's views, noting each fresh look (a Retry's, before it waits its turn)."""
+        """The site's views, noting each fresh look once it is done (a Retry's, before it
+        waits its turn): noted when asked, the second look could still be reading failed/
+        while the first click put the file back, and find it gone (404)."""
 
         def get(self, fresh: bool = False) -> object:
+            view = views.get(fresh=fresh)
             looked.append(fresh)
-            return views.get(fresh=fresh)
+            return view
 
         def forget(self) -> None:
             views.forget()
